@@ -1,0 +1,5 @@
+import sys
+
+from frontalab.cli import main
+
+sys.exit(main())

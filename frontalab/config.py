@@ -1,0 +1,214 @@
+"""Structured, validated configuration: the one place that holds every default.
+
+A config is composed from the dataclasses below, then a YAML file, then dotlist
+overrides (``loss.alpha_geo=160 model.out_size=64``). OmegaConf rejects unknown keys
+and wrong types; `validate` then checks ranges and choices declared next to each field.
+Every failure is a `ConfigError` naming the key, which the CLI turns into exit status 2.
+
+Defaults are the papers' values: Wang 2019 (thesis) §3.5 and Cole et al. 2017 §3.3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the key."""
+
+
+def _f(default: Any, *, lo: float | None = None, hi: float | None = None,
+       choices: Sequence[Any] | None = None, pattern: str | None = None, doc: str = "") -> Any:
+    """A dataclass field whose allowed range, choices or pattern live beside its default."""
+    meta = {"lo": lo, "hi": hi, "choices": tuple(choices) if choices else None, "pattern": pattern, "doc": doc}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    decoder: str = _f("thesis", choices=("thesis", "cole"), doc="thesis (Wang 2019) or cole (Cole et al. 2017)")
+    out_size: int = _f(320, choices=(64, 128, 160, 320), doc="output side in pixels; decoder depth and width follow from it")
+    mask: bool = _f(True, doc="thesis attention-mask branch (F_O = M*F_N + (1-M)*1)")
+    norm: str = _f("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
+    cole_hidden: int = _f(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
+
+
+@dataclass
+class EncoderConfig:
+    name: str = _f("dlib-resnet", choices=("dlib-resnet", "facenet-vggface2", "facenet-casia"),
+                   doc="frozen face-recognition encoder (dlib-resnet runs offline everywhere)")
+    weights: Optional[str] = _f(None, doc="FaceNet weights: a file path or s3:// URI (else $FRONTALAB_FACENET_WEIGHTS or facenet-pytorch's cache)")
+
+
+@dataclass
+class ColeLossConfig:
+    texture: float = _f(100.0, lo=0, doc="texture MAE weight (Cole §3.3)")
+    landmark: float = _f(1.0, lo=0, doc="landmark MSE weight")
+    identity: float = _f(10.0, lo=0, doc="negative-cosine identity weight")
+
+
+@dataclass
+class LossConfig:
+    texture: float = _f(1.0, lo=0, doc="masked L1 after warping to the 14 canonical landmarks (eq. 3.1)")
+    alpha_geo: float = _f(160.0, lo=0, doc="landmark geometry: 1 - cosine of L1 distance matrices (eq. 3.3)")
+    sym: float = _f(1.0, lo=0, doc="left/right symmetry about the vertical midline (eq. 3.4)")
+    tilt: float = _f(1.0, lo=0, doc="left/right pairs at equal height (eq. 3.5)")
+    expr: float = _f(1.0, lo=0, doc="closed inner lips (eq. 3.6)")
+    mask: float = _f(1.0, lo=0, doc="mean(M^p) + total variation (eq. 3.8, 3.9)")
+    mask_p: float = _f(1.0, lo=0.0, hi=16.0, doc="mask penalty exponent p")
+    identity: float = _f(1.0, lo=0, doc="1 - cosine between encoder embeddings of input and output")
+    identity_l2: float = _f(0.0, lo=0, doc="L2 distance between encoder embeddings of input and output")
+    adversarial: float = _f(1.0, lo=0, doc="LSGAN generator loss on the noisy face (eq. 3.10)")
+    cole: ColeLossConfig = field(default_factory=ColeLossConfig)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(1000, lo=1, doc="generator updates")
+    batch_size: int = _f(16, lo=1)
+    seed: int = _f(0, lo=0)
+    g_steps_per_d: int = _f(4, lo=1, doc="generator updates per discriminator update (thesis: 4)")
+    lr_g: float = _f(2e-4, lo=0, hi=1)
+    lr_d: float = _f(2e-4, lo=0, hi=1)
+    beta1: float = _f(0.5, lo=0, hi=1)
+    beta2: float = _f(0.999, lo=0, hi=1)
+    grad_clip: float = _f(0.0, lo=0, doc="max gradient norm; 0 disables clipping")
+    device: str = _f("auto", pattern=r"auto|cpu|mps|cuda(:\d+)?", doc="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
+    precision: str = _f("fp32", choices=("fp32", "bf16"), doc="bf16 enables autocast")
+    channels_last: bool = _f(False)
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", doc="prepared dataset: local folder or s3:// URI")
+
+
+@dataclass
+class ServicesConfig:
+    state_dir: str = _f("", doc="data, PIDs and logs of embedded services; default $FRONTALAB_HOME or ~/.frontalab")
+    host: str = _f("127.0.0.1", doc="bind address of embedded services")
+    s3_port: int = _f(8333, lo=1, hi=65535)
+    mlflow_port: int = _f(5000, lo=1, hi=65535)
+    bucket: str = _f("frontalab")
+    mlflow_uri: Optional[str] = _f(None, doc="an existing MLflow server; embedded server when unset")
+    s3_endpoint: Optional[str] = _f(None, doc="an existing S3 endpoint (MinIO, AWS); embedded SeaweedFS when unset")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
+
+
+def _valid_keys(cls: type, prefix: str) -> list[str]:
+    keys = []
+    for f in fields(cls):
+        if is_dataclass(f.type) or (isinstance(f.default_factory, type) and is_dataclass(f.default_factory)):
+            keys.append(f"{prefix}{f.name}.*")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _section_class(path: str) -> tuple[type, str]:
+    """The dataclass holding dotted `path`'s parent, and that parent's prefix."""
+    cls: type = Config
+    parts = [p for p in path.split(".") if p][:-1]
+    prefix = ""
+    for part in parts:
+        match = [f for f in fields(cls) if f.name == part]
+        if not match or not callable(match[0].default_factory):
+            break
+        cls = match[0].default_factory  # type: ignore[assignment]
+        prefix += part + "."
+    return cls, prefix
+
+
+def _explain(err: OmegaConfBaseException) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError):
+        cls, prefix = _section_class(key)
+        valid = ", ".join(_valid_keys(cls, prefix))
+        return ConfigError(f"unknown config key '{key}'; valid keys here: {valid}")
+    if isinstance(err, ValidationError):
+        return ConfigError(f"bad value for config key '{key}': {str(err.msg).splitlines()[0]}")
+    return ConfigError(f"config error at '{key}': {str(getattr(err, 'msg', err)).splitlines()[0]}")
+
+
+def validate(cfg: DictConfig, cls: type = Config, prefix: str = "") -> None:
+    """Check the ranges and choices declared on each field; raise ConfigError naming the key."""
+    for f in fields(cls):
+        key = prefix + f.name
+        value = cfg[f.name]
+        if callable(f.default_factory) and is_dataclass(f.default_factory):
+            validate(value, f.default_factory, key + ".")
+            continue
+        meta = f.metadata
+        if value is None:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            allowed = ", ".join(str(c) for c in meta["choices"])
+            raise ConfigError(f"bad value for config key '{key}': {value!r}; choose one of: {allowed}")
+        if meta.get("pattern") and not re.fullmatch(meta["pattern"], str(value)):
+            raise ConfigError(f"bad value for config key '{key}': {value!r} does not match {meta['pattern']}")
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if lo is not None and value < lo or hi is not None and value > hi:
+            span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(f"bad value for config key '{key}': {value!r} is outside the valid range {span}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
+    """Defaults, then the YAML file at `path` (if any), then dotlist overrides; validated."""
+    cfg = OmegaConf.structured(Config)
+    try:
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise _explain(err) from None
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """`{"loss.alpha_geo": 160.0, ...}`: the shape MLflow params and Tune search spaces use."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Stable short hash of the training-relevant config (services endpoints excluded)."""
+    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith("services.")}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]

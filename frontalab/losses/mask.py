@@ -1,0 +1,22 @@
+"""Thesis mask loss (§3.5.3, eq. 3.8 and 3.9)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def mask_penalty(mask: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """E_ij[A_ij^p]   (eq. 3.8): the mask otherwise drifts to 1 everywhere."""
+    return mask.pow(p).mean()
+
+
+def total_variation(mask: torch.Tensor) -> torch.Tensor:
+    """E[(A_i+1,j - A_ij)^2] + E[(A_i,j+1 - A_ij)^2]   (eq. 3.9), each mean over its valid pairs."""
+    dy = mask[..., 1:, :] - mask[..., :-1, :]
+    dx = mask[..., :, 1:] - mask[..., :, :-1]
+    return dy.pow(2).mean() + dx.pow(2).mean()
+
+
+def mask_loss(mask: torch.Tensor, p: float = 1.0) -> torch.Tensor:
+    """L_mask = E[A^p] + TV(A): the sum of eq. 3.8 and 3.9."""
+    return mask_penalty(mask, p) + total_variation(mask)

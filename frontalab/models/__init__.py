@@ -1,0 +1,1 @@
+"""Shared model library: decoders, discriminator, encoders, warp."""

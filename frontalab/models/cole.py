@@ -1,0 +1,59 @@
+"""Cole et al. 2017 decoder (§3.2): landmarks and texture, joined by differentiable warping.
+
+features -> MLP -> (a) a landmark MLP: 68 (x, y) points, (b) a texture CNN: FC to
+(S/4)x(S/4)x256, transposed convs (k=5, s=2) halving the channels up to S x S, a last
+transposed conv (s=1) to 32 channels, a 1x1 conv to RGB. The texture is drawn on the
+mean face and warped from the mean landmarks to the predicted ones (§4).
+
+At S = 224 that is 56x56x256 -> 112x112x128 -> 224x224x64 -> 224x224x32 -> RGB: the paper
+names both "224x224x32" and "256/2^i channels after the i-th transposed conv", which
+only agree with the last transposed conv at stride 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from frontalab.models import landmarks as lm
+from frontalab.models.warp import sparse_image_warp
+
+
+class ColeOutput(NamedTuple):
+    texture: torch.Tensor  # (N, 3, S, S) in [-1, 1], registered to the mean landmarks
+    landmarks: torch.Tensor  # (N, 68, 2) normalised units
+    composite: torch.Tensor  # the texture warped to the predicted landmarks
+
+
+class ColeDecoder(nn.Module):
+    def __init__(self, in_features: int, mean_landmarks: torch.Tensor, out_size: int = 224, hidden: int = 256):
+        super().__init__()
+        if out_size % 4:
+            raise ValueError(f"Cole decoder needs out_size divisible by 4, got {out_size}")
+        self.out_size = out_size
+        self.register_buffer("mean_landmarks", mean_landmarks.reshape(lm.NUM_LANDMARKS, 2).float())
+        self.features = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True))
+        self.landmark_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+                                          nn.Linear(hidden, lm.NUM_LANDMARKS * 2))
+        # Start at the mean face: predict offsets from it, zero at initialisation.
+        nn.init.zeros_(self.landmark_mlp[-1].weight)
+        nn.init.zeros_(self.landmark_mlp[-1].bias)
+        self.base = out_size // 4
+        self.texture_fc = nn.Sequential(nn.Linear(hidden, self.base * self.base * 256), nn.ReLU(inplace=True))
+        self.texture_cnn = nn.Sequential(
+            nn.ConvTranspose2d(256, 128, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(64, 32, 5, stride=1, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 3, 1), nn.Tanh(),
+        )
+
+    def forward(self, features: torch.Tensor) -> ColeOutput:
+        h = self.features(features)
+        offsets = self.landmark_mlp(h).view(-1, lm.NUM_LANDMARKS, 2)
+        points = self.mean_landmarks + offsets
+        texture = self.texture_cnn(self.texture_fc(h).view(-1, 256, self.base, self.base))
+        mean_px = lm.to_pixels(self.mean_landmarks, self.out_size).expand_as(points)
+        image = sparse_image_warp(texture, source_points=mean_px, dest_points=lm.to_pixels(points, self.out_size))
+        return ColeOutput(texture, points, image)

@@ -1,0 +1,69 @@
+"""The dlib 68-point landmark scheme, spelled out once: left/right pairs, midline, mirroring.
+
+Indices are 0-based dlib (iBUG 300-W) indices. "Left" is the subject's right side, which
+appears on the image's left in a frontal photo (dlib's point 0 is at the image's left).
+Landmarks in the library are ``(N, 68, 2)`` ``(x, y)`` in *normalised* image units: 0 and 1
+are the image's outer edges, so pixel centre ``i`` of a side-``S`` image sits at
+``(i + 0.5) / S``. Normalised units let an input crop and an output of another size be compared.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NUM_LANDMARKS = 68
+
+# Left/right pairs, image-left point first. Every non-midline point appears exactly once.
+LEFT_RIGHT_PAIRS: tuple[tuple[int, int], ...] = (
+    # jaw
+    (0, 16), (1, 15), (2, 14), (3, 13), (4, 12), (5, 11), (6, 10), (7, 9),
+    # eyebrows
+    (17, 26), (18, 25), (19, 24), (20, 23), (21, 22),
+    # nostrils
+    (31, 35), (32, 34),
+    # eyes (outer corner, upper lid, inner corner, lower lid)
+    (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46),
+    # outer lips
+    (48, 54), (49, 53), (50, 52), (59, 55), (58, 56),
+    # inner lips
+    (60, 64), (61, 63), (67, 65),
+)
+MIDLINE: tuple[int, ...] = (8, 27, 28, 29, 30, 33, 51, 57, 62, 66)
+
+# Vertically paired inner-lip points; equal heights mean closed lips (thesis eq. 3.6).
+INNER_LIP_PAIRS: tuple[tuple[int, int], ...] = ((61, 67), (62, 66), (63, 65))
+
+# The 14 points the thesis found reliable; texture is compared after warping to them (§3.5.1).
+TEXTURE_POINTS: tuple[int, ...] = (8, 33, 36, 39, 42, 45, 48, 51, 54, 57, 60, 62, 64, 66)
+
+# Outer eye corners: the normaliser of the NME landmark error.
+OUTER_EYE_CORNERS: tuple[int, int] = (36, 45)
+
+
+def _mirror_index() -> tuple[int, ...]:
+    index = list(range(NUM_LANDMARKS))
+    for a, b in LEFT_RIGHT_PAIRS:
+        index[a], index[b] = b, a
+    return tuple(index)
+
+
+# Point i of a horizontally flipped face is point MIRROR_INDEX[i] of the original, reflected.
+MIRROR_INDEX: tuple[int, ...] = _mirror_index()
+assert sorted(MIDLINE + tuple(i for p in LEFT_RIGHT_PAIRS for i in p)) == list(range(NUM_LANDMARKS))
+
+
+def mirror(points: torch.Tensor) -> torch.Tensor:
+    """Landmarks of the horizontally flipped image, in normalised units."""
+    flipped = points[..., MIRROR_INDEX, :].clone()
+    flipped[..., 0] = 1.0 - flipped[..., 0]
+    return flipped
+
+
+def to_pixels(points: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised units -> pixel coordinates (pixel centres at integers) of a side-``size`` image."""
+    return points * size - 0.5
+
+
+def to_normalised(points: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel coordinates of a side-``size`` image -> normalised units."""
+    return (points + 0.5) / size

@@ -1,0 +1,129 @@
+"""Wang 2019 face decoder (thesis §3.3, Table 3.1) and discriminator (§3.5.4, Table 3.2).
+
+Decoder: encoder features -> two FC layers -> a W x W x K volume -> n stages of
+(two residual blocks, one x2 upsampling conv that halves the channels) -> tanh. At 320 px:
+4800 -> 5x5x192 -> 10x10x96 -> ... -> 320x320x3. An attention-mask branch of the same
+design starts from the out_size/4 tensor (80x80x12 at 320 px) and ends in a conv to one
+channel; the output composites the "noisy" face onto white: F_O = M*F_N + (1-M)*1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+
+class DecoderOutput(NamedTuple):
+    noisy: torch.Tensor  # F_N, (N, 3, S, S) in [-1, 1]; what the discriminator sees
+    mask: Optional[torch.Tensor]  # M, (N, 1, S, S) in [0, 1]; None when the branch is off
+    composite: torch.Tensor  # F_O, the frontalized face
+
+
+def decoder_geometry(out_size: int) -> tuple[int, int]:
+    """(W, n) with out_size = W * 2**n and W the smallest side >= 4: 320 -> (5, 6), 64 -> (4, 4).
+
+    The channel count then starts at K = 3 * 2**n so that n halvings end at RGB.
+    """
+    n = 0
+    while out_size % 2 ** (n + 1) == 0 and out_size // 2 ** (n + 1) >= 4:
+        n += 1
+    if n < 2:
+        raise ValueError(f"out_size {out_size} must be W * 2**n with W >= 4 and n >= 2")
+    return out_size // 2**n, n
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, norm: str):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), norm_layer(norm, channels), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), norm_layer(norm, channels),
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+class Stage(nn.Sequential):
+    """Two residual blocks, then a x2 upsampling conv from ``c`` to ``c // 2`` channels.
+
+    Nearest upsampling followed by a 3x3 conv avoids the checkerboard of transposed convs.
+    The last stage of a branch ends raw (tanh or a 1-channel conv follows it).
+    """
+
+    def __init__(self, channels: int, norm: str, last: bool):
+        out = channels // 2
+        layers: list[nn.Module] = [
+            ResidualBlock(channels, norm), ResidualBlock(channels, norm),
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 3, padding=1),
+        ]
+        if not last:
+            layers += [norm_layer(norm, out), nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+
+
+class ThesisDecoder(nn.Module):
+    def __init__(self, in_features: int, out_size: int = 320, mask: bool = True, norm: str = "batch"):
+        super().__init__()
+        self.out_size = out_size
+        self.side, depth = decoder_geometry(out_size)
+        self.channels = 3 * 2**depth
+        volume = self.side * self.side * self.channels
+        self.fc = nn.Sequential(nn.Linear(in_features, volume), nn.ReLU(inplace=True),
+                                nn.Linear(volume, volume), nn.ReLU(inplace=True))
+        widths = [self.channels // 2**i for i in range(depth)]
+        self.stages = nn.ModuleList(Stage(c, norm, last=i == depth - 1) for i, c in enumerate(widths))
+        # The mask branch mirrors the last two stages, from the out_size/4 tensor.
+        self.mask_from = depth - 2
+        self.mask_stages = (nn.Sequential(Stage(widths[-2], norm, last=False),
+                                          Stage(widths[-1], norm, last=True),
+                                          nn.Conv2d(3, 1, 3, padding=1))
+                            if mask else None)
+
+    def forward(self, features: torch.Tensor) -> DecoderOutput:
+        x = self.fc(features).view(-1, self.channels, self.side, self.side)
+        mask = None
+        for i, stage in enumerate(self.stages):
+            if i == self.mask_from and self.mask_stages is not None:
+                mask = torch.sigmoid(self.mask_stages(x))
+            x = stage(x)
+        noisy = torch.tanh(x)
+        composite = noisy if mask is None else mask * noisy + (1 - mask)  # white background = 1
+        return DecoderOutput(noisy, mask, composite)
+
+
+class Discriminator(nn.Module):
+    """Table 3.2: nine 3x3 convs, leaky ReLU 0.2, a patch map of out_size/16 (20x20 at 320 px).
+
+    The table gives C8 stride 1 but halves 40 -> 20; we follow the shapes (stride 2).
+    """
+
+    CHANNELS = (32, 32, 64, 64, 128, 128, 256, 256, 1)
+    STRIDES = (1, 2, 1, 2, 1, 2, 1, 2, 1)
+
+    def __init__(self, in_channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for i, (c, s) in enumerate(zip(self.CHANNELS, self.STRIDES)):
+            layers.append(nn.Conv2d(c_in, c, 3, stride=s, padding=1))
+            if i < len(self.CHANNELS) - 1:
+                layers.append(nn.LeakyReLU(0.2, inplace=True))
+            c_in = c
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)

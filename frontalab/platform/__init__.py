@@ -1,0 +1,1 @@
+"""Trainer, tracking, services, sweeps and registry."""
