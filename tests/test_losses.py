@@ -121,3 +121,11 @@ def test_weighted_sum_skips_zero_weight_terms():
     assert out.total.item() == 4.0 and set(out.terms) == {"a", "c"}
     with pytest.raises(ValueError):
         weighted_sum({"a": 0.0}, {"a": term("a", 1.0)})
+
+
+def test_packaged_mean_face_is_symmetric_level_and_neutral():
+    face = lm.mean_face()[None]
+    assert face.shape == (1, 68, 2) and 0.1 < face.min() and face.max() < 0.9
+    assert symmetry_loss(face).item() < 1e-6 and tilt_loss(face).item() < 1e-6
+    assert expression_loss(face).item() < 1e-6
+    assert torch.allclose(lm.mirror(face), face, atol=1e-6)

@@ -67,3 +67,23 @@ def to_pixels(points: torch.Tensor, size: int) -> torch.Tensor:
 def to_normalised(points: torch.Tensor, size: int) -> torch.Tensor:
     """Pixel coordinates of a side-``size`` image -> normalised units."""
     return (points + 0.5) / size
+
+
+def symmetric_mean(points: torch.Tensor) -> torch.Tensor:
+    """Mean face of ``(N, 68, 2)`` normalised landmarks, made exactly mirror-symmetric.
+
+    Averaging each face with its mirror image gives a template that is level and centred
+    on x = 0.5, so the symmetry and tilt losses are zero on it.
+    """
+    both = torch.cat([points, mirror(points)])
+    return both.mean(0)
+
+
+def mean_face() -> torch.Tensor:
+    """The packaged frontal template ``(68, 2)``: the canonical landmarks of the texture loss and
+    Cole's mean geometry when a dataset brings none (made by tools/make_mean_face.py)."""
+    import json
+    from importlib.resources import files
+
+    data = json.loads(files("frontalab.models").joinpath("mean_face_68.json").read_text())
+    return torch.tensor(data["points"], dtype=torch.float32)
