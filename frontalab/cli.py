@@ -32,7 +32,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from frontalab.platform import services
 
-    endpoints = services.up(_load(args).services)
+    cfg = _load(args).services
+    try:
+        endpoints = services.up(cfg)
+    except services.ServiceError as err:
+        print(f"frontalab up: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(endpoints.public(), indent=2))
     return 0
 
@@ -40,7 +45,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     from frontalab.platform import services
 
-    services.down(_load(args).services)
+    cfg = _load(args).services
+    try:
+        services.down(cfg)
+    except services.ServiceError as err:
+        print(f"frontalab down: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -56,6 +66,33 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if state.get("healthy", True) else 1
 
 
+def use_services(cfg, *uris: str) -> None:
+    """Start the embedded services if any of ``uris`` is on S3, and point this process at them."""
+    import os
+
+    from frontalab.platform import services, storage
+
+    if any(storage.is_s3(u) for u in uris if u):
+        services.up(cfg.services)
+        os.environ.update(services.client_env(cfg.services))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from frontalab.data.prepare import prepare
+
+    flags = {"source": args.source, "out": args.out, "size": args.size, "limit": args.limit,
+             "encoders": f"[{args.encoders}]" if args.encoders else None,
+             "frontal_only": "true" if args.frontal_only else None}
+    args.items += [f"prepare.{k}={v}" for k, v in flags.items() if v is not None]
+    cfg = _load(args)
+    use_services(cfg, cfg.prepare.source, cfg.prepare.out)
+    manifest = prepare(cfg, address=args.address)
+    summary = {k: manifest[k] for k in ("input_count", "kept", "skipped", "converted", "split", "dataset_hash")}
+    print(json.dumps({"out": cfg.prepare.out, **summary, "seconds": manifest["seconds"],
+                      "images_per_s": round(manifest["input_count"] / max(manifest["seconds"], 1e-9), 1)}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frontalab",
@@ -69,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     _config_args(add("config", cmd_config, "print the resolved, validated config (like Hydra's --cfg job)"))
+    p = add("prepare", cmd_prepare, "photos -> aligned crops, landmarks, pose and cached encoder features (Ray Data)")
+    p.add_argument("--source", help="folder or s3:// prefix of photos (prepare.source)")
+    p.add_argument("--out", help="dataset folder or s3:// prefix (prepare.out)")
+    p.add_argument("--size", type=int, help="crop side in pixels (prepare.size, default 160)")
+    p.add_argument("--encoders", help="comma-separated encoder names (prepare.encoders)")
+    p.add_argument("--frontal-only", action="store_true", help="keep only frontal faces (prepare.frontal_only)")
+    p.add_argument("--limit", type=int, help="first N photos only (prepare.limit)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
+    _config_args(p)
     _config_args(add("up", cmd_up, "start the embedded S3 (SeaweedFS) and MLflow services; idempotent"))
     _config_args(add("down", cmd_down, "stop the embedded services"))
     p = add("status", cmd_status, "show the service endpoints and their health")

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -41,9 +41,12 @@ class ModelConfig:
     cole_hidden: int = _f(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
 
 
+ENCODER_NAMES = ("dlib-resnet", "facenet-vggface2", "facenet-casia")
+
+
 @dataclass
 class EncoderConfig:
-    name: str = _f("dlib-resnet", choices=("dlib-resnet", "facenet-vggface2", "facenet-casia"),
+    name: str = _f("dlib-resnet", choices=ENCODER_NAMES,
                    doc="frozen face-recognition encoder (dlib-resnet runs offline everywhere)")
     weights: Optional[str] = _f(None, doc="FaceNet weights: a file path or s3:// URI (else $FRONTALAB_FACENET_WEIGHTS or facenet-pytorch's cache)")
 
@@ -92,6 +95,29 @@ class DataConfig:
 
 
 @dataclass
+class PrepareConfig:
+    source: str = _f("", doc="folder or s3:// prefix of photos (folder-per-person gives identity labels)")
+    out: str = _f("", doc="dataset folder or s3:// prefix to write")
+    size: int = _f(160, lo=32, hi=1024, doc="side of the stored loose crop (thesis: 160)")
+    face_ratio: float = _f(0.625, lo=0.1, hi=1.0, doc="face side / crop side (thesis: 0.625)")
+    encoders: List[str] = field(default_factory=lambda: ["dlib-resnet"],
+                                metadata={"choices": ENCODER_NAMES, "doc": "encoders whose input features are cached"})
+    frontal_only: bool = _f(False, doc="keep only |yaw| <= max_yaw and pitch in [min_pitch, max_pitch] (thesis §5.1)")
+    max_yaw: float = _f(5.0, lo=0, hi=90)
+    min_pitch: float = _f(-60.0, lo=-90, hi=90)
+    max_pitch: float = _f(0.0, lo=-90, hi=90)
+    multiple_faces: str = _f("central", choices=("central", "skip"), doc="keep the most central face, or skip the photo")
+    min_side: int = _f(32, lo=1, doc="photos smaller than this are skipped as too small")
+    limit: int = _f(0, lo=0, doc="first N photos only (sorted); 0 = all")
+    shard_size: int = _f(256, lo=1, doc="photos per Parquet shard (the unit of resumption)")
+    val_fraction: float = _f(0.1, lo=0, hi=0.9, doc="validation share, by identity when labelled, else by content hash")
+    seed: int = _f(0, lo=0, doc="seed of the train/validation split")
+    jpeg_quality: int = _f(95, lo=50, hi=100)
+    batch_size: int = _f(32, lo=1, doc="images per map_batches call")
+    concurrency: int = _f(0, lo=0, doc="actors per stage; 0 = the cluster's CPUs")
+
+
+@dataclass
 class ServicesConfig:
     state_dir: str = _f("", doc="data, PIDs and logs of embedded services; default $FRONTALAB_HOME or ~/.frontalab")
     host: str = _f("127.0.0.1", doc="bind address of embedded services")
@@ -109,6 +135,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
 
 
@@ -157,6 +184,12 @@ def validate(cfg: DictConfig, cls: type = Config, prefix: str = "") -> None:
             continue
         meta = f.metadata
         if value is None:
+            continue
+        if meta.get("choices") and OmegaConf.is_list(value):
+            bad = [v for v in value if v not in meta["choices"]]
+            if bad or not value:
+                allowed = ", ".join(str(c) for c in meta["choices"])
+                raise ConfigError(f"bad value for config key '{key}': {bad or 'empty list'}; choose from: {allowed}")
             continue
         if meta.get("choices") and value not in meta["choices"]:
             allowed = ", ".join(str(c) for c in meta["choices"])

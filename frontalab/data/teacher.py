@@ -47,18 +47,26 @@ class LandmarkTeacher:
         rects = self.detector(np.ascontiguousarray(rgb), self.upsample)
         return [Box(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
 
-    def _shape(self, predictor, rgb: np.ndarray, box: Box) -> np.ndarray:
+    def _shape(self, predictor, rgb: np.ndarray, box: Box):
         rect = self._dlib.rectangle(int(round(box.left)), int(round(box.top)), int(round(box.right)), int(round(box.bottom)))
-        shape = predictor(np.ascontiguousarray(rgb), rect)
+        return predictor(np.ascontiguousarray(rgb), rect)
+
+    @staticmethod
+    def _points(shape) -> np.ndarray:
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
     def landmarks68(self, rgb: np.ndarray, box: Box) -> np.ndarray:
         """The 68 dlib points ``(68, 2)`` in pixels."""
-        return self._shape(self.predictor68, rgb, box)
+        return self._points(self._shape(self.predictor68, rgb, box))
 
     def landmarks5(self, rgb: np.ndarray, box: Box) -> np.ndarray:
         """dlib's 5 points ``(5, 2)`` (eye corners and nose base), the input of face chips."""
-        return self._shape(self.predictor5, rgb, box)
+        return self._points(self._shape(self.predictor5, rgb, box))
+
+    def chip(self, rgb: np.ndarray, box: Box, size: int = 150, padding: float = 0.25) -> np.ndarray:
+        """dlib's own aligned face chip ``(size, size, 3)`` uint8, the recognition network's input."""
+        shape = self._shape(self.predictor5, rgb, box)
+        return np.asarray(self._dlib.get_face_chip(np.ascontiguousarray(rgb), shape, size=size, padding=padding))
 
 
 # A generic 3-D face (millimetre-like units, x right, y up, z towards the camera) for six of

@@ -1,0 +1,349 @@
+"""`frontalab prepare`: photos -> aligned crops, teacher landmarks, pose and cached encoder features.
+
+Everything here is the same for every trial and every step, so it is computed once, on
+Ray Data (embedded, or a cluster with ``--address``), and stored as Parquet shards plus a
+``manifest.json`` where every Ray worker can read them (a folder or S3).
+
+    files (sorted, sharded) -> decode -> detect + align + landmarks + pose -> encoder features
+                            -> one Parquet shard per `shard_size` photos -> manifest.json (last)
+
+Every photo yields exactly one row: kept, or skipped with its reason, so
+``kept + sum(skipped) == input_count`` always holds. A shard is written atomically once
+all its rows are in, so a killed run resumes by skipping the shards that exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections import Counter, defaultdict
+from importlib.metadata import version
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from frontalab.config import ConfigError
+from frontalab.data import decode as dec
+from frontalab.platform import storage
+
+MANIFEST = "manifest.json"
+SETTINGS = "_settings.json"
+KEPT = "kept"
+DLIB_CHIP = 150  # dlib's recognition network input: get_face_chip(size=150, padding=0.25)
+
+# Settings that change the rows; a resumed run must use the same ones.
+CONTENT_KEYS = ("size", "face_ratio", "encoders", "frontal_only", "max_yaw", "min_pitch", "max_pitch",
+                "multiple_faces", "min_side", "limit", "shard_size", "val_fraction", "seed", "jpeg_quality")
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.parquet"
+
+
+def _unit_hash(text: str) -> float:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / float(16**12)
+
+
+def list_inputs(source: str, limit: int, shard_size: int) -> list[dict[str, Any]]:
+    """Photos under ``source`` by image extension, sorted; identity = first sub-folder, if any."""
+    files = storage.list_files(source, dec.IMAGE_SUFFIXES)
+    if limit:
+        files = files[:limit]
+    root = source.rstrip("/")
+    rows = []
+    for i, uri in enumerate(files):
+        rel = PurePosixPath(uri[len(root):].lstrip("/")) if uri.startswith(root) else PurePosixPath(uri).name
+        identity = rel.parts[0] if len(rel.parts) > 1 else ""
+        rows.append({"index": i, "shard": i // shard_size, "uri": uri, "identity": identity})
+    return rows
+
+
+# ---------------------------------------------------------------- Ray Data stages
+
+def _empty_columns(n: int) -> dict[str, Any]:
+    """Every column every row carries, so blocks share one schema whatever was skipped."""
+    return {"status": [KEPT] * n, "detail": [""] * n, "conversion": [""] * n, "sha256": [""] * n,
+            "image": [b""] * n, "landmarks": [b""] * n, "landmarks5": [b""] * n,
+            "yaw": [np.nan] * n, "pitch": [np.nan] * n, "roll": [np.nan] * n, "faces": [0] * n}
+
+
+def decode_stage(batch: pd.DataFrame, min_side: int) -> pd.DataFrame:
+    """Read and decode each photo; skipped rows keep their reason and carry no pixels."""
+    cols = _empty_columns(len(batch))
+    pixels, shapes = [], []
+    for i, uri in enumerate(batch["uri"]):
+        rgb = None
+        try:
+            data = storage.read_bytes(uri)
+        except Exception as err:  # an unreadable object is counted, never fatal
+            cols["status"][i], cols["detail"][i] = dec.UNREADABLE, type(err).__name__
+        else:
+            cols["sha256"][i] = hashlib.sha256(data).hexdigest()
+            try:
+                rgb, conversion = dec.decode(data, min_side)
+                cols["conversion"][i] = conversion or ""
+            except dec.Skip as skip:
+                cols["status"][i], cols["detail"][i] = skip.reason, str(skip)[:200]
+        pixels.append(rgb.tobytes() if rgb is not None else b"")
+        shapes.append(rgb.shape[:2] if rgb is not None else (0, 0))
+    out = batch.assign(**cols)
+    out["rgb"] = pixels
+    out["height"] = [s[0] for s in shapes]
+    out["width"] = [s[1] for s in shapes]
+    return out
+
+
+class AlignStage:
+    """Detect, pick one face, 68 + 5 landmarks, head pose, loose crop, encoder chips."""
+
+    def __init__(self, settings: dict[str, Any]):
+        from frontalab.data.teacher import LandmarkTeacher
+
+        self.s = settings
+        self.teacher = LandmarkTeacher()
+
+    def _one(self, rgb: np.ndarray, row: dict[str, Any]) -> None:
+        from frontalab.data.crop import crop, loose_crop_box, points_to_crop
+        from frontalab.data.teacher import head_pose
+
+        boxes = self.teacher.detect(rgb)
+        row["faces"] = len(boxes)
+        if not boxes:
+            raise dec.Skip(dec.NO_FACE)
+        if len(boxes) > 1 and self.s["multiple_faces"] == "skip":
+            raise dec.Skip(dec.MULTIPLE_FACES, f"{len(boxes)} faces")
+        h, w = rgb.shape[:2]
+        box = min(boxes, key=lambda b: (b.centre[0] - w / 2) ** 2 + (b.centre[1] - h / 2) ** 2)
+        points = self.teacher.landmarks68(rgb, box)
+        yaw, pitch, roll = head_pose(points, (h, w))
+        row.update(yaw=yaw, pitch=pitch, roll=roll)
+        if self.s["frontal_only"] and not (abs(yaw) <= self.s["max_yaw"]
+                                           and self.s["min_pitch"] <= pitch <= self.s["max_pitch"]):
+            raise dec.Skip(dec.NOT_FRONTAL, f"yaw {yaw:.1f} pitch {pitch:.1f}")
+        size = self.s["size"]
+        face, scale, shift = crop(rgb, loose_crop_box(points, self.s["face_ratio"]), size)
+        points5 = self.teacher.landmarks5(rgb, box)
+        row["landmarks"] = points_to_crop(points, scale, shift).tobytes()
+        row["landmarks5"] = points_to_crop(points5, scale, shift).tobytes()
+        buf = io.BytesIO()
+        from PIL import Image
+
+        Image.fromarray(face).save(buf, format="JPEG", quality=self.s["jpeg_quality"])
+        row["image"] = buf.getvalue()
+        row["crop_raw"] = face.tobytes()
+        row["dlib_chip"] = self.teacher.chip(rgb, box, DLIB_CHIP).tobytes()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = batch.to_dict("records")
+        for row in rows:
+            row["crop_raw"], row["dlib_chip"] = b"", b""
+            if row["status"] != KEPT:
+                continue
+            rgb = np.frombuffer(row["rgb"], np.uint8).reshape(row["height"], row["width"], 3)
+            try:
+                self._one(rgb, row)
+            except dec.Skip as skip:
+                row["status"], row["detail"] = skip.reason, str(skip)[:200]
+        return pd.DataFrame(rows).drop(columns=["rgb"])
+
+
+class EncodeStage:
+    """The frozen encoders' features and embeddings of each kept input face."""
+
+    def __init__(self, settings: dict[str, Any]):
+        import torch
+
+        from frontalab.models.encoders import build_encoder
+
+        torch.set_num_threads(1)
+        self.s = settings
+        self.encoders = {name: build_encoder(name) for name in settings["encoders"]}
+
+    def _inputs(self, name: str, rows: list[dict[str, Any]]):
+        import torch
+        import torch.nn.functional as F
+
+        enc = self.encoders[name]
+        if name == "dlib-resnet":  # dlib's own aligned chip, exactly as its network expects
+            arr = np.stack([np.frombuffer(r["dlib_chip"], np.uint8).reshape(DLIB_CHIP, DLIB_CHIP, 3) for r in rows])
+            x = torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float() / 255
+        else:  # FaceNet takes the loose crop itself (thesis §3: a 160 px loose crop)
+            size = self.s["size"]
+            arr = np.stack([np.frombuffer(r["crop_raw"], np.uint8).reshape(size, size, 3) for r in rows])
+            x = torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float() / 255
+            if size != enc.input_size:
+                x = F.interpolate(x, size=(enc.input_size, enc.input_size), mode="bilinear",
+                                  align_corners=False, antialias=True)
+        return x
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        import torch
+
+        rows = batch.to_dict("records")
+        kept = [r for r in rows if r["status"] == KEPT]
+        for name, enc in self.encoders.items():
+            for r in rows:
+                r[f"features_{name}"], r[f"embedding_{name}"] = b"", b""
+            if kept:
+                with torch.no_grad():
+                    x = self._inputs(name, kept)
+                    feats, embs = enc.features(x), enc.embed(x)
+                for r, f, e in zip(kept, feats.numpy().astype(np.float32), embs.numpy().astype(np.float32)):
+                    r[f"features_{name}"], r[f"embedding_{name}"] = f.tobytes(), e.tobytes()
+        return pd.DataFrame(rows).drop(columns=["crop_raw", "dlib_chip"])
+
+
+# ---------------------------------------------------------------- driver
+
+def _settings(cfg: DictConfig) -> dict[str, Any]:
+    pc = OmegaConf.to_container(cfg.prepare, resolve=True)
+    return {k: pc[k] for k in CONTENT_KEYS}
+
+
+def _check_settings(out: str, settings: dict[str, Any]) -> None:
+    """A dataset folder belongs to one set of settings: refuse to mix two into it."""
+    uri = storage.join(out, SETTINGS)
+    if storage.exists(uri):
+        before = json.loads(storage.read_bytes(uri))
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise ConfigError(
+                f"{out} was prepared with other settings ({', '.join(f'prepare.{k}' for k in changed)}); "
+                f"use another --out or the same settings")
+    else:
+        storage.write_bytes_atomic(uri, json.dumps(settings, indent=1).encode())
+
+
+def _assign_split(shard: pd.DataFrame, settings: dict[str, Any]) -> pd.Series:
+    keys = [f"id:{i}" if i else f"sha:{h}" for i, h in zip(shard["identity"], shard["sha256"])]
+    return pd.Series(["val" if _unit_hash(f"{settings['seed']}:{k}") < settings["val_fraction"] else "train"
+                      for k in keys], index=shard.index)
+
+
+def _write_shard(out: str, shard_id: int, parts: list[pd.DataFrame], settings: dict[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shard = pd.concat(parts).sort_values("index").reset_index(drop=True)
+    shard["split"] = _assign_split(shard, settings)
+    shard = shard.drop(columns=["height", "width"], errors="ignore")
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(shard, preserve_index=False), buf, compression="zstd")
+    storage.write_bytes_atomic(storage.join(out, shard_name(shard_id)), buf.getvalue())
+
+
+def _progress(total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="prepare", dynamic_ncols=True, mininterval=1.0)
+
+
+def run_pipeline(todo: list[dict[str, Any]], settings: dict[str, Any], out: str, bar, counts: Counter) -> None:
+    import ray
+
+    from frontalab.platform.cluster import cluster_cpus
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours shows kept / skipped, Ray's would only add noise
+    cpus = cluster_cpus()
+    align_actors = settings.get("concurrency") or max(1, cpus - 1)
+    bs = settings["batch_size"]
+    ds = (ray.data.from_items(todo)
+          .map_batches(decode_stage, fn_kwargs={"min_side": settings["min_side"]}, batch_format="pandas",
+                       batch_size=bs, num_cpus=0.25)
+          .map_batches(AlignStage, fn_constructor_args=(settings,), batch_format="pandas", batch_size=bs,
+                       compute=ray.data.ActorPoolStrategy(size=align_actors),
+                       num_cpus=min(1.0, max(0.25, (cpus - 0.75) / align_actors)))
+          .map_batches(EncodeStage, fn_constructor_args=(settings,), batch_format="pandas", batch_size=bs,
+                       compute=ray.data.ActorPoolStrategy(size=max(1, align_actors // 4)), num_cpus=0.5))
+    expected = Counter(r["shard"] for r in todo)
+    pending: dict[int, list[pd.DataFrame]] = defaultdict(list)
+    for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
+        for shard_id, part in batch.groupby("shard"):
+            pending[shard_id].append(part)
+            if sum(len(p) for p in pending[shard_id]) == expected[shard_id]:
+                _write_shard(out, int(shard_id), pending.pop(shard_id), settings)
+        counts.update(batch["status"])
+        bar.update(len(batch))
+        bar.set_postfix(kept=counts[KEPT], skipped=sum(v for k, v in counts.items() if k != KEPT), refresh=False)
+    if pending:
+        raise RuntimeError(f"shards {sorted(pending)} did not receive all their rows")
+
+
+def _read_index(out: str, shard_id: int) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    cols = ["index", "status", "conversion", "sha256", "identity", "split", "landmarks", "yaw"]
+    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, shard_name(shard_id)))), columns=cols)
+    return table.to_pandas()
+
+
+def build_manifest(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Counts, split, hash and provenance, from the shards themselves (so resumed runs agree)."""
+    shards = sorted({r["shard"] for r in inputs})
+    index = pd.concat([_read_index(out, s) for s in shards]) if shards else pd.DataFrame(
+        columns=["index", "status", "conversion", "sha256", "identity", "split", "landmarks", "yaw"])
+    kept = index[index["status"] == KEPT]
+    digest = hashlib.sha256()
+    for s in shards:
+        digest.update(hashlib.sha256(storage.read_bytes(storage.join(out, shard_name(s)))).digest())
+    size = settings["size"]
+    mean_landmarks = None
+    if len(kept):
+        pts = np.stack([np.frombuffer(b, np.float32).reshape(68, 2) for b in kept["landmarks"]])
+        mean_landmarks = ((pts + 0.5) / size).mean(0).round(5).tolist()
+    return {
+        "format": "frontalab-faces/1",
+        "input_count": len(inputs),
+        "kept": int(len(kept)),
+        "skipped": {k: int(v) for k, v in sorted(Counter(index.loc[index["status"] != KEPT, "status"]).items())},
+        "converted": {k: int(v) for k, v in sorted(Counter(c for c in index["conversion"] if c).items())},
+        "split": {"rule": "identity" if (kept["identity"] != "").any() else "content hash",
+                  "seed": settings["seed"], "val_fraction": settings["val_fraction"],
+                  "train": int((kept["split"] == "train").sum()), "val": int((kept["split"] == "val").sum())},
+        "identities": int(kept.loc[kept["identity"] != "", "identity"].nunique()),
+        "shards": [shard_name(s) for s in shards],
+        "dataset_hash": digest.hexdigest()[:16],
+        "settings": settings,
+        "encoders": {name: {"features": f"features_{name}", "embedding": f"embedding_{name}"}
+                     for name in settings["encoders"]},
+        "image": {"size": size, "format": "jpeg", "face_ratio": settings["face_ratio"]},
+        "landmarks": {"format": "float32 (68, 2) pixel (x, y) in the crop, pixel centres at integers",
+                      "mean_normalised": mean_landmarks},
+        "versions": {p: version(p) for p in ("frontalab", "torch", "ray", "dlib-bin", "pillow")},
+        "seconds": round(seconds, 1),
+    }
+
+
+def prepare(cfg: DictConfig, address: str | None = None) -> dict[str, Any]:
+    """Prepare ``cfg.prepare.source`` into ``cfg.prepare.out``; returns the manifest."""
+    from frontalab.platform.cluster import connect
+
+    pc = cfg.prepare
+    if not pc.source or not pc.out:
+        raise ConfigError("prepare needs a source and an out (prepare.source=..., prepare.out=...)")
+    settings = _settings(cfg)
+    settings.update(batch_size=pc.batch_size, concurrency=pc.concurrency)
+    content = {k: settings[k] for k in CONTENT_KEYS}
+    start = time.perf_counter()
+    inputs = list_inputs(pc.source, pc.limit, pc.shard_size)
+    if not inputs:
+        raise ConfigError(f"no photos ({', '.join(dec.IMAGE_SUFFIXES)}) under prepare.source={pc.source}")
+    _check_settings(pc.out, content)
+    done = {s for s in {r["shard"] for r in inputs} if storage.exists(storage.join(pc.out, shard_name(s)))}
+    todo = [r for r in inputs if r["shard"] not in done]
+    bar = _progress(len(inputs), len(inputs) - len(todo))
+    counts: Counter = Counter()
+    if todo:
+        where = connect(address)
+        bar.write(f"prepare: {len(todo)} of {len(inputs)} photos to do ({len(done)} shards already written), Ray {where}")
+        run_pipeline(todo, settings, pc.out, bar, counts)
+    bar.close()
+    manifest = build_manifest(pc.out, inputs, content, time.perf_counter() - start)
+    storage.write_bytes_atomic(storage.join(pc.out, MANIFEST), json.dumps(manifest, indent=1).encode())
+    return manifest
