@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import sys
 import time
 from collections import Counter, defaultdict
 from importlib.metadata import version
@@ -192,7 +193,7 @@ class EncodeStage:
             if kept:
                 with torch.no_grad():
                     x = self._inputs(name, kept)
-                    feats, embs = enc.features(x), enc.embed(x)
+                    feats, embs = enc.encode(x)
                 for r, f, e in zip(kept, feats.numpy().astype(np.float32), embs.numpy().astype(np.float32)):
                     r[f"features_{name}"], r[f"embedding_{name}"] = f.tobytes(), e.tobytes()
         return pd.DataFrame(rows).drop(columns=["crop_raw", "dlib_chip"])
@@ -278,7 +279,7 @@ def run_pipeline(todo: list[dict[str, Any]], settings: dict[str, Any], out: str,
 def _read_index(out: str, shard_id: int) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
-    cols = ["index", "status", "conversion", "sha256", "identity", "split", "landmarks", "yaw"]
+    cols = ["index", "status", "conversion", "faces", "sha256", "identity", "split", "landmarks", "yaw"]
     table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, shard_name(shard_id)))), columns=cols)
     return table.to_pandas()
 
@@ -286,8 +287,7 @@ def _read_index(out: str, shard_id: int) -> pd.DataFrame:
 def build_manifest(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any], seconds: float) -> dict[str, Any]:
     """Counts, split, hash and provenance, from the shards themselves (so resumed runs agree)."""
     shards = sorted({r["shard"] for r in inputs})
-    index = pd.concat([_read_index(out, s) for s in shards]) if shards else pd.DataFrame(
-        columns=["index", "status", "conversion", "sha256", "identity", "split", "landmarks", "yaw"])
+    index = pd.concat([_read_index(out, s) for s in shards])
     kept = index[index["status"] == KEPT]
     digest = hashlib.sha256()
     for s in shards:
@@ -302,7 +302,9 @@ def build_manifest(out: str, inputs: list[dict[str, Any]], settings: dict[str, A
         "input_count": len(inputs),
         "kept": int(len(kept)),
         "skipped": {k: int(v) for k, v in sorted(Counter(index.loc[index["status"] != KEPT, "status"]).items())},
-        "converted": {k: int(v) for k, v in sorted(Counter(c for c in index["conversion"] if c).items())},
+        # Kept after handling: an unusual image mode converted, or the central one of several faces.
+        "handled": {**{k: int(v) for k, v in sorted(Counter(c for c in kept["conversion"] if c).items())},
+                    **({"multiple_faces_central": int((kept["faces"] > 1).sum())} if (kept["faces"] > 1).any() else {})},
         "split": {"rule": "identity" if (kept["identity"] != "").any() else "content hash",
                   "seed": settings["seed"], "val_fraction": settings["val_fraction"],
                   "train": int((kept["split"] == "train").sum()), "val": int((kept["split"] == "val").sum())},
@@ -341,7 +343,8 @@ def prepare(cfg: DictConfig, address: str | None = None) -> dict[str, Any]:
     counts: Counter = Counter()
     if todo:
         where = connect(address)
-        bar.write(f"prepare: {len(todo)} of {len(inputs)} photos to do ({len(done)} shards already written), Ray {where}")
+        bar.write(f"prepare: {len(todo)} of {len(inputs)} photos to do ({len(done)} shards already written), Ray {where}",
+                  file=sys.stderr)
         run_pipeline(todo, settings, pc.out, bar, counts)
     bar.close()
     manifest = build_manifest(pc.out, inputs, content, time.perf_counter() - start)

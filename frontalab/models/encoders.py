@@ -1,0 +1,338 @@
+"""Frozen face-recognition encoders behind one interface: `FaceEncoder`.
+
+Both identity losses and identity metrics go through this interface, so a trial can swap
+encoders from config (``encoder.name``, ``encoder.weights``):
+
+- ``dlib-resnet``: dlib's ResNet ported to torch (`frontalab.models.dlib_resnet`); its
+  weights ship with the ``face_recognition_models`` package, so it works offline
+  everywhere. 150x150 chips aligned like ``dlib.get_face_chip(img, shape, 150, 0.25)``
+  (`frontalab.models.chip.face_chip`); 256-D features, 128-D embeddings; same person when
+  the Euclidean distance is below 0.6.
+- ``facenet-vggface2`` / ``facenet-casia``: facenet-pytorch's ``InceptionResnetV1``;
+  160x160 chips (facenet-pytorch's MTCNN crops); 1792-D features, 512-D unit-length
+  embeddings. Weights: ``encoder.weights`` (file or s3:// URI), else
+  ``$FRONTALAB_FACENET_WEIGHTS``, else facenet-pytorch's download cache.
+
+Inputs are always aligned chips ``(N, 3, S, S)``, RGB floats in [0, 1]; each encoder applies
+its own normalisation. Weights never train and the modules stay in eval mode, but outputs
+are differentiable with respect to the input images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from frontalab.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+ENCODER_NAMES = ("dlib-resnet", "facenet-vggface2", "facenet-casia")
+WEIGHTS_ENV = "FRONTALAB_FACENET_WEIGHTS"
+
+# facenet-pytorch's own release files (the URLs its load_weights() uses); they are cached in
+# facenet-pytorch's folder, <torch home>/checkpoints, so a copy placed there is found too.
+FACENET_URLS = {
+    "vggface2": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
+    "casia-webface": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",
+}
+
+# Same-identity thresholds on the Euclidean distance between unit-length 512-D embeddings.
+# Nobody can measure them on these machines (no weights here), so they are quoted values:
+# - Cole et al. 2017 use 1.242, FaceNet's (Schroff et al. 2015) LFW threshold for *their*
+#   network, on FaceNet's distance, which is the *squared* L2 distance;
+# - for the 20180402-114759 (VGGFace2) weights that facenet-pytorch converted, Sandberg's
+#   LFW validation (10-fold best accuracy) puts the threshold around 1.1-1.2 on squared L2,
+#   i.e. ~1.05-1.1 Euclidean; deepface uses 1.04 (Euclidean, unit-length) for the same
+#   family of 512-D Sandberg models.
+# We use 1.1 (Euclidean) for both sets of weights: the value commonly used with
+# facenet-pytorch's VGGFace2 weights and inside that LFW-derived range. It is quoted, not
+# measured here: re-measure it on LFW pairs (and for CASIA separately) where the weights exist.
+FACENET_THRESHOLD = {"vggface2": 1.1, "casia-webface": 1.1}
+
+
+class EncoderWeightsUnavailable(RuntimeError):
+    """An encoder's pretrained weights cannot be found or fetched."""
+
+
+# --------------------------------------------------------------------------------------
+# The interface.
+# --------------------------------------------------------------------------------------
+
+class FaceEncoder(nn.Module):
+    """A frozen face-recognition network.
+
+    Attributes: ``name``, ``input_size`` (chip side in pixels), ``feature_dim`` (pooled
+    vector before the embedding layer), ``embedding_dim``, ``same_identity_threshold``
+    (for ``distance``), ``distance_kind`` ("euclidean").
+    Methods take aligned chips ``(N, 3, input_size, input_size)``, RGB in [0, 1]
+    (greyscale ``(N, 1, S, S)`` is repeated to 3 channels). ``encode`` returns features and
+    embeddings from one pass; ``embed_from_features`` maps cached features to embeddings.
+    """
+
+    name: str
+    input_size: int
+    feature_dim: int
+    embedding_dim: int
+    same_identity_threshold: float
+    distance_kind: str = "euclidean"
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled pre-embedding features ``(N, feature_dim)``."""
+        raise NotImplementedError
+
+    def embed_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The embedding layer alone: ``(N, feature_dim)`` -> ``(N, embedding_dim)``."""
+        raise NotImplementedError
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Identity embeddings ``(N, embedding_dim)``."""
+        return self.embed_from_features(self.features(images))
+
+    def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, embeddings)`` in one pass through the network."""
+        features = self.features(images)
+        return features, self.embed_from_features(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.embed(images)
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Euclidean distance between embeddings along the last dimension (broadcasts)."""
+        return torch.linalg.vector_norm(a - b, dim=-1)
+
+    def same_identity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.distance(a, b) < self.same_identity_threshold
+
+    def describe(self) -> dict[str, Any]:
+        """What an identity metric must be logged with."""
+        return {"encoder": self.name, "distance": self.distance_kind,
+                "same_identity_threshold": self.same_identity_threshold}
+
+    def train(self, mode: bool = True) -> "FaceEncoder":
+        # Frozen: batch-norm layers must keep their stored statistics even inside a
+        # model that is put in training mode.
+        return super().train(False)
+
+    def _freeze(self) -> "FaceEncoder":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self.train(False)
+
+    def _check(self, images: torch.Tensor) -> torch.Tensor:
+        s = self.input_size
+        if images.ndim != 4 or images.shape[1] not in (1, 3) or tuple(images.shape[2:]) != (s, s):
+            raise ValueError(f"{self.name} expects aligned chips (N, 3, {s}, {s}) RGB in [0, 1], "
+                             f"got {tuple(images.shape)}")
+        return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+    def extra_repr(self) -> str:
+        return (f"name={self.name!r}, input_size={self.input_size}, embedding_dim={self.embedding_dim}, "
+                f"threshold={self.same_identity_threshold} ({self.distance_kind})")
+
+
+# --------------------------------------------------------------------------------------
+# dlib ResNet.
+# --------------------------------------------------------------------------------------
+
+class DlibResNetEncoder(FaceEncoder):
+    """dlib's face-recognition ResNet (dlib_face_recognition_resnet_model_v1) in torch."""
+
+    name = "dlib-resnet"
+    same_identity_threshold = 0.6  # dlib's documented Euclidean threshold
+
+    def __init__(self, dat_path: str | Path | None = None, use_cache: bool = True):
+        super().__init__()
+        from frontalab.models.dlib_resnet import load_dlib_resnet
+
+        self.net = load_dlib_resnet(dat_path, use_cache=use_cache)
+        self.input_size = self.net.input_size
+        self.feature_dim = self.net.feature_dim
+        self.embedding_dim = self.net.embedding_dim
+        self._freeze()
+
+    @property
+    def loaded_from(self) -> str:
+        return self.net.loaded_from
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.features(self._check(images))
+
+    def embed_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net.fc(features)
+
+
+# --------------------------------------------------------------------------------------
+# FaceNet (facenet-pytorch InceptionResnetV1).
+# --------------------------------------------------------------------------------------
+
+class FaceNetEncoder(FaceEncoder):
+    """facenet-pytorch's InceptionResnetV1; ``state_dict=None`` keeps the random initialisation."""
+
+    input_size = 160
+    feature_dim = 1792
+    embedding_dim = 512
+
+    # The trunk up to global pooling, in InceptionResnetV1.forward's order.
+    _TRUNK = ("conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a",
+              "conv2d_4b", "repeat_1", "mixed_6a", "repeat_2", "mixed_7a", "repeat_3", "block8",
+              "avgpool_1a")
+
+    def __init__(self, pretrained: str, state_dict: dict[str, torch.Tensor] | None):
+        super().__init__()
+        from facenet_pytorch import InceptionResnetV1
+
+        self.name = {"vggface2": "facenet-vggface2", "casia-webface": "facenet-casia"}[pretrained]
+        self.same_identity_threshold = FACENET_THRESHOLD[pretrained]
+        self.random_weights = state_dict is None
+        # pretrained=None: build the architecture without facenet-pytorch's download.
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+        if state_dict is not None:
+            # The released files also carry the training classifier ("logits.*"): not needed.
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logits.")}
+            self.net.load_state_dict(state_dict, strict=True)
+        self._freeze()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        # facenet-pytorch's fixed_image_standardization, which its MTCNN crops are fed with.
+        x = (self._check(images) * 255.0 - 127.5) / 128.0
+        for name in self._TRUNK:
+            x = getattr(self.net, name)(x)
+        return x.flatten(1)
+
+    def embed_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        # Dropout is skipped: eval mode makes it the identity anyway.
+        x = self.net.last_bn(self.net.last_linear(features))
+        return F.normalize(x, p=2, dim=1)
+
+
+def _can_connect(url: str, timeout: float) -> str | None:
+    """None if ``url``'s host accepts a TCP connection within ``timeout`` s, else the reason.
+
+    Runs in a daemon thread because name resolution ignores socket timeouts and can hang
+    on a machine without network.
+    """
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{type(err).__name__}: {err}")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no connection to {parts.hostname}:{port} within {timeout:.0f} s"
+
+
+def _download(url: str, dest: Path, timeout: float = 5.0) -> None:
+    """Fetch ``url`` to ``dest`` (via a temporary file) or raise OSError; never hangs.
+
+    A quick TCP probe first (``timeout`` s), then every socket operation of the transfer is
+    limited to 8 s, so an offline machine fails within 10 s.
+    """
+    reason = _can_connect(url, timeout)
+    if reason:
+        raise OSError(reason)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "frontalab"})
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=8) as resp:
+            for chunk in iter(lambda: resp.read(1 << 20), b""):
+                out.write(chunk)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _fetch_s3(uri: str) -> Path:
+    """``s3://bucket/key`` through the local S3 cache (endpoint and credentials from the environment)."""
+    from frontalab.platform import storage
+
+    try:
+        return storage.cached(uri)
+    except Exception as err:
+        raise EncoderWeightsUnavailable(f"cannot download FaceNet weights from {uri}: {err}") from err
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
+        blob = blob["state_dict"]
+    if not isinstance(blob, dict):
+        raise EncoderWeightsUnavailable(f"{path} does not hold an InceptionResnetV1 state_dict")
+    return blob
+
+
+def facenet_state_dict(pretrained: str, weights: str | None = None) -> dict[str, torch.Tensor]:
+    """FaceNet weights from ``weights``, else $FRONTALAB_FACENET_WEIGHTS, else facenet-pytorch's cache/download."""
+    source = weights or os.environ.get(WEIGHTS_ENV)
+    if source:
+        if source.startswith("s3://"):
+            return _load_state_dict(_fetch_s3(source))
+        path = Path(source).expanduser()
+        if not path.is_file():
+            origin = "encoder.weights" if weights else f"${WEIGHTS_ENV}"
+            raise EncoderWeightsUnavailable(f"FaceNet weights file {path} (from {origin}) does not exist")
+        return _load_state_dict(path)
+
+    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
+
+    url = FACENET_URLS[pretrained]
+    cached = Path(get_torch_home()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
+    if not cached.is_file():
+        try:
+            _download(url, cached)
+        except OSError as err:
+            raise EncoderWeightsUnavailable(
+                f"FaceNet weights ({pretrained}) are not available: no file was given in the config key "
+                f"encoder.weights, ${WEIGHTS_ENV} is not set, {cached} does not exist, and downloading "
+                f"{url} failed ({err}). Copy {cached.name} from a machine with internet access and set "
+                f"{WEIGHTS_ENV}=/path/to/{cached.name} or encoder.weights=<file or s3:// URI>; "
+                f"or use encoder.name=dlib-resnet, which works offline."
+            ) from None
+    return _load_state_dict(cached)
+
+
+# --------------------------------------------------------------------------------------
+# Factory.
+# --------------------------------------------------------------------------------------
+
+def build_encoder(name: str, **options: Any) -> FaceEncoder:
+    """An encoder by config name.
+
+    dlib-resnet options: ``weights`` / ``dat_path`` (another .dat file), ``use_cache``.
+    facenet-* options: ``weights`` (file path or s3:// URI), ``random_weights`` (tests only:
+    random initialisation, same interface, meaningless embeddings).
+    """
+    if name == "dlib-resnet":
+        unknown = set(options) - {"weights", "dat_path", "use_cache"}
+        if unknown:
+            raise TypeError(f"unknown options for {name}: {sorted(unknown)}")
+        return DlibResNetEncoder(options.get("dat_path") or options.get("weights"),
+                                 use_cache=options.get("use_cache", True))
+    if name in ("facenet-vggface2", "facenet-casia"):
+        unknown = set(options) - {"weights", "random_weights"}
+        if unknown:
+            raise TypeError(f"unknown options for {name}: {sorted(unknown)}")
+        pretrained = "vggface2" if name == "facenet-vggface2" else "casia-webface"
+        state = None if options.get("random_weights") else facenet_state_dict(pretrained, options.get("weights"))
+        return FaceNetEncoder(pretrained, state)
+    raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")

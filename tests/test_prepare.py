@@ -1,0 +1,156 @@
+"""`frontalab prepare` end to end on real faces: bad input tallies, S3 round trip, kill and resume, frontal filter."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from frontalab.paths import faces_dir
+
+from conftest import service_overrides
+
+FACES = faces_dir()
+pytestmark = pytest.mark.skipif(not (FACES / "utkface").is_dir(), reason=f"no faces at {FACES}")
+
+
+def run_prepare(*args: str, timeout: float = 600) -> dict:
+    out = subprocess.run([sys.executable, "-m", "frontalab", "prepare", *args],
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def utk(n: int, start: int = 0) -> list[Path]:
+    return sorted((FACES / "utkface").glob("*.jpg"))[start:start + n]
+
+
+def encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bad_input_folder(tmp_path_factory) -> tuple[Path, dict]:
+    """Every bad-input case of the issue beside plain good faces, with the expected tallies."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    faces = [Image.open(p).convert("RGB") for p in utk(12, start=40)]
+    for i, im in enumerate(faces[:5]):
+        (root / f"good_{i}.jpg").write_bytes(encode(im, "JPEG", quality=95))
+    good = encode(faces[5], "JPEG", quality=95)
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.png").write_bytes(b"this is a text file, not a picture\n" * 20)
+    (root / "cmyk.jpg").write_bytes(encode(faces[6].convert("CMYK"), "JPEG", quality=95))
+    ok, png16 = cv2.imencode(".png", np.asarray(faces[7])[..., ::-1].astype(np.uint16) * 257)
+    (root / "deep16.png").write_bytes(png16.tobytes())
+    (root / "alpha.png").write_bytes(encode(faces[8].convert("RGBA"), "PNG"))
+    (root / "grey.jpg").write_bytes(encode(faces[9].convert("L"), "JPEG", quality=95))
+    (root / "palette.png").write_bytes(encode(faces[10].convert("P"), "PNG"))
+    (root / "tiny.png").write_bytes(encode(faces[11].resize((8, 8)), "PNG"))
+    (root / "noface.jpg").write_bytes(encode(Image.new("RGB", (200, 200), (120, 160, 200)), "JPEG"))
+    pair = Image.new("RGB", (400, 200))
+    pair.paste(faces[0], (0, 0))
+    pair.paste(faces[1], (200, 0))
+    (root / "two_faces.jpg").write_bytes(encode(pair, "JPEG", quality=95))
+    expected = {
+        "input_count": 16, "kept": 11,
+        "skipped": {"empty_file": 1, "no_face": 1, "not_an_image": 1, "too_small": 1, "truncated": 1},
+        "handled": {"16bit": 1, "cmyk": 1, "grayscale": 1, "palette": 1, "rgba": 1, "multiple_faces_central": 1},
+    }
+    return root, expected
+
+
+def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embedded_services, tmp_path):
+    """Local source -> S3 dataset; then the reader streams it back from SeaweedFS."""
+    src, expected = bad_input_folder
+    cfg, _ = embedded_services
+    out = f"s3://{cfg.bucket}/datasets/bad-inputs"
+    summary = run_prepare("--source", str(src), "--out", out, "prepare.shard_size=4", *service_overrides(cfg))
+    for key, value in expected.items():
+        assert summary[key] == value, (key, summary[key])
+    assert summary["kept"] + sum(summary["skipped"].values()) == summary["input_count"]
+
+    # --- the reader, from S3 through the local cache, in this process
+    from frontalab.data.dataset import FaceDataset
+    from frontalab.platform import services
+
+    os.environ.update(services.client_env(cfg))
+    ds = FaceDataset(out, split=None, image_size=64)
+    assert len(ds) == expected["kept"]
+    item = ds[0]
+    assert item["image"].shape == (3, 64, 64) and -1 <= item["image"].min() and item["image"].max() <= 1
+    assert item["features"].shape == (256,) and item["embedding"].shape == (128,)
+    assert (ds.landmarks >= 0).all() and (ds.landmarks <= 1).all()
+    # Landmarks are in the crop's frame: the face's centre is near the crop's centre.
+    assert (ds.landmarks.mean(1) - 0.5).abs().max() < 0.15
+
+
+def test_unreadable_s3_object_is_counted(embedded_services):
+    import pandas as pd
+
+    from frontalab.data.prepare import decode_stage
+    from frontalab.platform import services
+
+    cfg, _ = embedded_services
+    os.environ.update(services.client_env(cfg))
+    batch = pd.DataFrame({"index": [0], "shard": [0], "uri": [f"s3://{cfg.bucket}/missing/photo.jpg"], "identity": [""]})
+    out = decode_stage(batch, min_side=32)
+    assert out.loc[0, "status"] == "unreadable" and out.loc[0, "rgb"] == b""
+
+
+def test_killed_prepare_resumes_without_duplicates(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in utk(72, start=100):
+        (src / p.name).symlink_to(p)
+    args = ["--source", str(src), "prepare.shard_size=6", "prepare.batch_size=3"]
+    reference = run_prepare(*args, "--out", str(tmp_path / "whole"))
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "frontalab", "prepare", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(out.glob("shard-*.parquet")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-run
+    proc.wait()
+    written = len(list(out.glob("shard-*.parquet")))
+    assert 1 <= written < 12, f"kill came too late to test resumption ({written} shards)"
+    assert not (out / "manifest.json").exists()
+
+    resumed = run_prepare(*args, "--out", str(out))
+    for key in ("input_count", "kept", "skipped", "handled", "split", "dataset_hash"):
+        assert resumed[key] == reference[key], key
+    import pyarrow.parquet as pq
+
+    hashes = [h for f in sorted(out.glob("shard-*.parquet")) for h in pq.read_table(f, columns=["sha256"]).column("sha256").to_pylist()]
+    assert len(hashes) == len(set(hashes)) == 72
+
+
+def test_frontal_only_keeps_frontal_faces(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in utk(40, start=300):
+        (src / p.name).symlink_to(p)
+    summary = run_prepare("--source", str(src), "--out", str(tmp_path / "frontal"), "--frontal-only")
+    assert summary["skipped"].get("not_frontal", 0) > 0 and summary["kept"] > 0
+    import pyarrow.parquet as pq
+
+    import pandas as pd
+
+    t = pd.concat(pq.read_table(f, columns=["status", "yaw", "pitch"]).to_pandas()
+                  for f in (tmp_path / "frontal").glob("shard-*.parquet"))
+    kept = t[t.status == "kept"]
+    assert (kept.yaw.abs() <= 5).all() and kept.pitch.between(-60, 0).all()
