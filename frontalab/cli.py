@@ -85,9 +85,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
              "frontal_only": "true" if args.frontal_only else None}
     args.items += [f"prepare.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = _load(args)
-    use_services(cfg, cfg.prepare.source, cfg.prepare.out)
+    use_services(cfg, *cfg.prepare.source.split(","), cfg.prepare.out)
     manifest = prepare(cfg, address=args.address)
-    summary = {k: manifest[k] for k in ("input_count", "kept", "skipped", "converted", "split", "dataset_hash")}
+    summary = {k: manifest[k] for k in ("input_count", "kept", "skipped", "handled", "split", "dataset_hash")}
     print(json.dumps({"out": cfg.prepare.out, **summary, "seconds": manifest["seconds"],
                       "images_per_s": round(manifest["input_count"] / max(manifest["seconds"], 1e-9), 1)}, indent=1))
     return 0
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _config_args(add("config", cmd_config, "print the resolved, validated config (like Hydra's --cfg job)"))
     p = add("prepare", cmd_prepare, "photos -> aligned crops, landmarks, pose and cached encoder features (Ray Data)")
-    p.add_argument("--source", help="folder or s3:// prefix of photos (prepare.source)")
+    p.add_argument("--source", help="folders or s3:// prefixes of photos, comma-separated (prepare.source)")
     p.add_argument("--out", help="dataset folder or s3:// prefix (prepare.out)")
     p.add_argument("--size", type=int, help="crop side in pixels (prepare.size, default 160)")
     p.add_argument("--encoders", help="comma-separated encoder names (prepare.encoders)")

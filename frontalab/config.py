@@ -96,7 +96,7 @@ class DataConfig:
 
 @dataclass
 class PrepareConfig:
-    source: str = _f("", doc="folder or s3:// prefix of photos (folder-per-person gives identity labels)")
+    source: str = _f("", doc="folders or s3:// prefixes of photos, comma-separated (folder-per-person gives identity labels)")
     out: str = _f("", doc="dataset folder or s3:// prefix to write")
     size: int = _f(160, lo=32, hi=1024, doc="side of the stored loose crop (thesis: 160)")
     face_ratio: float = _f(0.625, lo=0.1, hi=1.0, doc="face side / crop side (thesis: 0.625)")
@@ -118,6 +118,19 @@ class PrepareConfig:
 
 
 @dataclass
+class LandmarksConfig:
+    """The landmark student: a torch CNN trained to reproduce dlib's 68 points."""
+    data: str = _f("s3://frontalab/datasets/faces", doc="prepared dataset with teacher landmarks")
+    out: str = _f("", doc="weights file to write; default: the packaged frontalab/models/landmarks68.pt")
+    weights: str = _f("", doc="weights the trainer loads; default: the packaged file")
+    input_size: int = _f(64, lo=32, hi=256, doc="side the student resizes every face to")
+    steps: int = _f(6000, lo=1)
+    batch_size: int = _f(64, lo=1)
+    lr: float = _f(2e-3, lo=0, hi=1)
+    seed: int = _f(0, lo=0)
+
+
+@dataclass
 class ServicesConfig:
     state_dir: str = _f("", doc="data, PIDs and logs of embedded services; default $FRONTALAB_HOME or ~/.frontalab")
     host: str = _f("127.0.0.1", doc="bind address of embedded services")
@@ -136,6 +149,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
 
 

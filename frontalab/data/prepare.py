@@ -50,17 +50,26 @@ def _unit_hash(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / float(16**12)
 
 
+def split_of(identity: str, sha256: str, seed: int, val_fraction: float) -> str:
+    """'val' or 'train': by identity when the photo has one (no person in both), else by content."""
+    key = f"id:{identity}" if identity else f"sha:{sha256}"
+    return "val" if _unit_hash(f"{seed}:{key}") < val_fraction else "train"
+
+
 def list_inputs(source: str, limit: int, shard_size: int) -> list[dict[str, Any]]:
-    """Photos under ``source`` by image extension, sorted; identity = first sub-folder, if any."""
-    files = storage.list_files(source, dec.IMAGE_SUFFIXES)
-    if limit:
-        files = files[:limit]
-    root = source.rstrip("/")
-    rows = []
-    for i, uri in enumerate(files):
-        rel = PurePosixPath(uri[len(root):].lstrip("/")) if uri.startswith(root) else PurePosixPath(uri).name
-        identity = rel.parts[0] if len(rel.parts) > 1 else ""
-        rows.append({"index": i, "shard": i // shard_size, "uri": uri, "identity": identity})
+    """Photos under ``source`` (comma-separated folders or s3:// prefixes), by image extension.
+
+    Sorted per source, sources in the order given; the identity of a photo is its first
+    sub-folder below its source (folder-per-person, as LFW), else empty.
+    """
+    rows: list[dict[str, Any]] = []
+    for root in (s.strip().rstrip("/") for s in source.split(",") if s.strip()):
+        for uri in storage.list_files(root, dec.IMAGE_SUFFIXES):
+            rel = PurePosixPath(uri[len(root):].lstrip("/"))
+            rows.append({"uri": uri, "identity": rel.parts[0] if len(rel.parts) > 1 else ""})
+    rows = rows[:limit] if limit else rows
+    for i, row in enumerate(rows):
+        row.update(index=i, shard=i // shard_size)
     return rows
 
 
@@ -221,9 +230,8 @@ def _check_settings(out: str, settings: dict[str, Any]) -> None:
 
 
 def _assign_split(shard: pd.DataFrame, settings: dict[str, Any]) -> pd.Series:
-    keys = [f"id:{i}" if i else f"sha:{h}" for i, h in zip(shard["identity"], shard["sha256"])]
-    return pd.Series(["val" if _unit_hash(f"{settings['seed']}:{k}") < settings["val_fraction"] else "train"
-                      for k in keys], index=shard.index)
+    return pd.Series([split_of(i, h, settings["seed"], settings["val_fraction"])
+                      for i, h in zip(shard["identity"], shard["sha256"])], index=shard.index)
 
 
 def _write_shard(out: str, shard_id: int, parts: list[pd.DataFrame], settings: dict[str, Any]) -> None:
