@@ -66,13 +66,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if state.get("healthy", True) else 1
 
 
-def use_services(cfg, *uris: str) -> None:
-    """Start the embedded services if any of ``uris`` is on S3, and point this process at them."""
+def needs_s3(*uris: str) -> bool:
+    from frontalab.platform import storage
+
+    return any(storage.is_s3(u) for u in uris if u)
+
+
+def use_services(cfg, needed: bool = True) -> None:
+    """Start the services if ``needed`` (idempotent) and point this process at them."""
     import os
 
-    from frontalab.platform import services, storage
+    from frontalab.platform import services
 
-    if any(storage.is_s3(u) for u in uris if u):
+    if needed:
         services.up(cfg.services)
         os.environ.update(services.client_env(cfg.services))
 
@@ -85,11 +91,27 @@ def cmd_prepare(args: argparse.Namespace) -> int:
              "frontal_only": "true" if args.frontal_only else None}
     args.items += [f"prepare.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = _load(args)
-    use_services(cfg, *cfg.prepare.source.split(","), cfg.prepare.out)
+    use_services(cfg, needs_s3(*cfg.prepare.source.split(","), cfg.prepare.out))
     manifest = prepare(cfg, address=args.address)
     summary = {k: manifest[k] for k in ("input_count", "kept", "skipped", "handled", "split", "dataset_hash")}
     print(json.dumps({"out": cfg.prepare.out, **summary, "seconds": manifest["seconds"],
                       "images_per_s": round(manifest["input_count"] / max(manifest["seconds"], 1e-9), 1)}, indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from frontalab.platform.trainer import NonFiniteLoss, run_trial
+
+    cfg = _load(args)
+    use_services(cfg, cfg.tracking.enabled or needs_s3(cfg.data.path))
+    try:
+        state = run_trial(cfg, resume=args.resume)
+    except NonFiniteLoss as err:
+        print(f"frontalab train: FAILED: {err}", file=sys.stderr)
+        return 1
+    summary = {"run_id": state.run_id, "status": state.status, "step": state.step, "checkpoint": state.checkpoint,
+               **{k: round(v, 5) for k, v in state.metrics.items() if k.startswith("val/")}}
+    print(json.dumps(summary, indent=1))
     return 0
 
 
@@ -114,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frontal-only", action="store_true", help="keep only frontal faces (prepare.frontal_only)")
     p.add_argument("--limit", type=int, help="first N photos only (prepare.limit)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
+    _config_args(p)
+    p = add("train", cmd_train, "train one trial (thesis or Cole decoder) on a prepared dataset, tracked in MLflow")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue from the latest checkpoint of this config (or the given file), same MLflow run")
     _config_args(p)
     _config_args(add("up", cmd_up, "start the embedded S3 (SeaweedFS) and MLflow services; idempotent"))
     _config_args(add("down", cmd_down, "stop the embedded services"))

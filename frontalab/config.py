@@ -87,11 +87,28 @@ class TrainConfig:
     device: str = _f("auto", pattern=r"auto|cpu|mps|cuda(:\d+)?", doc="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     precision: str = _f("fp32", choices=("fp32", "bf16"), doc="bf16 enables autocast")
     channels_last: bool = _f(False)
+    log_every: int = _f(10, lo=1, doc="steps between training-metric logs")
+    val_every: int = _f(50, lo=1, doc="steps between validation metrics and sample grids")
+    checkpoint_every: int = _f(50, lo=1, doc="steps between checkpoints (one is always written at the end)")
+    checkpoint_dir: str = _f("", doc="local checkpoint folder; default: a folder per run under $FRONTALAB_HOME/checkpoints")
+    val_faces: int = _f(32, lo=1, doc="size of the fixed validation batch")
+    workers: int = _f(0, lo=0, doc="torch threads; 0 = torch's default")
+    inject_nan_at: int = _f(0, lo=0, doc="test only: make the loss NaN at this step (0 = never)")
 
 
 @dataclass
 class DataConfig:
-    path: str = _f("", doc="prepared dataset: local folder or s3:// URI")
+    path: str = _f("s3://frontalab/datasets/faces", doc="prepared dataset: local folder or s3:// URI")
+    cached_features: bool = _f(True, doc="read the encoder's input features from the dataset (false: recompute every step)")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = _f(True, doc="log to MLflow")
+    experiment: str = _f("frontalab", doc="MLflow experiment of single `frontalab train` runs")
+    run_name: str = _f("", doc="MLflow run name; default: MLflow's")
+    system_metrics: bool = _f(True, doc="CPU/memory/GPU metrics of the trial process")
+    buffer_limit: int = _f(100000, lo=100, doc="metric points held in memory while the server is unreachable; more spill to disk")
 
 
 @dataclass
@@ -148,6 +165,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
@@ -216,6 +234,14 @@ def validate(cfg: DictConfig, cls: type = Config, prefix: str = "") -> None:
             raise ConfigError(f"bad value for config key '{key}': {value!r} is outside the valid range {span}")
 
 
+def check_consistency(cfg: DictConfig) -> None:
+    """Rules that span several keys."""
+    if cfg.model.decoder == "thesis" and not cfg.model.mask and cfg.loss.mask > 0:
+        raise ConfigError("config key 'loss.mask' must be 0 when model.mask=false (there is no mask to penalise)")
+    if cfg.prepare.min_pitch > cfg.prepare.max_pitch:
+        raise ConfigError("config keys 'prepare.min_pitch' and 'prepare.max_pitch': min_pitch must not exceed max_pitch")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
     """Defaults, then the YAML file at `path` (if any), then dotlist overrides; validated."""
     cfg = OmegaConf.structured(Config)
@@ -232,6 +258,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     except OmegaConfBaseException as err:
         raise _explain(err) from None
     validate(cfg)
+    check_consistency(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

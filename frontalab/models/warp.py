@@ -119,12 +119,14 @@ def sparse_image_warp(image: torch.Tensor, source_points: torch.Tensor, dest_poi
         raise ValueError(f"points must both be (N, P, 2), got {tuple(source_points.shape)} and {tuple(dest_points.shape)}")
     n, _, h, w = image.shape
     dtype = torch.promote_types(image.dtype, torch.float32)
-    src, dst = source_points.to(dtype), dest_points.to(dtype)
-    border = boundary_points(h, w, boundary_points_per_edge, src)
-    if len(border):
-        border = border.expand(n, -1, -1)
-        src, dst = torch.cat([src, border], 1), torch.cat([dst, border], 1)
-    grid = pixel_grid(h, w, src).expand(n, -1, -1)
-    offset = interpolate_spline(dst, src - dst, grid, order)
-    coords = (grid + offset).reshape(n, h, w, 2)
-    return sample(image.to(dtype), coords).to(image.dtype)
+    # The linear solve needs at least float32, also inside a bf16 autocast region.
+    with torch.autocast(image.device.type, enabled=False):
+        src, dst = source_points.to(dtype), dest_points.to(dtype)
+        border = boundary_points(h, w, boundary_points_per_edge, src)
+        if len(border):
+            border = border.expand(n, -1, -1)
+            src, dst = torch.cat([src, border], 1), torch.cat([dst, border], 1)
+        grid = pixel_grid(h, w, src).expand(n, -1, -1)
+        offset = interpolate_spline(dst, src - dst, grid, order)
+        coords = (grid + offset).reshape(n, h, w, 2)
+        return sample(image.to(dtype), coords).to(image.dtype)

@@ -1,0 +1,118 @@
+"""Training objectives that own their generator (G) and discriminator (D) phases.
+
+In the spirit of stylegan2-ada's loss objects: an objective knows *what* each phase
+computes; the training loop decides *when* each runs (the G:D update ratio lives there).
+
+A batch is a dict of tensors from `FaceDataset`: ``image`` (N, 3, S, S) in [-1, 1] at the
+output size, ``landmarks`` (N, 68, 2) teacher points (normalised), ``features`` and
+``embedding`` (the frozen encoder's, cached at preparation).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from frontalab.losses import landmark as lml
+from frontalab.losses.adversarial import discriminator_adversarial_loss, generator_adversarial_loss
+from frontalab.losses.cole import cole_identity_loss, cole_landmark_loss, cole_texture_loss
+from frontalab.losses.composite import WeightedLoss, weighted_sum
+from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss
+from frontalab.losses.mask import mask_loss
+from frontalab.losses.texture import texture_loss
+from frontalab.models import landmarks as lm
+from frontalab.models.chip import face_chip
+from frontalab.models.warp import sparse_image_warp
+
+
+class GeneratorPass(NamedTuple):
+    loss: WeightedLoss
+    composite: torch.Tensor  # the frontalized face F_O, (N, 3, S, S) in [-1, 1]
+    noisy: torch.Tensor  # what D judges (thesis: F_N); the composite for Cole
+    mask: Optional[torch.Tensor]
+    points: torch.Tensor  # (N, 68, 2) landmarks of the output
+
+
+def embed_faces(encoder: nn.Module, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Encoder embeddings of faces in [-1, 1], aligned by a differentiable chip from their landmarks."""
+    size = images.shape[-1]
+    five = lm.to_pixels(points[:, list(lm.FIVE_FROM_68)], size)
+    chips = face_chip((images + 1) / 2, five, size=encoder.input_size)
+    return encoder.embed(chips)
+
+
+class ThesisObjective:
+    """Wang 2019 §3.5: texture, landmark (geo/sym/tilt/expr), mask, identity and LSGAN terms."""
+
+    def __init__(self, generator: nn.Module, discriminator: Optional[nn.Module], encoder: nn.Module,
+                 landmark_net: nn.Module, weights: DictConfig, canonical: torch.Tensor):
+        self.G, self.D, self.encoder, self.landmark_net = generator, discriminator, encoder, landmark_net
+        self.w, self.canonical = weights, canonical
+        if weights.adversarial > 0 and discriminator is None:
+            raise ValueError("loss.adversarial > 0 needs a discriminator")
+
+    def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
+        out = self.G(batch["features"])
+        points = self.landmark_net(out.composite)
+        l_in = batch["landmarks"]
+        cached: dict[str, Any] = {}
+
+        def output_embedding() -> torch.Tensor:
+            if "emb" not in cached:
+                cached["emb"] = embed_faces(self.encoder, out.composite, points)
+            return cached["emb"]
+
+        w = self.w
+        terms = {
+            # The mask tells the texture term where the face is (thesis: it "guides the learning of colour").
+            "texture": lambda: texture_loss(batch["image"], l_in, out.noisy, points, self.canonical, out.mask),
+            "geo": lambda: lml.geometry_loss(l_in, points),
+            "sym": lambda: lml.symmetry_loss(points),
+            "tilt": lambda: lml.tilt_loss(points),
+            "expr": lambda: lml.expression_loss(points),
+            "mask": lambda: mask_loss(out.mask, w.mask_p),
+            "identity": lambda: identity_cosine_loss(batch["embedding"], output_embedding()),
+            "identity_l2": lambda: identity_l2_loss(batch["embedding"], output_embedding()),
+            "adversarial": lambda: generator_adversarial_loss(self.D(out.noisy)),
+        }
+        weights = {"texture": w.texture, "geo": w.alpha_geo, "sym": w.sym, "tilt": w.tilt, "expr": w.expr,
+                   "mask": w.mask if out.mask is not None else 0.0, "identity": w.identity,
+                   "identity_l2": w.identity_l2, "adversarial": w.adversarial}
+        loss = weighted_sum(weights, terms)
+        return GeneratorPass(loss, out.composite, out.noisy, out.mask, points)
+
+    def discriminator_phase(self, real: torch.Tensor, fake: torch.Tensor) -> WeightedLoss:
+        """LSGAN D loss (eq. 3.11) on real input faces vs the generator's (detached) noisy faces."""
+        value = discriminator_adversarial_loss(self.D(real), self.D(fake.detach()))
+        return WeightedLoss(value, {"adversarial": value})
+
+
+class ColeObjective:
+    """Cole et al. §3.3: texture MAE x100, landmark MSE x1, negative-cosine identity x10.
+
+    The texture target is the input warped to the mean face (the decoder draws its texture
+    there); the landmark target is the input's own teacher landmarks.
+    """
+
+    def __init__(self, generator: nn.Module, encoder: nn.Module, weights: DictConfig):
+        self.G, self.D, self.encoder, self.w = generator, None, encoder, weights
+
+    def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
+        out = self.G(batch["features"])
+        size = out.texture.shape[-1]
+        with torch.no_grad():
+            src = lm.to_pixels(batch["landmarks"], size)
+            target = sparse_image_warp(batch["image"], src, lm.to_pixels(self.G.mean_landmarks, size).expand_as(src))
+        terms = {
+            "cole_texture": lambda: cole_texture_loss(out.texture, target),
+            "cole_landmark": lambda: cole_landmark_loss(out.landmarks, batch["landmarks"]),
+            "cole_identity": lambda: cole_identity_loss(batch["embedding"],
+                                                        embed_faces(self.encoder, out.composite, out.landmarks)),
+        }
+        weights = {"cole_texture": self.w.cole.texture, "cole_landmark": self.w.cole.landmark,
+                   "cole_identity": self.w.cole.identity}
+        loss = weighted_sum(weights, terms)
+        return GeneratorPass(loss, out.composite, out.composite, None, out.landmarks)

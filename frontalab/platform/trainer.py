@@ -1,0 +1,427 @@
+"""One trial: the G/D training loop of the thesis (or Cole's decoder), tracked and resumable.
+
+`run_trial` is what `frontalab train` runs and what the sweep hands to Ray Tune; it knows
+nothing about Tune. It reports progress through an optional ``report(metrics, checkpoint)``
+callback, at every validation point.
+
+The loop drives the objective's phases: a G update every step, a D update after every
+``train.g_steps_per_d`` G updates (the thesis uses 4). Batches come from a seeded
+permutation per epoch, so a run resumed from a checkpoint sees exactly the batches the
+uninterrupted run would have seen, and ends with the same parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from frontalab.config import config_hash, flatten
+from frontalab.data.dataset import FaceDataset
+from frontalab.losses.landmark import symmetry_loss
+from frontalab.losses.objectives import ColeObjective, ThesisObjective, embed_faces
+from frontalab.models import landmarks as lm
+from frontalab.paths import state_dir
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[dict[str, float], Optional[str]], None]
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite: the trial stops instead of training on garbage."""
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class BatchOrder:
+    """Seeded permutation per epoch; its state (epoch, position) is part of a checkpoint."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.epoch, self.position = 0, 0
+
+    def next(self) -> torch.Tensor:
+        if self.position + self.batch_size > self.n:  # drop the ragged tail: fixed batch shapes
+            self.epoch, self.position = self.epoch + 1, 0
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+        batch = order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def collate(dataset: FaceDataset, indices: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    items = [dataset[int(i)] for i in indices]
+    return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+
+
+def build_generator(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
+    from frontalab.models.cole import ColeDecoder
+    from frontalab.models.thesis import ThesisDecoder
+
+    if cfg.model.decoder == "cole":
+        return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden)
+    return ThesisDecoder(feature_dim, out_size=cfg.model.out_size, mask=cfg.model.mask, norm=cfg.model.norm)
+
+
+def uses_discriminator(cfg: DictConfig) -> bool:
+    """Only the thesis model has a D, and an ablation without the adversarial term builds none."""
+    return cfg.model.decoder == "thesis" and cfg.loss.adversarial > 0
+
+
+def default_checkpoint_dir(cfg: DictConfig) -> Path:
+    """Deterministic per config (seed included), so `--resume` finds the interrupted run."""
+    return state_dir(cfg.services.state_dir) / "checkpoints" / config_hash(cfg)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    found = sorted(folder.glob("step-*.pt"))
+    return found[-1] if found else None
+
+
+def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
+    """Rows of faces, one column per tensor (N, C, S, S) in [-1, 1] or a [0, 1] mask: uint8 HxWx3."""
+    rows = []
+    for col in columns:
+        col = col.detach().float().cpu()
+        col = col.expand(-1, 3, -1, -1) if col.shape[1] == 1 else (col + 1) / 2
+        rows.append(col.clamp(0, 1))
+    grid = torch.cat([torch.cat(list(c), dim=1) for c in rows], dim=2)  # faces down, kinds across
+    return (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- the trial
+
+
+@dataclass
+class TrialState:
+    step: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+    run_id: Optional[str] = None
+    status: str = "RUNNING"
+
+
+class Trial:
+    def __init__(self, cfg: DictConfig, tracker_factory: Callable[..., Any], report: Optional[Report] = None,
+                 checkpoint_dir: Optional[Path] = None, resume_from: Optional[Path] = None):
+        from frontalab.models.encoders import build_encoder
+        from frontalab.models.landmark_net import load_landmark_net
+
+        self.cfg, self.report = cfg, report
+        t = cfg.train
+        if t.workers:
+            torch.set_num_threads(t.workers)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = resolve_device(t.device)
+        self.checkpoint_dir = checkpoint_dir or Path(t.checkpoint_dir or default_checkpoint_dir(cfg))
+
+        self.train_set = FaceDataset(cfg.data.path, "train", cfg.encoder.name, image_size=cfg.model.out_size)
+        self.val_set = FaceDataset(cfg.data.path, "val", cfg.encoder.name, image_size=cfg.model.out_size)
+        self.dataset_hash = self.train_set.manifest["dataset_hash"]
+
+        options = {"weights": cfg.encoder.weights} if cfg.encoder.weights else {}
+        self.encoder = build_encoder(cfg.encoder.name, **options).to(self.device)
+        self.landmark_net = load_landmark_net(cfg.landmarks.weights or None).to(self.device).eval()
+        for p in self.landmark_net.parameters():
+            p.requires_grad_(False)
+
+        torch.manual_seed(t.seed)
+        np.random.seed(t.seed)
+        random.seed(t.seed)
+        self.G = build_generator(cfg, self.train_set.feature_dim).to(self.device)
+        self.D = None
+        if uses_discriminator(cfg):
+            from frontalab.models.thesis import Discriminator
+
+            self.D = Discriminator().to(self.device)
+        if t.channels_last:
+            self.G = self.G.to(memory_format=torch.channels_last)
+            self.D = self.D.to(memory_format=torch.channels_last) if self.D is not None else None
+        betas = (t.beta1, t.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=betas) if self.D is not None else None
+        canonical = lm.mean_face().to(self.device)
+        if cfg.model.decoder == "cole":
+            self.objective = ColeObjective(self.G, self.encoder, cfg.loss)
+        else:
+            self.objective = ThesisObjective(self.G, self.D, self.encoder, self.landmark_net, cfg.loss, canonical)
+        self.order = BatchOrder(len(self.train_set), t.batch_size, t.seed)
+        val_idx = torch.arange(min(t.val_faces, len(self.val_set)))
+        self.val_batch = collate(self.val_set, val_idx, self.device)
+        self.state = TrialState()
+        self.last_d: dict[str, float] = {}
+
+        resume_run_id = None
+        if resume_from is not None:
+            resume_run_id = self._load(resume_from)
+        self.tracker = tracker_factory(cfg=cfg, resume_run_id=resume_run_id, tags=self._tags())
+        self.state.run_id = self.tracker.run_id
+
+    # ---------------------------------------------------------------- tracking helpers
+
+    def _tags(self) -> dict[str, str]:
+        from frontalab.platform.tracking import git_commit, host
+
+        return {"git_commit": git_commit(), "config_hash": config_hash(self.cfg), "dataset_hash": self.dataset_hash,
+                "encoder": self.encoder.name, "host": host(), "decoder": self.cfg.model.decoder,
+                "landmarks68_sha256": getattr(self.landmark_net, "sha256", "unknown")}
+
+    def _autocast(self):
+        if self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def checkpoint(self) -> Path:
+        path = self.checkpoint_dir / f"step-{self.state.step:06d}.pt"
+        save_atomic({
+            "step": self.state.step,
+            "G": self.G.state_dict(), "D": self.D.state_dict() if self.D is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            "order": self.order.state_dict(), "rng": rng_state(), "last_d": self.last_d,
+            "config": OmegaConf.to_container(self.cfg, resolve=True), "dataset_hash": self.dataset_hash,
+            "run_id": self.tracker.run_id,
+            "metrics": self.state.metrics,
+        }, path)
+        self.state.checkpoint = str(path)
+        self.tracker.log_artifact(path, "checkpoints")
+        return path
+
+    def _load(self, path: Path) -> Optional[str]:
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        if ckpt["dataset_hash"] != self.dataset_hash:
+            raise ValueError(f"checkpoint {path} was trained on dataset {ckpt['dataset_hash']}, "
+                             f"not {self.dataset_hash} ({self.cfg.data.path})")
+        self.G.load_state_dict(ckpt["G"])
+        if self.D is not None:
+            self.D.load_state_dict(ckpt["D"])
+            self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.order.load_state_dict(ckpt["order"])
+        set_rng_state(ckpt["rng"])
+        self.last_d = ckpt.get("last_d", {})
+        self.state.step = ckpt["step"]
+        self.state.metrics = ckpt.get("metrics", {})
+        self.state.checkpoint = str(path)
+        return ckpt.get("run_id")
+
+    # ---------------------------------------------------------------- steps
+
+    def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], phase: str) -> None:
+        if not torch.isfinite(total):
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["total"]
+            raise NonFiniteLoss(f"non-finite {phase} loss at step {self.state.step + 1}: "
+                                f"{', '.join(bad)} = {[float(terms[k]) if k in terms else float(total) for k in bad]}")
+
+    def _clip(self, params) -> None:
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
+
+    def train_step(self) -> dict[str, float]:
+        t = self.cfg.train
+        batch = collate(self.train_set, self.order.next(), self.device)
+        if t.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        if not self.cfg.data.cached_features:
+            batch["features"] = self._input_features(batch)
+        self.G.train()
+        with self._autocast():
+            g = self.objective.generator_phase(batch)
+        total = g.loss.total
+        if t.inject_nan_at and self.state.step + 1 == t.inject_nan_at:
+            total = total * float("nan")
+        self._check_finite(total, g.loss.terms, "generator")
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        self._clip(self.G.parameters())
+        self.opt_g.step()
+        self.state.step += 1
+        metrics = {f"train/g/{k}": float(v) for k, v in g.loss.terms.items()}
+        metrics["train/g/total"] = float(total)
+        if self.D is not None and self.state.step % t.g_steps_per_d == 0:
+            with self._autocast():
+                d = self.objective.discriminator_phase(batch["image"], g.noisy)
+            self._check_finite(d.total, d.terms, "discriminator")
+            self.opt_d.zero_grad(set_to_none=True)
+            d.total.backward()
+            self._clip(self.D.parameters())
+            self.opt_d.step()
+            self.last_d = {"train/d/adversarial": float(d.terms["adversarial"]), "train/d/total": float(d.total)}
+        metrics.update(self.last_d)
+        metrics["train/lr_g"] = self.opt_g.param_groups[0]["lr"]
+        if self.opt_d is not None:
+            metrics["train/lr_d"] = self.opt_d.param_groups[0]["lr"]
+        return metrics
+
+    def _input_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder forward on the inputs that cached features save (benchmark path)."""
+        from frontalab.models.chip import face_chip
+
+        with torch.no_grad():
+            five = lm.to_pixels(batch["landmarks"][:, list(lm.FIVE_FROM_68)], batch["image"].shape[-1])
+            return self.encoder.features(face_chip((batch["image"] + 1) / 2, five, size=self.encoder.input_size))
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict[str, float], np.ndarray]:
+        from frontalab.data.teacher import head_pose
+
+        self.G.eval()
+        batch = self.val_batch
+        out = self.G(batch["features"])
+        composite = out.composite
+        points = self.landmark_net(composite)
+        dist = self.encoder.distance(batch["embedding"], embed_faces(self.encoder, composite, points)).cpu().numpy()
+        name = self.encoder.name
+        size = composite.shape[-1]
+        yaws = [head_pose(p, (size, size))[0] for p in lm.to_pixels(points, size).cpu().numpy()]
+        metrics = {
+            f"val/identity_distance/{name}/mean": float(dist.mean()),
+            f"val/identity_distance/{name}/median": float(np.median(dist)),
+            f"val/identity_distance/{name}/p95": float(np.percentile(dist, 95)),
+            f"val/identity_within_threshold/{name}": float((dist < self.encoder.same_identity_threshold).mean()),
+            "val/abs_yaw": float(np.mean(np.abs(yaws))),
+            "val/symmetry": float(symmetry_loss(points)),
+        }
+        mask = getattr(out, "mask", None)
+        if mask is not None:
+            metrics["val/mask_mean"] = float(mask.mean())
+        columns = [batch["image"][:8], getattr(out, "noisy", getattr(out, "texture", composite))[:8]]
+        columns += [mask[:8]] if mask is not None else []
+        columns += [composite[:8]]
+        return metrics, image_grid(columns)
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self) -> TrialState:
+        t = self.cfg.train
+        tick, tick_step = time.perf_counter(), self.state.step
+        if self.state.step == 0:
+            self._validate_and_report(checkpoint=False)
+        while self.state.step < t.steps:
+            metrics = self.train_step()
+            step = self.state.step
+            if step % t.log_every == 0 or step == t.steps:
+                now = time.perf_counter()
+                metrics["train/steps_per_s"] = (step - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, step
+                self.tracker.log_metrics(metrics, step)
+            self.state.metrics.update(metrics)
+            at_val, at_ckpt = step % t.val_every == 0 or step == t.steps, step % t.checkpoint_every == 0 or step == t.steps
+            if at_val or at_ckpt:
+                self._validate_and_report(checkpoint=at_ckpt, validate=at_val)
+        self.state.status = "FINISHED"
+        return self.state
+
+    def _validate_and_report(self, checkpoint: bool, validate: bool = True) -> None:
+        step = self.state.step
+        if validate:
+            metrics, grid = self.validate()
+            self.state.metrics.update(metrics)
+            self.tracker.log_metrics(metrics, step)
+            self.tracker.log_image(grid, "samples", step)
+        path = self.checkpoint() if checkpoint else None
+        if self.report is not None:
+            self.report({**self.state.metrics, "step": step}, str(path) if path else None)
+
+
+def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = "", extra_tags: dict | None = None):
+    """A factory for `Trial` that opens (or resumes) the trial's MLflow run."""
+    from frontalab.platform.tracking import NullTracker, Tracker
+
+    def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str]):
+        if not cfg.tracking.enabled:
+            return NullTracker()
+        params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("services.", "prepare."))}
+        return Tracker.open(experiment=cfg.tracking.experiment, run_name=run_name or cfg.tracking.run_name,
+                            params=params, tags={**tags, **(extra_tags or {})}, resume_run_id=resume_run_id,
+                            parent_run_id=parent_run_id, system_metrics=cfg.tracking.system_metrics,
+                            buffer_limit=cfg.tracking.buffer_limit)
+
+    return open_tracker
+
+
+def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[Report] = None,
+              checkpoint_dir: Optional[Path] = None, tracker_factory=None) -> TrialState:
+    """Train one trial to ``cfg.train.steps``; resume from the latest (or a given) checkpoint.
+
+    A non-finite loss ends the run FAILED with the reason; an interrupt ends it KILLED.
+    """
+    folder = checkpoint_dir or Path(cfg.train.checkpoint_dir or default_checkpoint_dir(cfg))
+    resume_from = None
+    if resume:
+        resume_from = Path(resume) if isinstance(resume, str) else latest_checkpoint(folder)
+        if resume_from is None:
+            print(f"frontalab train: no checkpoint in {folder}; starting from step 0", file=sys.stderr)
+    trial = Trial(cfg, tracker_factory or mlflow_tracker_factory(), report, folder, resume_from)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    if previous in (signal.SIG_DFL, None) and threading_main():
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        state = trial.run()
+    except NonFiniteLoss as err:
+        trial.state.status = "FAILED"
+        trial.tracker.finish("FAILED", reason=str(err))
+        raise
+    except KeyboardInterrupt:
+        trial.state.status = "KILLED"
+        trial.tracker.finish("KILLED", reason="interrupted", timeout=30)
+        raise
+    except BaseException as err:
+        trial.state.status = "FAILED"
+        trial.tracker.finish("FAILED", reason=f"{type(err).__name__}: {err}", timeout=30)
+        raise
+    trial.tracker.finish("FINISHED")
+    return state
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
