@@ -279,8 +279,8 @@ class Trial:
         self._clip(self.G.parameters())
         self.opt_g.step()
         self.state.step += 1
-        metrics = {f"train/g/{k}": float(v) for k, v in g.loss.terms.items()}
-        metrics["train/g/total"] = float(total)
+        metrics = {f"train/g/{k}": v.item() for k, v in g.loss.terms.items()}
+        metrics["train/g/total"] = total.item()
         if self.D is not None and self.state.step % t.g_steps_per_d == 0:
             with self._autocast():
                 d = self.objective.discriminator_phase(batch["image"], g.noisy)

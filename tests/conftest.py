@@ -1,0 +1,167 @@
+"""Shared fixtures. `embedded_services` runs real SeaweedFS + MLflow servers (no mocks) once per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def services_config(state_dir: Path | str, s3_port: int | None = None, mlflow_port: int | None = None,
+                    *extra: str):
+    """A validated `ServicesConfig` for embedded services in `state_dir` on the given (or free) ports."""
+    from frontalab.config import load_config
+
+    s3_port = s3_port or free_port()
+    mlflow_port = mlflow_port or free_port()
+    while mlflow_port == s3_port:
+        mlflow_port = free_port()
+    overrides = [f"services.state_dir={state_dir}", f"services.s3_port={s3_port}",
+                 f"services.mlflow_port={mlflow_port}", *extra]
+    return load_config(None, overrides).services
+
+
+def service_overrides(cfg) -> list[str]:
+    """The dotlist that reproduces `cfg` on a `frontalab` command line."""
+    return [f"services.state_dir={cfg.state_dir}", f"services.s3_port={cfg.s3_port}",
+            f"services.mlflow_port={cfg.mlflow_port}", f"services.bucket={cfg.bucket}"]
+
+
+# ---------------------------------------------------------------- /proc helpers (psutil is not installed)
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgrp) of a process, or None if it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def pid_alive(pid: int) -> bool:
+    """True for a live process; a zombie (exited, not yet reaped by its parent) counts as gone."""
+    st = _stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def process_tree(pid: int) -> set[int]:
+    """`pid`, its live descendants, and the live members of its process group."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (st := _stat(int(entry))) is not None and st[0] not in ("Z", "X"):
+            procs[int(entry)] = st
+    tree = {pid} if pid in procs else set()
+    tree |= {p for p, st in procs.items() if st[2] == pid}
+    grew = True
+    while grew:
+        more = {p for p, st in procs.items() if st[1] in tree and p not in tree}
+        tree |= more
+        grew = bool(more)
+    return tree
+
+
+def listening_ports(pids: set[int]) -> set[int]:
+    """TCP ports in LISTEN state owned by any of `pids` (from /proc/net/tcp{,6} and fd links)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        try:
+            for fd in fd_dir.iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A = LISTEN
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    """Wait until none of `pids` is alive; return those still alive."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = {p for p in pids if pid_alive(p)}
+        if not left:
+            return set()
+        time.sleep(0.1)
+    return {p for p in pids if pid_alive(p)}
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def embedded_services(tmp_path_factory):
+    """Embedded S3 + MLflow on free ports in a temporary state dir: yields (ServicesConfig, Endpoints).
+
+    Started once per test session and stopped at teardown; any test module may use it.
+    """
+    from frontalab.platform import services
+
+    cfg = services_config(tmp_path_factory.mktemp("services") / "state")
+    t0 = time.monotonic()
+    try:
+        endpoints = services.up(cfg, quiet=True)
+    except BaseException:
+        services.down(cfg, quiet=True)
+        raise
+    print(f"\nembedded services up in {time.monotonic() - t0:.1f} s: {endpoints.public()}")
+    try:
+        yield cfg, endpoints
+    finally:
+        services.down(cfg, quiet=True)
+
+
+# ---------------------------------------------------------------- a small prepared dataset
+
+
+def run_cli(*args: str, timeout: float = 900, env: dict | None = None, check: bool = True):
+    """`python -m frontalab ARGS` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "frontalab", *args], capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, **(env or {})})
+    if check:
+        assert out.returncode == 0, f"frontalab {args[0]} failed ({out.returncode}):\n{out.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """72 real UTKFace photos prepared at 160 px into a local folder (about 10% validation)."""
+    from frontalab.paths import faces_dir
+
+    faces = sorted((faces_dir() / "utkface").glob("*.jpg"))[500:572]
+    if len(faces) < 72:
+        pytest.skip(f"no faces at {faces_dir()}")
+    src = tmp_path_factory.mktemp("small_src")
+    for p in faces:
+        (src / p.name).symlink_to(p)
+    out = tmp_path_factory.mktemp("small_dataset") / "faces"
+    run_cli("prepare", "--source", str(src), "--out", str(out), "prepare.val_fraction=0.15")
+    return out

@@ -1,0 +1,287 @@
+"""Embedded services against real servers: SeaweedFS (S3) and the MLflow tracking server.
+
+Two instances: the session-wide `embedded_services` fixture (shared with other modules) and
+one driven only through the `frontalab` CLI in its own state dir (from nothing, up again,
+down, port clashes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, listening_ports, pid_alive, process_tree, service_overrides, services_config, wait_gone
+from frontalab.platform import services
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def frontalab(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "frontalab", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def http_get(url: str, timeout: float = 3.0) -> tuple[int | None, bytes]:
+    """(status, body) of a plain GET; status None when no HTTP response came back at all."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except (urllib.error.URLError, OSError, ValueError):
+        return None, b""
+    except Exception:  # noqa: BLE001 - e.g. http.client.BadStatusLine from a TLS/gRPC port
+        return None, b""
+
+
+def secret_of(cfg) -> str:
+    creds = services.credentials(cfg)
+    assert creds is not None
+    return creds.secret_key
+
+
+# ---------------------------------------------------------------- the shared fixture's instance
+
+
+def test_s3_roundtrip(embedded_services):
+    cfg, ep = embedded_services
+    s3 = services.s3_client(cfg)
+    key = f"tests/roundtrip-{uuid.uuid4().hex}.bin"
+    body = os.urandom(4096)
+    s3.put_object(Bucket=ep.bucket, Key=key, Body=body)
+    assert s3.get_object(Bucket=ep.bucket, Key=key)["Body"].read() == body
+    assert ep.bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_client_env_points_everything_at_the_services(embedded_services):
+    import boto3
+
+    cfg, ep = embedded_services
+    env = services.client_env(cfg)
+    assert env["MLFLOW_TRACKING_URI"] == ep.mlflow
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == env["AWS_ENDPOINT_URL_S3"] == ep.s3
+    client = boto3.session.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                                   aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                                   region_name=env["AWS_DEFAULT_REGION"]).client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"])
+    client.head_bucket(Bucket=ep.bucket)
+    assert env["AWS_SECRET_ACCESS_KEY"] not in json.dumps(ep.public())
+
+
+def test_mlflow_artifact_lands_in_bucket(embedded_services):
+    from mlflow import MlflowClient
+
+    cfg, ep = embedded_services
+    client = MlflowClient(tracking_uri=ep.mlflow)
+    exp_id = client.create_experiment(f"test-services-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(exp_id)
+    run_id = run.info.run_id
+    client.log_metric(run_id, "loss", 0.5, step=1)
+    client.log_text(run_id, "hello from the test", "notes/hello.txt")
+    client.set_terminated(run_id)
+    assert client.get_run(run_id).data.metrics["loss"] == 0.5
+
+    keys = [o["Key"] for o in services.s3_client(cfg).list_objects_v2(
+        Bucket=ep.bucket, Prefix="mlflow/").get("Contents", [])]
+    hits = [k for k in keys if run_id in k and k.endswith("notes/hello.txt")]
+    assert hits, f"artifact not in s3://{ep.bucket}/mlflow/: {keys}"
+    body = services.s3_client(cfg).get_object(Bucket=ep.bucket, Key=hits[0])["Body"].read()
+    assert body == b"hello from the test"
+
+
+def test_secret_only_in_credentials_file(embedded_services):
+    cfg, ep = embedded_services
+    secret = secret_of(cfg).encode()
+    services.s3_client(cfg).put_object(Bucket=ep.bucket, Key="tests/secret-walk.txt", Body=b"x")
+    root = Path(services.status(cfg)["state_dir"])
+    holders, scanned = [], 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            scanned += 1
+            if secret in path.read_bytes():
+                holders.append(path.relative_to(root))
+    assert holders == [Path("credentials.json")], holders
+    assert scanned > 10  # logs, sqlite db, SeaweedFS data and metadata were all read
+    assert (root / "credentials.json").stat().st_mode & 0o777 == 0o600
+    assert root.stat().st_mode & 0o077 == 0
+
+
+def test_no_unauthenticated_reads(embedded_services):
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+    import boto3
+
+    cfg, ep = embedded_services
+    key = f"tests/private-{uuid.uuid4().hex}.txt"
+    payload = f"private payload {uuid.uuid4().hex}".encode()
+    services.s3_client(cfg).put_object(Bucket=ep.bucket, Key=key, Body=payload)
+
+    # Anonymous and wrongly signed S3 requests are refused.
+    status, body = http_get(f"{ep.s3}/{ep.bucket}/{key}")
+    assert status == 403 and payload not in body
+    anon = boto3.session.Session().client("s3", endpoint_url=ep.s3, region_name="us-east-1",
+                                          config=Config(signature_version=UNSIGNED))
+    with pytest.raises(ClientError) as err:
+        anon.get_object(Bucket=ep.bucket, Key=key)
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    wrong = boto3.session.Session(aws_access_key_id=services.credentials(cfg).access_key,
+                                  aws_secret_access_key="not-the-secret").client(
+        "s3", endpoint_url=ep.s3, region_name="us-east-1")
+    with pytest.raises(ClientError):
+        wrong.get_object(Bucket=ep.bucket, Key=key)
+
+    # The object's file id, through the store's own admin shell (mutual TLS to its gRPC ports).
+    state = services.status(cfg)
+    internal = state["s3_internal_ports"]
+    env = {**os.environ, **services.weed_client_env(cfg)}
+    shell = subprocess.run(
+        [services.weed_binary(), "shell", f"-master=127.0.0.1:{internal['master']}.{internal['master_grpc']}",
+         f"-filer=127.0.0.1:{internal['filer']}.{internal['filer_grpc']}"],
+        input=f"fs.meta.cat /buckets/{ep.bucket}/{key}\n", capture_output=True, text=True, env=env, timeout=30)
+    fids = [line.split('"')[3] for line in shell.stdout.splitlines() if '"fileId"' in line]
+    assert fids, shell.stdout[-2000:] + shell.stderr[-2000:]
+
+    # Every other TCP port of the weed process tree: plain GETs read nothing.
+    ports = listening_ports(process_tree(state["s3_pid"]))
+    assert cfg.s3_port in ports
+    assert ports <= set(internal.values()), f"unexpected listeners: {ports - set(internal.values())}"
+    print(f"\nweed listens on {sorted(ports)}; internal: {internal}")
+    paths = ["/", f"/{ep.bucket}/{key}", f"/buckets/{ep.bucket}/{key}", f"/{fids[0]}", f"/{fids[0]}/x.txt"]
+    for port in sorted(ports - {cfg.s3_port}):
+        for path in paths:
+            status, body = http_get(f"http://127.0.0.1:{port}{path}")
+            assert payload not in body, f"object readable at :{port}{path}"
+            if port == internal["master"] and path == "/":
+                continue  # SeaweedFS always serves its master status page (topology only)
+            assert status is None or status >= 400, f"GET :{port}{path} -> {status}"
+
+
+def test_status_json_via_cli(embedded_services):
+    cfg, ep = embedded_services
+    res = frontalab("status", "--json", *service_overrides(cfg), timeout=60)
+    assert res.returncode == 0, res.stderr
+    state = json.loads(res.stdout)
+    assert state["mlflow"] == ep.mlflow and state["s3"] == ep.s3 and state["bucket"] == ep.bucket
+    assert state["healthy"] is True
+    assert pid_alive(state["s3_pid"]) and pid_alive(state["mlflow_pid"])
+    secret = secret_of(cfg)
+    assert secret not in res.stdout and secret not in res.stderr
+
+
+def test_remote_endpoints_are_only_health_checked(embedded_services, tmp_path, monkeypatch):
+    cfg, ep = embedded_services
+    creds = services.credentials(cfg)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds.secret_key)
+    remote = services_config(tmp_path / "remote-state", free_port(), free_port(),
+                             f"services.s3_endpoint={ep.s3}", f"services.mlflow_uri={ep.mlflow}")
+    got = services.up(remote, quiet=True)
+    assert (got.s3, got.mlflow, got.bucket) == (ep.s3, ep.mlflow, ep.bucket)
+    assert not got.embedded_s3 and not got.embedded_mlflow
+    state = services.status(remote)
+    assert state["healthy"] and state["s3_pid"] is None and state["mlflow_pid"] is None
+    assert not list((tmp_path / "remote-state").rglob("*.pid"))
+    assert not (tmp_path / "remote-state" / "credentials.json").exists()
+    assert services.client_env(remote)["AWS_SECRET_ACCESS_KEY"] == creds.secret_key
+    services.s3_client(remote).head_bucket(Bucket=ep.bucket)
+    services.down(remote, quiet=True)  # touches nothing remote
+    assert services.status(cfg)["healthy"]
+
+
+# ---------------------------------------------------------------- an instance driven only through the CLI
+
+
+@pytest.fixture(scope="module")
+def cli_cfg(tmp_path_factory):
+    cfg = services_config(tmp_path_factory.mktemp("cli") / "state")
+    yield cfg
+    services.down(cfg, quiet=True)
+
+
+def test_cli_up_from_nothing(cli_cfg, capsys):
+    assert not Path(cli_cfg.state_dir).exists()
+    t0 = time.monotonic()
+    res = frontalab("up", *service_overrides(cli_cfg))
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    with capsys.disabled():
+        print(f"\n`frontalab up` from nothing: healthy S3 + MLflow in {elapsed:.1f} s")
+    public = json.loads(res.stdout)
+    assert public["s3"] == f"http://127.0.0.1:{cli_cfg.s3_port}"
+    assert public["mlflow"] == f"http://127.0.0.1:{cli_cfg.mlflow_port}"
+    state = services.status(cli_cfg)
+    assert state["healthy"], state
+    services.s3_client(cli_cfg).head_bucket(Bucket=cli_cfg.bucket)
+    with urllib.request.urlopen(f"{public['mlflow']}/health", timeout=5) as resp:
+        assert resp.status == 200
+    secret = secret_of(cli_cfg)
+    assert secret not in res.stdout and secret not in res.stderr
+
+
+def test_cli_up_again_is_noop(cli_cfg):
+    before = services.status(cli_cfg)
+    assert before["healthy"]
+    res = frontalab("up", *service_overrides(cli_cfg))
+    assert res.returncode == 0, res.stderr
+    after = services.status(cli_cfg)
+    assert (after["s3_pid"], after["mlflow_pid"]) == (before["s3_pid"], before["mlflow_pid"])
+    assert after["healthy"]
+
+
+@pytest.mark.parametrize("which", ["s3", "mlflow"])
+def test_cli_up_refuses_a_taken_port(tmp_path, which):
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        other = free_port()
+        ports = (taken, other) if which == "s3" else (other, taken)
+        cfg = services_config(tmp_path / "state", *ports)
+        res = frontalab("up", *service_overrides(cfg), timeout=60)
+    assert res.returncode != 0
+    assert str(taken) in res.stderr, res.stderr
+    assert "in use" in res.stderr
+    assert not list((tmp_path / "state").rglob("*.pid")), "something was started"
+
+
+def test_cli_down_leaves_no_process(cli_cfg):
+    state = services.status(cli_cfg)
+    pids = process_tree(state["s3_pid"]) | process_tree(state["mlflow_pid"])
+    assert len(pids) >= 3  # weed; the mlflow CLI and its uvicorn server
+    # Kill the `mlflow server` parent first: its uvicorn child lives on in the process group.
+    orphans = process_tree(state["mlflow_pid"]) - {state["mlflow_pid"]}
+    assert orphans
+    os.kill(state["mlflow_pid"], 9)
+    assert wait_gone({state["mlflow_pid"]}, timeout=5) == set()
+    assert all(pid_alive(p) for p in orphans)
+    res = frontalab("down", *service_overrides(cli_cfg), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert wait_gone(pids, timeout=5) == set()
+    root = Path(state["state_dir"])
+    assert not list((root / "run").glob("*.pid")) and not list((root / "run").glob("*.json"))
+    after = services.status(cli_cfg)
+    assert after["healthy"] is False and after["s3_pid"] is None and after["mlflow_pid"] is None
+    for port in (cli_cfg.s3_port, cli_cfg.mlflow_port, *state["s3_internal_ports"].values()):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))  # raises if anything still listens
+    # The secret stays in the credentials file only, logs included.
+    secret = secret_of(cli_cfg).encode()
+    holders = [p.relative_to(root) for p in root.rglob("*")
+               if p.is_file() and not p.is_symlink() and secret in p.read_bytes()]
+    assert holders == [Path("credentials.json")]
+    # down again: nothing to do, still success
+    assert frontalab("down", *service_overrides(cli_cfg), timeout=60).returncode == 0
