@@ -6,6 +6,7 @@ Exit status: 0 success, 1 runtime failure, 2 bad usage or bad config (named key)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Callable, Sequence
@@ -105,13 +106,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     use_services(cfg, cfg.tracking.enabled or needs_s3(cfg.data.path))
     try:
-        state = run_trial(cfg, resume=args.resume)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON summary
+            state = run_trial(cfg, resume=args.resume)
     except NonFiniteLoss as err:
         print(f"frontalab train: FAILED: {err}", file=sys.stderr)
         return 1
     summary = {"run_id": state.run_id, "status": state.status, "step": state.step, "checkpoint": state.checkpoint,
                **{k: round(v, 5) for k, v in state.metrics.items() if k.startswith("val/")}}
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_train_landmarks(args: argparse.Namespace) -> int:
+    from frontalab.platform.train_landmarks import train_landmarks
+
+    cfg = _load(args)
+    use_services(cfg, needs_s3(cfg.landmarks.data, cfg.landmarks.out))
+    sidecar = train_landmarks(cfg)
+    v = sidecar["metrics"].get("val_lfw", {})
+    print(json.dumps({"weights": sidecar["weights"], "nme": round(v.get("nme", float("nan")), 5),
+                      "mirror_nme": round(v.get("mirror_nme", float("nan")), 5), "val_faces": v.get("faces", 0),
+                      "steps": sidecar["steps"], "wall_seconds": sidecar["wall_seconds"],
+                      "dataset_hash": sidecar["dataset"]["dataset_hash"]}, indent=1))
     return 0
 
 
@@ -141,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint of this config (or the given file), same MLflow run")
     _config_args(p)
+    _config_args(add("train-landmarks", cmd_train_landmarks,
+                     "train the differentiable 68-point landmark student on a prepared dataset's teacher points"))
     _config_args(add("up", cmd_up, "start the embedded S3 (SeaweedFS) and MLflow services; idempotent"))
     _config_args(add("down", cmd_down, "stop the embedded services"))
     p = add("status", cmd_status, "show the service endpoints and their health")

@@ -15,7 +15,7 @@ import json
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -140,11 +140,16 @@ class LandmarksConfig:
     data: str = _f("s3://frontalab/datasets/faces", doc="prepared dataset with teacher landmarks")
     out: str = _f("", doc="weights file to write; default: the packaged frontalab/models/landmarks68.pt")
     weights: str = _f("", doc="weights the trainer loads; default: the packaged file")
-    input_size: int = _f(64, lo=32, hi=256, doc="side the student resizes every face to")
+    input_size: int = _f(64, lo=32, hi=256, doc="side the student resizes every face to (a multiple of 16)")
+    widths: List[int] = field(default_factory=lambda: [24, 48, 96, 160],
+                              metadata={"doc": "channels of the student's stages at strides 2, 4, 8, 16"})
     steps: int = _f(6000, lo=1)
     batch_size: int = _f(64, lo=1)
-    lr: float = _f(2e-3, lo=0, hi=1)
+    lr: float = _f(2e-3, lo=0, hi=1, doc="peak AdamW learning rate (3% warm-up, then cosine to zero)")
+    weight_decay: float = _f(1e-4, lo=0, hi=1)
     seed: int = _f(0, lo=0)
+    threads: int = _f(0, lo=0, doc="torch threads; 0 = torch's default")
+    max_minutes: float = _f(0.0, lo=0, doc="stop training (then evaluate and save) after this many minutes; 0 = no limit")
 
 
 @dataclass
@@ -242,8 +247,9 @@ def check_consistency(cfg: DictConfig) -> None:
         raise ConfigError("config keys 'prepare.min_pitch' and 'prepare.max_pitch': min_pitch must not exceed max_pitch")
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> DictConfig:
-    """Defaults, then the YAML file at `path` (if any), then dotlist overrides; validated."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
+                base: dict | None = None) -> DictConfig:
+    """Defaults, then the YAML file at `path` (if any), then the nested `base`, then dotlist overrides; validated."""
     cfg = OmegaConf.structured(Config)
     try:
         if path is not None:
@@ -251,6 +257,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             if not p.is_file():
                 raise ConfigError(f"config file not found: {p}")
             cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
+        if base:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -286,3 +294,106 @@ def config_hash(cfg: DictConfig) -> str:
     """Stable short hash of the training-relevant config (services endpoints excluded)."""
     flat = {k: v for k, v in flatten(cfg).items() if not k.startswith("services.")}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- sweeps
+
+SEARCH_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = _f("fifo", choices=("fifo", "asha", "pbt"))
+    grace_period: int = _f(50, lo=1, doc="asha: steps a trial runs before it may be stopped")
+    reduction_factor: float = _f(2.0, lo=1.01, doc="asha: 1/fraction of trials kept at each rung")
+    perturbation_interval: int = _f(100, lo=1, doc="pbt: steps between exploit/explore")
+    mutations: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "pbt: config key -> search spec"})
+
+
+@dataclass
+class SweepResources:
+    cpu: float = _f(1.0, lo=0, doc="CPUs per trial")
+    gpu: float = _f(0.0, lo=0, doc="GPUs per trial; fractions pack several trials on one GPU")
+
+
+@dataclass
+class SweepConfig:
+    name: str = _f("", doc="the sweep's name (default: the file's stem): Tune experiment and MLflow experiment sweep-NAME")
+    base_config: str = _f("", doc="a trial config YAML, relative to the sweep file")
+    base: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "trial config values (nested) on top of base_config"})
+    search: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "config key -> {choice|grid|uniform|loguniform|randint: ...}"})
+    metric: str = _f("val/identity_distance/dlib-resnet/mean", doc="the metric trials are compared by")
+    mode: str = _f("min", choices=("min", "max"))
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    num_samples: int = _f(1, lo=1, doc="samples of the search space (each grid point is sampled this often)")
+    max_concurrent: int = _f(0, lo=0, doc="trials at once; 0 = as many as resources allow")
+    resources: SweepResources = field(default_factory=SweepResources)
+    max_failures: int = _f(2, lo=0, doc="restarts of a failed trial (from its last checkpoint)")
+    storage: str = _f("s3://frontalab/sweeps", doc="Tune's experiment storage (trial checkpoints, state)")
+
+
+def _check_search_spec(where: str, spec: Any, trial_base: dict, base_path: Path | None) -> None:
+    if not (isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in SEARCH_KINDS):
+        raise ConfigError(f"{where} must be one of {{{' | '.join(SEARCH_KINDS)}: ...}}, got {spec!r}")
+    kind, values = next(iter(spec.items()))
+    key = where.split(".", 1)[1]
+    if kind in ("choice", "grid"):
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.{kind} must be a non-empty list")
+        samples = values
+    else:
+        if not (isinstance(values, list) and len(values) == 2 and all(isinstance(v, (int, float)) for v in values)
+                and values[0] < values[1]):
+            raise ConfigError(f"{where}.{kind} must be [low, high] with low < high, got {values!r}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise ConfigError(f"{where}.loguniform needs low > 0, got {values!r}")
+        samples = [values[0], values[1] - 1] if kind == "randint" else values
+    for value in samples:  # every candidate must make a valid trial config
+        load_config(base_path, [f"{key}={json.dumps(value) if isinstance(value, str) else value}"], base=trial_base)
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictConfig, DictConfig]:
+    """(sweep, base trial config), both validated: a bad key or value raises ConfigError before anything runs."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"sweep file not found: {p}")
+    sweep = OmegaConf.structured(SweepConfig)
+    try:
+        sweep = OmegaConf.merge(sweep, OmegaConf.load(p))
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+        sweep = OmegaConf.merge(sweep, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise _explain_sweep(err) from None
+    validate(sweep, SweepConfig)
+    if not sweep.name:
+        sweep.name = p.stem
+    base_path = (p.parent / sweep.base_config) if sweep.base_config else None
+    trial_base = OmegaConf.to_container(sweep.base, resolve=True)
+    try:
+        trial = load_config(base_path, (), base=trial_base)
+    except ConfigError as err:
+        raise ConfigError(f"in {p} 'base': {err}") from None
+    for key, spec in OmegaConf.to_container(sweep.search, resolve=True).items():
+        _check_search_spec(f"search.{key}", spec, trial_base, base_path)
+    for key, spec in OmegaConf.to_container(sweep.scheduler.mutations, resolve=True).items():
+        _check_search_spec(f"scheduler.mutations.{key}", spec, trial_base, base_path)
+    if sweep.scheduler.name == "pbt" and not sweep.scheduler.mutations:
+        raise ConfigError("config key 'scheduler.mutations' must name at least one key to mutate when scheduler.name=pbt")
+    OmegaConf.set_readonly(sweep, True)
+    return sweep, trial
+
+
+def _explain_sweep(err: OmegaConfBaseException) -> ConfigError:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError):
+        cls: type = SweepConfig
+        prefix = ""
+        for part in key.split(".")[:-1]:
+            match = [f for f in fields(cls) if f.name == part and is_dataclass(f.default_factory)]
+            if not match:
+                break
+            cls, prefix = match[0].default_factory, prefix + part + "."
+        return ConfigError(f"unknown sweep key '{key}'; valid keys here: {', '.join(_valid_keys(cls, prefix))}")
+    return _explain(err)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import subprocess
 import tempfile
@@ -35,6 +36,15 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")  # land on the training-runs view
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+
+
+_IMAGE_FILE = re.compile(r"^(?P<key>.+)[+%]step[+%](?P<step>\d+)[+%]timestamp[+%]")
+
+
+def image_key_step(filename: str) -> tuple[str, int] | None:
+    """(key, step) of an image logged by ``log_image(key=, step=)``, from its artifact file name."""
+    m = _IMAGE_FILE.match(filename)
+    return (m["key"], int(m["step"])) if m else None
 
 
 def git_commit() -> str:
@@ -93,10 +103,10 @@ class Tracker:
             run_id = run.info.run_id
             for key in run.data.metrics:
                 done[key] = {m.step for m in client.get_metric_history(run_id, key)}
-            for f in client.list_artifacts(run_id, "images"):  # "images/<key>%step%<n>%<time>%<uuid>.png"
-                parts = Path(f.path).name.split("%")
-                if len(parts) >= 3 and parts[1] == "step":
-                    done.setdefault(f"image:{parts[0]}", set()).add(int(parts[2]))
+            for f in client.list_artifacts(run_id, "images"):
+                found = image_key_step(Path(f.path).name)
+                if found:
+                    done.setdefault(f"image:{found[0]}", set()).add(found[1])
             client.update_run(run_id, status="RUNNING")
         else:
             all_tags = dict(tags or {})

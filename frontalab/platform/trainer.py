@@ -145,7 +145,8 @@ class TrialState:
 
 class Trial:
     def __init__(self, cfg: DictConfig, tracker_factory: Callable[..., Any], report: Optional[Report] = None,
-                 checkpoint_dir: Optional[Path] = None, resume_from: Optional[Path] = None):
+                 checkpoint_dir: Optional[Path] = None, resume_from: Optional[Path] = None,
+                 encoder: Optional[torch.nn.Module] = None, landmark_net: Optional[torch.nn.Module] = None):
         from frontalab.models.encoders import build_encoder
         from frontalab.models.landmark_net import load_landmark_net
 
@@ -161,9 +162,12 @@ class Trial:
         self.val_set = FaceDataset(cfg.data.path, "val", cfg.encoder.name, image_size=cfg.model.out_size)
         self.dataset_hash = self.train_set.manifest["dataset_hash"]
 
-        options = {"weights": cfg.encoder.weights} if cfg.encoder.weights else {}
-        self.encoder = build_encoder(cfg.encoder.name, **options).to(self.device)
-        self.landmark_net = load_landmark_net(cfg.landmarks.weights or None).to(self.device).eval()
+        # Frozen networks may come prebuilt (a sweep ships them once through Ray's object store).
+        if encoder is None:
+            options = {"weights": cfg.encoder.weights} if cfg.encoder.weights else {}
+            encoder = build_encoder(cfg.encoder.name, **options)
+        self.encoder = encoder.to(self.device)
+        self.landmark_net = (landmark_net or load_landmark_net(cfg.landmarks.weights or None)).to(self.device).eval()
         for p in self.landmark_net.parameters():
             p.requires_grad_(False)
 
@@ -289,7 +293,7 @@ class Trial:
             d.total.backward()
             self._clip(self.D.parameters())
             self.opt_d.step()
-            self.last_d = {"train/d/adversarial": float(d.terms["adversarial"]), "train/d/total": float(d.total)}
+            self.last_d = {"train/d/adversarial": d.terms["adversarial"].item(), "train/d/total": d.total.item()}
         metrics.update(self.last_d)
         metrics["train/lr_g"] = self.opt_g.param_groups[0]["lr"]
         if self.opt_d is not None:
@@ -384,7 +388,8 @@ def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = 
 
 
 def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[Report] = None,
-              checkpoint_dir: Optional[Path] = None, tracker_factory=None) -> TrialState:
+              checkpoint_dir: Optional[Path] = None, tracker_factory=None,
+              encoder: Optional[torch.nn.Module] = None, landmark_net: Optional[torch.nn.Module] = None) -> TrialState:
     """Train one trial to ``cfg.train.steps``; resume from the latest (or a given) checkpoint.
 
     A non-finite loss ends the run FAILED with the reason; an interrupt ends it KILLED.
@@ -395,7 +400,7 @@ def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[R
         resume_from = Path(resume) if isinstance(resume, str) else latest_checkpoint(folder)
         if resume_from is None:
             print(f"frontalab train: no checkpoint in {folder}; starting from step 0", file=sys.stderr)
-    trial = Trial(cfg, tracker_factory or mlflow_tracker_factory(), report, folder, resume_from)
+    trial = Trial(cfg, tracker_factory or mlflow_tracker_factory(), report, folder, resume_from, encoder, landmark_net)
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):
