@@ -131,6 +131,23 @@ def cmd_train_landmarks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from frontalab.config import load_sweep
+    from frontalab.platform.tune import run_sweep
+
+    services_overrides = [o for o in args.overrides if o.startswith("services.")]
+    sweep_overrides = [o for o in args.overrides if not o.startswith("services.")]
+    load_sweep(args.sweep, sweep_overrides + ([f"name={args.name}"] if args.name else []))  # exit 2 before anything starts
+    cfg = load_config(None, services_overrides)
+    use_services(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's progress table goes to stderr; stdout is the summary
+        summary = run_sweep(args.sweep, sweep_overrides, address=args.address, resume=args.resume, name=args.name)
+    print(json.dumps(summary, indent=1, default=str))
+    print(f"best trial {summary.get('best_trial')} ({summary.get('best_metric')}); MLflow UI: {summary['mlflow_ui']}",
+          file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frontalab",
@@ -159,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     _config_args(add("train-landmarks", cmd_train_landmarks,
                      "train the differentiable 68-point landmark student on a prepared dataset's teacher points"))
+    p = add("sweep", cmd_sweep, "run a Ray Tune sweep of trials (sweeps/NAME.yaml), tracked under one MLflow parent run")
+    p.add_argument("sweep", help="sweep file, e.g. sweeps/quick.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="sweep keys (num_samples=2, base.train.steps=100, search.loss.texture={choice:[1,10]}) or services.*")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep of this name from its S3 state")
+    p.add_argument("--name", help="sweep name (default: the file's name)")
     _config_args(add("up", cmd_up, "start the embedded S3 (SeaweedFS) and MLflow services; idempotent"))
     _config_args(add("down", cmd_down, "stop the embedded services"))
     p = add("status", cmd_status, "show the service endpoints and their health")

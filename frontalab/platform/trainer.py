@@ -414,6 +414,17 @@ def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[R
         trial.state.status = "FAILED"
         trial.tracker.finish("FAILED", reason=str(err))
         raise
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            trial.state.status = "FAILED"
+            trial.tracker.finish("FAILED", reason=f"SystemExit: {stop.code}", timeout=30)
+            raise
+        # A scheduler (e.g. ASHA) stopped the trial early: its run ends normally.
+        trial.state.status = "FINISHED"
+        if trial.state.step < cfg.train.steps:
+            trial.tracker.set_tags({"frontalab.stopped_early_at": trial.state.step})
+        trial.tracker.finish("FINISHED")
+        raise
     except KeyboardInterrupt:
         trial.state.status = "KILLED"
         trial.tracker.finish("KILLED", reason="interrupted", timeout=30)
