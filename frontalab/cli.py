@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from frontalab.config import ConfigError, load_config, to_yaml
@@ -148,6 +149,57 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    from frontalab.platform.registry import promote
+
+    use_services(_load(args))
+    with contextlib.redirect_stdout(sys.stderr):
+        result = promote(args.sweep, metric=args.metric, mode=args.mode, name=args.name)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _photos(paths: list[str]) -> list[Path]:
+    from frontalab.data.decode import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise ConfigError(f"input not found: {p}")
+    return found
+
+
+def cmd_frontalize(args: argparse.Namespace) -> int:
+    import base64
+
+    import mlflow.pyfunc
+    import pandas as pd
+
+    use_services(_load(args), needed=args.model.startswith(("models:/", "runs:/")))
+    inputs, out = _photos(args.inputs), Path(args.out)
+    if not inputs:
+        raise ConfigError("no photos among the inputs")
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(sys.stderr):
+        model = mlflow.pyfunc.load_model(args.model)
+    written, missing = [], []
+    for photo in inputs:
+        result = model.predict(pd.DataFrame({"image": [photo.read_bytes()]}))
+        if result["face_found"][0]:
+            target = out / f"{photo.stem}.png"
+            target.write_bytes(base64.b64decode(result["image"][0]))
+            written.append(str(target))
+        else:
+            missing.append(str(photo))
+            print(f"frontalab frontalize: no face found in {photo}", file=sys.stderr)
+    print(json.dumps({"model": args.model, "written": len(written), "no_face": missing, "out": str(out)}, indent=1))
+    return 0 if written else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frontalab",
@@ -183,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
     p.add_argument("--resume", action="store_true", help="continue the sweep of this name from its S3 state")
     p.add_argument("--name", help="sweep name (default: the file's name)")
+    p = add("promote", cmd_promote, "register the best finished trial of a sweep as the model's champion")
+    p.add_argument("sweep", help="the sweep's name")
+    p.add_argument("--metric", help="compare by this metric (default: the sweep's)")
+    p.add_argument("--mode", choices=("min", "max"), help="default: the sweep's")
+    p.add_argument("--name", default="frontalizer", help="registered model name (default: frontalizer)")
+    _config_args(p)
+    p = add("frontalize", cmd_frontalize, "turn photos into frontal faces with a registered model")
+    p.add_argument("--model", default="models:/frontalizer@champion", help="models:/NAME@ALIAS, runs:/…, or a model folder")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="photos or folders of photos")
+    p.add_argument("out", metavar="OUT", help="folder for the frontal faces (PNG)")
+    p.set_defaults(items=[])
     _config_args(add("up", cmd_up, "start the embedded S3 (SeaweedFS) and MLflow services; idempotent"))
     _config_args(add("down", cmd_down, "stop the embedded services"))
     p = add("status", cmd_status, "show the service endpoints and their health")

@@ -1,0 +1,110 @@
+"""Photos in, frontal faces out: the preprocessing, frozen encoder and trained decoder of one checkpoint.
+
+`Frontalizer` is plain Python; `FrontalizerModel` wraps it as an MLflow pyfunc, so the same
+object serves `frontalab frontalize` and `mlflow models serve`.
+
+pyfunc input: a DataFrame with an ``image`` column of encoded photos (bytes, or base64 text
+as JSON carries them) or a list of ``(H, W, 3)`` uint8 arrays. Output: a DataFrame with
+``image`` (base64 PNG of the frontal face, empty when no face was found) and ``face_found``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow.pyfunc
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from frontalab.data.decode import Skip, decode
+
+
+class Frontalizer:
+    def __init__(self, checkpoint: str | Path, encoder: Optional[torch.nn.Module] = None, device: str = "cpu"):
+        from frontalab.data.teacher import LandmarkTeacher
+        from frontalab.models.encoders import build_encoder
+        from frontalab.platform.trainer import build_generator
+
+        ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
+        self.cfg = OmegaConf.create(ckpt["config"])
+        if encoder is None:
+            options = {"weights": self.cfg.encoder.weights} if self.cfg.encoder.weights else {}
+            encoder = build_encoder(self.cfg.encoder.name, **options)
+        self.encoder = encoder.to(device).eval()
+        self.G = build_generator(self.cfg, self.encoder.feature_dim).to(device)
+        self.G.load_state_dict(ckpt["G"])
+        self.G.eval()
+        self.teacher = LandmarkTeacher()
+        self.device = device
+        self.step = ckpt["step"]
+
+    def _input(self, rgb: np.ndarray) -> Optional[torch.Tensor]:
+        """The encoder's aligned input chip of the most central face, or None without a face."""
+        import torch.nn.functional as F
+
+        from frontalab.data.crop import crop, loose_crop_box
+
+        boxes = self.teacher.detect(rgb)
+        if not boxes:
+            return None
+        h, w = rgb.shape[:2]
+        box = min(boxes, key=lambda b: (b.centre[0] - w / 2) ** 2 + (b.centre[1] - h / 2) ** 2)
+        if self.encoder.name == "dlib-resnet":  # the same chip data preparation fed it
+            chip = self.teacher.chip(rgb, box, self.encoder.input_size)
+        else:  # FaceNet: the loose crop
+            face, _, _ = crop(rgb, loose_crop_box(self.teacher.landmarks68(rgb, box)), self.encoder.input_size)
+            chip = face
+        x = torch.from_numpy(np.ascontiguousarray(chip)).permute(2, 0, 1)[None].float() / 255
+        return F.interpolate(x, size=(self.encoder.input_size,) * 2, mode="bilinear", align_corners=False) \
+            if x.shape[-1] != self.encoder.input_size else x
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
+        """(S, S, 3) uint8 frontal face for a (H, W, 3) uint8 RGB photo, or None when no face is found."""
+        x = self._input(rgb)
+        if x is None:
+            return None
+        out = self.G(self.encoder.features(x.to(self.device))).composite[0]
+        return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+
+
+def to_png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _photo(item: Any) -> np.ndarray:
+    if isinstance(item, np.ndarray) and item.ndim == 3:
+        return item.astype(np.uint8)
+    if isinstance(item, str):
+        item = base64.b64decode(item)
+    rgb, _ = decode(bytes(item), min_side=16)
+    return rgb
+
+
+class FrontalizerModel(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc around `Frontalizer`; artifacts: ``checkpoint`` and ``encoder`` (a pickled module)."""
+
+    def load_context(self, context) -> None:
+        encoder = torch.load(context.artifacts["encoder"], map_location="cpu", weights_only=False)
+        self.frontalizer = Frontalizer(context.artifacts["checkpoint"], encoder=encoder)
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        items = list(model_input["image"]) if isinstance(model_input, pd.DataFrame) else list(model_input)
+        images, found = [], []
+        for item in items:
+            try:
+                face = self.frontalizer(_photo(item))
+            except Skip:
+                face = None
+            found.append(face is not None)
+            images.append(base64.b64encode(to_png(face)).decode() if face is not None else "")
+        return pd.DataFrame({"image": images, "face_found": found})
