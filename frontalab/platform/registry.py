@@ -19,6 +19,8 @@ from frontalab.config import ConfigError
 from frontalab.platform.tune import SWEEP_TAG, TRIAL_TAG
 
 CHAMPION, PREVIOUS = "champion", "previous"
+LANDMARK_MODEL = "landmarks68"
+ASSETS_EXPERIMENT = "frontalab-assets"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # frontalab/, shipped as the model's code
 
 
@@ -93,3 +95,42 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
         client.set_model_version_tag(name, new_version, key, value)
     return {"name": name, "version": new_version, "alias": CHAMPION, "previous": previous,
             "uri": f"models:/{name}@{CHAMPION}", **lineage}
+
+
+def ensure_landmark_model(weights: Path) -> str:
+    """The registered `landmarks68` version holding these student weights, registered on first use."""
+    import hashlib
+    import json
+
+    from mlflow import MlflowClient
+
+    from frontalab.platform.tracking import experiment_id
+
+    client = MlflowClient()
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    try:
+        versions = client.search_model_versions(f"name = '{LANDMARK_MODEL}'")
+    except Exception:
+        versions = []
+    for v in versions:
+        if v.tags.get("sha256") == sha:
+            return str(v.version)
+    if not versions:
+        try:
+            client.create_registered_model(LANDMARK_MODEL, description="dlib-68 landmark student (frontalab.models.landmark_net)")
+        except Exception:  # registered concurrently by another trial
+            pass
+    run = client.create_run(experiment_id(client, ASSETS_EXPERIMENT), run_name=f"{LANDMARK_MODEL}-{sha[:8]}",
+                            tags={"frontalab.role": "asset", "sha256": sha})
+    client.log_artifact(run.info.run_id, str(weights), LANDMARK_MODEL)
+    sidecar = weights.with_suffix(".json")
+    if sidecar.is_file():
+        client.log_artifact(run.info.run_id, str(sidecar), LANDMARK_MODEL)
+        metrics = json.loads(sidecar.read_text()).get("metrics", {})
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                client.log_metric(run.info.run_id, key, float(value))
+    client.set_terminated(run.info.run_id)
+    version = client.create_model_version(LANDMARK_MODEL, source=f"{run.info.artifact_uri}/{LANDMARK_MODEL}",
+                                          run_id=run.info.run_id, tags={"sha256": sha})
+    return str(version.version)

@@ -209,8 +209,7 @@ class Trial:
         from frontalab.platform.tracking import git_commit, host
 
         return {"git_commit": git_commit(), "config_hash": config_hash(self.cfg), "dataset_hash": self.dataset_hash,
-                "encoder": self.encoder.name, "host": host(), "decoder": self.cfg.model.decoder,
-                "landmarks68_sha256": getattr(self.landmark_net, "sha256", "unknown")}
+                "encoder": self.encoder.name, "host": host(), "decoder": self.cfg.model.decoder}
 
     def _autocast(self):
         if self.cfg.train.precision == "bf16":
@@ -376,13 +375,17 @@ def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = 
     from frontalab.platform.tracking import NullTracker, Tracker
 
     def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str]):
+        from frontalab.models.landmark_net import default_weights_path
+        from frontalab.platform.registry import LANDMARK_MODEL, ensure_landmark_model
+
         if not cfg.tracking.enabled:
             return NullTracker()
         params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("services.", "prepare."))}
+        version = ensure_landmark_model(Path(cfg.landmarks.weights or default_weights_path()))
         return Tracker.open(experiment=cfg.tracking.experiment, run_name=run_name or cfg.tracking.run_name,
-                            params=params, tags={**tags, **(extra_tags or {})}, resume_run_id=resume_run_id,
-                            parent_run_id=parent_run_id, system_metrics=cfg.tracking.system_metrics,
-                            buffer_limit=cfg.tracking.buffer_limit)
+                            params=params, tags={**tags, **(extra_tags or {}), f"{LANDMARK_MODEL}_version": version},
+                            resume_run_id=resume_run_id, parent_run_id=parent_run_id,
+                            system_metrics=cfg.tracking.system_metrics, buffer_limit=cfg.tracking.buffer_limit)
 
     return open_tracker
 
