@@ -200,6 +200,13 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
     return 0 if written else 1
 
 
+def cmd_faces(args: argparse.Namespace) -> int:
+    from frontalab.data.faces import demo_source
+
+    print(demo_source())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frontalab",
@@ -246,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IN", help="photos or folders of photos")
     p.add_argument("out", metavar="OUT", help="folder for the frontal faces (PNG)")
     p.set_defaults(items=[])
+    add("faces", cmd_faces, "print the demo's photo folder: $FRONTALAB_FACES, else LFW downloaded into the cache")
     _config_args(add("up", cmd_up, "start the embedded S3 (SeaweedFS) and MLflow services; idempotent"))
     _config_args(add("down", cmd_down, "stop the embedded services"))
     p = add("status", cmd_status, "show the service endpoints and their health")
