@@ -52,7 +52,20 @@ from frontalab.paths import state_dir as _resolve_state_dir
 
 DEFAULT_REGION = "us-east-1"
 S3_IDENTITY = "frontalab"
-MLFLOW_ARTIFACT_PREFIX = "mlflow"
+# Prefixes inside the bucket (`services.bucket`), the same embedded and on a cluster (infra/ uses them too).
+BUCKET_LAYOUT = {
+    "mlflow": "mlflow",      # MLflow artifacts, written through the tracking server (--artifacts-destination)
+    "datasets": "datasets",  # prepared datasets: datasets/NAME
+    "sweeps": "sweeps",      # Ray Tune storage: sweeps/NAME
+    "weights": "weights",    # weights that images never bake in (FaceNet): fetched from here at start
+}
+MLFLOW_ARTIFACT_PREFIX = BUCKET_LAYOUT["mlflow"]
+# Environment every MLflow server of ours runs with (otherwise 7 extra job-runner processes).
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# Variables that point MLflow (artifacts), boto3 and pyarrow at the S3 endpoint, and carry its region and keys.
+S3_ENDPOINT_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+S3_REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
+S3_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 _TERM_TIMEOUT = {"weed": 15.0, "mlflow": 10.0}  # SIGTERM -> SIGKILL; weed exits ~4 s after SIGTERM
 _LOG_ROTATE_BYTES = 32 << 20  # a log above this size is moved to NAME.log.1 when its service starts
 _GRPC_OFFSET = 10000  # SeaweedFS's convention; its plugin worker assumes admin gRPC = admin HTTP + 10000
@@ -88,7 +101,7 @@ class Endpoints:
 
     @property
     def artifacts(self) -> str:
-        return f"s3://{self.bucket}/{MLFLOW_ARTIFACT_PREFIX}"
+        return bucket_uri(self.bucket, "mlflow")
 
     def public(self) -> dict[str, Any]:
         return {"mlflow": self.mlflow, "s3": self.s3, "bucket": self.bucket,
@@ -105,6 +118,29 @@ class Credentials:
         return f"Credentials(access_key={self.access_key!r}, secret_key='***')"
 
     __str__ = __repr__
+
+
+def bucket_uri(bucket: str, area: str, *parts: str) -> str:
+    """``s3://BUCKET/PREFIX[/PART...]`` for an area of `BUCKET_LAYOUT` (mlflow, datasets, sweeps, weights)."""
+    return "/".join([f"s3://{bucket}", BUCKET_LAYOUT[area], *parts])
+
+
+def s3_env_names() -> dict[str, tuple[str, ...]]:
+    """Names of the S3 variables clients read: endpoint, region, credentials."""
+    return {"endpoint": S3_ENDPOINT_ENV, "region": S3_REGION_ENV, "credentials": S3_CREDENTIAL_ENV}
+
+
+def mlflow_server_flags(*, backend_store_uri: str, artifacts_destination: str, host: str, port: int,
+                        workers: int = 1, allowed_hosts: tuple[str, ...] = ()) -> list[str]:
+    """`mlflow server` options: artifacts proxied to S3 by the server, so clients need no S3 keys.
+
+    The embedded server and the manifests in infra/ (compose, Kubernetes) use these same flags.
+    """
+    flags = ["--backend-store-uri", backend_store_uri, "--artifacts-destination", artifacts_destination,
+             "--serve-artifacts", "--host", host, "--port", str(port), "--workers", str(workers)]
+    if allowed_hosts:
+        flags += ["--allowed-hosts", ",".join(allowed_hosts)]
+    return flags
 
 
 # --------------------------------------------------------------------------- paths
@@ -271,17 +307,12 @@ def client_env(cfg: Any) -> dict[str, str]:
     Contains the S3 secret: pass it to child processes, never print or log it.
     """
     ep = endpoints(cfg)
-    env = {
-        "MLFLOW_TRACKING_URI": ep.mlflow,
-        "MLFLOW_S3_ENDPOINT_URL": ep.s3,
-        "AWS_ENDPOINT_URL_S3": ep.s3,
-        "AWS_REGION": ep.region,
-        "AWS_DEFAULT_REGION": ep.region,
-    }
+    env = {"MLFLOW_TRACKING_URI": ep.mlflow}
+    env.update({name: ep.s3 for name in S3_ENDPOINT_ENV})
+    env.update({name: ep.region for name in S3_REGION_ENV})
     creds = credentials(cfg)
     if creds is not None:
-        env["AWS_ACCESS_KEY_ID"] = creds.access_key
-        env["AWS_SECRET_ACCESS_KEY"] = creds.secret_key
+        env.update(zip(S3_CREDENTIAL_ENV, (creds.access_key, creds.secret_key)))
     return env
 
 
@@ -691,16 +722,13 @@ def _ensure_bucket(cfg: Any) -> None:
 
 def _start_mlflow(cfg: Any, paths: _Paths, creds: Credentials | None) -> dict[str, Any]:
     bind = _bind_host(cfg.host)
-    argv = [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{paths.mlflow_db}",
-        "--artifacts-destination", endpoints(cfg).artifacts,
-        "--host", bind, "--port", str(cfg.mlflow_port), "--workers", "1",
-    ]
+    argv = [sys.executable, "-m", "mlflow", "server", *mlflow_server_flags(
+        backend_store_uri=f"sqlite:///{paths.mlflow_db}", artifacts_destination=endpoints(cfg).artifacts,
+        host=bind, port=cfg.mlflow_port, workers=1)]
     # MLFLOW_SERVER_* and other server settings pass through; the store's endpoint and keys are ours.
     env = _base_env(("AWS_", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL"))
     env.update({
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **MLFLOW_SERVER_ENV,
         "MLFLOW_S3_ENDPOINT_URL": endpoints(cfg).s3,
         "AWS_DEFAULT_REGION": endpoints(cfg).region,
         "AWS_REGION": endpoints(cfg).region,
@@ -712,8 +740,7 @@ def _start_mlflow(cfg: Any, paths: _Paths, creds: Credentials | None) -> dict[st
     else:
         env["AWS_EC2_METADATA_DISABLED"] = "true"
     if creds is not None:
-        env["AWS_ACCESS_KEY_ID"] = creds.access_key
-        env["AWS_SECRET_ACCESS_KEY"] = creds.secret_key
+        env.update(zip(S3_CREDENTIAL_ENV, (creds.access_key, creds.secret_key)))
     return _spawn(paths, "mlflow", argv, env, cwd=paths.mlflow_dir,
                   extra={"host": bind, "port": cfg.mlflow_port})
 
