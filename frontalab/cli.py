@@ -123,7 +123,7 @@ def cmd_train_landmarks(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     use_services(cfg, needs_s3(cfg.landmarks.data, cfg.landmarks.out))
-    sidecar = train_landmarks(cfg)
+    sidecar = train_landmarks(cfg, command=" ".join(["frontalab", args.command, *args.items]))
     v = sidecar["metrics"].get("val_lfw", {})
     print(json.dumps({"weights": sidecar["weights"], "nme": round(v.get("nme", float("nan")), 5),
                       "mirror_nme": round(v.get("mirror_nme", float("nan")), 5), "val_faces": v.get("faces", 0),
@@ -157,6 +157,41 @@ def cmd_promote(args: argparse.Namespace) -> int:
         result = promote(args.sweep, metric=args.metric, mode=args.mode, name=args.name)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """A local multi-node Ray cluster (head + N workers as `ray start` processes on 127.0.0.1)."""
+    from frontalab.paths import state_dir
+    from frontalab.platform import services
+    from frontalab.platform.cluster import LocalCluster
+
+    cfg = _load(args)
+    args.state_dir = args.state_dir or str(state_dir(cfg.services.state_dir) / "ray-cluster")
+    existing = LocalCluster.load(args.state_dir)
+    if args.action == "up":
+        if existing is not None and existing.pids():
+            print(json.dumps({"address": existing.address, "already_running": True, **existing.status()}, indent=1))
+            return 0
+        services.up(cfg.services)  # trials on the nodes need MLflow and S3: the nodes inherit client_env
+        cluster = LocalCluster(workers=args.workers, cpus_per_node=args.cpus_per_node, head_cpus=args.head_cpus,
+                               env=services.client_env(cfg.services), state_dir=args.state_dir)
+        cluster.start()
+        print(json.dumps({"address": cluster.address, **cluster.status()}, indent=1))
+        auth = " ".join(f"{k}={v}" for k, v in cluster.driver_env().items())
+        print(f"use it with: {auth} frontalab sweep FILE --address {cluster.address}\n"
+              f"(a cluster under $FRONTALAB_HOME/ray-cluster needs no variables: `connect` reads its token file; "
+              f"stop it: frontalab cluster down)", file=sys.stderr)
+        return 0
+    if existing is None:
+        print(f"frontalab cluster {args.action}: no local cluster recorded", file=sys.stderr)
+        return 0 if args.action == "down" else 1
+    if args.action == "down":
+        stopped = existing.stop()
+        print(json.dumps({"stopped": existing.id, "pids": sorted(stopped)}))
+        return 0
+    state = existing.status()
+    print(json.dumps(state, indent=1))
+    return 0 if state["running"] else 1
 
 
 def _photos(paths: list[str]) -> list[Path]:
@@ -252,8 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models:/frontalizer@champion", help="models:/NAME@ALIAS, runs:/…, or a model folder")
     p.add_argument("inputs", nargs="+", metavar="IN", help="photos or folders of photos")
     p.add_argument("out", metavar="OUT", help="folder for the frontal faces (PNG)")
-    p.set_defaults(items=[])
+    p.add_argument("--set", dest="items", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. the services: --set services.mlflow_port=5001")
     add("faces", cmd_faces, "print the demo's photo folder: $FRONTALAB_FACES, else LFW downloaded into the cache")
+    p = add("cluster", cmd_cluster, "start/stop/show a local Ray cluster: a head + N worker nodes on 127.0.0.1 (tests, demos)")
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")
+    p.add_argument("--cpus-per-node", type=int, default=1, help="CPUs each worker node offers (default 1)")
+    p.add_argument("--head-cpus", type=int, help="CPUs the head offers (default: --cpus-per-node)")
+    p.add_argument("--state-dir", help="where cluster.json and logs go (default: the services' state dir/ray-cluster)")
+    _config_args(p)
     _config_args(add("up", cmd_up, "start the embedded S3 (SeaweedFS) and MLflow services; idempotent"))
     _config_args(add("down", cmd_down, "stop the embedded services"))
     p = add("status", cmd_status, "show the service endpoints and their health")
@@ -264,7 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may also follow the options (`sweep FILE --address auto services.x=y`).
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = "overrides" if hasattr(args, "overrides") else "items" if hasattr(args, "items") else None
+        if target is None or not all("=" in e and not e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, target).extend(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
