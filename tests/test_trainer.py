@@ -1,0 +1,224 @@
+"""One tracked trial, end to end against real services: tracking content, exact resume,
+a tracking-server outage, NaN failure, secrets, the G:D ratio and the ablations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from conftest import run_cli, service_overrides
+
+STEPS = 200
+
+
+def train_args(dataset: Path, cfg, ckpt: Path, *extra: str) -> list[str]:
+    return ["model.out_size=64", f"data.path={dataset}", f"train.steps={STEPS}", "train.batch_size=4",
+            "train.val_faces=8", "train.log_every=10", "train.val_every=50", "train.checkpoint_every=50",
+            f"train.checkpoint_dir={ckpt}", "tracking.experiment=test-trainer", *service_overrides(cfg), *extra]
+
+
+def rest(endpoints, endpoint: str, **params) -> dict:
+    r = requests.get(f"{endpoints.mlflow}/api/2.0/mlflow/{endpoint}", params=params, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def history(endpoints, run_id: str, key: str) -> list[int]:
+    return sorted(m["step"] for m in rest(endpoints, "metrics/get-history", run_id=run_id, metric_key=key,
+                                          max_results=100000).get("metrics", []))
+
+
+def run_of(stdout: str) -> str:
+    import json
+
+    return json.loads(stdout)["run_id"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_dataset, embedded_services, tmp_path_factory):
+    """An uninterrupted 200-step trial: the reference for resume, and the tracking check."""
+    cfg, endpoints = embedded_services
+    ckpt = tmp_path_factory.mktemp("ckpt_reference")
+    out = run_cli("train", *train_args(small_dataset, cfg, ckpt))
+    return run_of(out.stdout), ckpt, out
+
+
+def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(reference_run, embedded_services):
+    run_id, ckpt, _ = reference_run
+    cfg, endpoints = embedded_services
+    run = rest(endpoints, "runs/get", run_id=run_id)["run"]
+    assert run["info"]["status"] == "FINISHED"
+    keys = {m["key"] for m in run["data"]["metrics"]}
+    for term in ("texture", "geo", "sym", "tilt", "expr", "mask", "identity", "adversarial", "total"):
+        assert f"train/g/{term}" in keys, term
+    assert {"train/d/adversarial", "train/steps_per_s", "train/lr_g", "val/abs_yaw", "val/mask_mean"} <= keys
+    assert {"val/identity_distance/dlib-resnet/mean", "val/identity_distance/dlib-resnet/median",
+            "val/identity_distance/dlib-resnet/p95", "val/identity_within_threshold/dlib-resnet"} <= keys
+    assert any(k.startswith("system/") for k in keys), "system metrics are on"
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert {"git_commit", "config_hash", "dataset_hash", "encoder", "host"} <= set(tags)
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["loss.alpha_geo"] == "160.0" and params["train.g_steps_per_d"] == "4"
+
+    images = rest(endpoints, "artifacts/list", run_id=run_id, path="images").get("files", [])
+    from frontalab.platform.tracking import image_key_step
+
+    found = [image_key_step(Path(f["path"]).name) for f in images]
+    steps = {step for key_step in found if key_step for key, step in [key_step] if key == "samples"}
+    assert len(steps) >= 3, steps
+    checkpoints = [f["path"] for f in rest(endpoints, "artifacts/list", run_id=run_id, path="checkpoints")["files"]]
+    assert f"checkpoints/step-{STEPS:06d}.pt" in checkpoints
+
+    from frontalab.platform import services
+
+    s3 = services.s3_client(cfg)
+    objects = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.bucket, Prefix="mlflow/")
+               for o in page.get("Contents", []) if run_id in o["Key"]]
+    assert any(k.endswith(f"checkpoints/step-{STEPS:06d}.pt") for k in objects)
+    assert any("/images/samples" in k for k in objects)
+
+
+def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_services, tmp_path):
+    ref_id, ref_ckpt, _ = reference_run
+    cfg, endpoints = embedded_services
+    ckpt = tmp_path / "ckpt"
+    args = train_args(small_dataset, cfg, ckpt)
+    proc = subprocess.Popen([sys.executable, "-m", "frontalab", "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (ckpt / "step-000100.pt").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, "trial ended before step 100"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (ckpt / f"step-{STEPS:06d}.pt").exists()
+
+    out = run_cli("train", *args, "--resume")
+    run_id = run_of(out.stdout)
+    ref = torch.load(ref_ckpt / f"step-{STEPS:06d}.pt", weights_only=False)
+    got = torch.load(ckpt / f"step-{STEPS:06d}.pt", weights_only=False)
+    assert got["run_id"] == torch.load(ckpt / "step-000100.pt", weights_only=False)["run_id"] == run_id
+    for part in ("G", "D"):
+        worst = max((ref[part][k].float() - got[part][k].float()).abs().max().item() for k in ref[part])
+        assert worst <= 1e-6, (part, worst)
+    assert history(endpoints, run_id, "train/g/total") == list(range(10, STEPS + 1, 10))
+    assert history(endpoints, run_id, "val/abs_yaw") == list(range(0, STEPS + 1, 50))
+    assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
+
+
+@pytest.mark.slow  # 30 s of outage plus 300 steps: `make test-slow`
+def test_tracking_outage_loses_nothing(small_dataset, embedded_services, tmp_path):
+    from frontalab.platform import services
+
+    cfg, endpoints = embedded_services
+    ckpt = tmp_path / "ckpt"
+    steps = 300
+    proc = subprocess.Popen([sys.executable, "-m", "frontalab", "train",
+                             *train_args(small_dataset, cfg, ckpt, f"train.steps={steps}")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while not (ckpt / "step-000050.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    pid = services.status(cfg)["mlflow_pid"]
+    os.killpg(os.getpgid(pid), signal.SIGTERM)
+    down_at = time.monotonic()
+    time.sleep(30)
+    step_during = max(int(p.stem.split("-")[1]) for p in ckpt.glob("step-*.pt"))
+    services.up(cfg, quiet=True)
+    outage = time.monotonic() - down_at
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert step_during > 50, "the trial kept training while the server was down"
+    run_id = run_of(stdout)
+    assert history(endpoints, run_id, "train/g/total") == list(range(10, steps + 1, 10))
+    assert history(endpoints, run_id, "val/identity_distance/dlib-resnet/mean") == list(range(0, steps + 1, 50))
+    print(f"\ntracking server down for {outage:.0f} s; the trial went from step 50 to {step_during} meanwhile")
+
+
+def test_nan_loss_fails_the_run_with_the_reason(small_dataset, embedded_services, tmp_path):
+    cfg, endpoints = embedded_services
+    out = run_cli("train", *train_args(small_dataset, cfg, tmp_path, "train.steps=20", "train.inject_nan_at=7"),
+                  check=False)
+    assert out.returncode == 1 and "non-finite generator loss at step 7" in out.stderr
+    runs = requests.post(f"{endpoints.mlflow}/api/2.0/mlflow/runs/search", timeout=30,
+                         json={"experiment_ids": [experiment_id(endpoints, "test-trainer")], "max_results": 50}).json()
+    failed = [r for r in runs.get("runs", []) if r["info"]["status"] == "FAILED"]
+    assert failed, "the run is marked FAILED"
+    tags = {t["key"]: t["value"] for t in failed[0]["data"]["tags"]}
+    assert "non-finite generator loss at step 7" in tags["frontalab.status_reason"]
+
+
+def experiment_id(endpoints, name: str) -> str:
+    return rest(endpoints, "experiments/get-by-name", experiment_name=name)["experiment"]["experiment_id"]
+
+
+def test_secret_key_appears_nowhere(reference_run, embedded_services, tmp_path):
+    cfg, endpoints = embedded_services
+    run_id, _, out = reference_run
+    from frontalab.platform import services
+
+    secret = services.credentials(cfg).secret_key.encode()
+    state = Path(cfg.state_dir)
+    leaks = [str(p) for p in state.rglob("*") if p.is_file() and p.name != "credentials.json"
+             and secret in p.read_bytes()]
+    assert not leaks
+    assert secret.decode() not in out.stdout + out.stderr
+    run = rest(endpoints, "runs/get", run_id=run_id)["run"]
+    assert secret.decode() not in str(run["data"])
+    import mlflow
+
+    mlflow.set_tracking_uri(endpoints.mlflow)
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=str(tmp_path))
+    assert not [p for p in Path(local).rglob("*") if p.is_file() and secret in p.read_bytes()]
+
+
+# ---------------------------------------------------------------- in-process: ratio and ablations
+
+
+def make_trial(dataset: Path, *overrides: str):
+    from frontalab.config import load_config
+    from frontalab.platform.trainer import Trial, mlflow_tracker_factory
+
+    cfg = load_config(None, ["model.out_size=64", f"data.path={dataset}", "train.batch_size=2", "train.val_faces=2",
+                             "tracking.enabled=false", *overrides])
+    return Trial(cfg, mlflow_tracker_factory())
+
+
+@pytest.mark.parametrize("ratio", [1, 2, 4, 8])
+def test_generator_steps_per_discriminator_step(small_dataset, ratio):
+    trial = make_trial(small_dataset, f"train.g_steps_per_d={ratio}")
+    d_steps = []
+    real_step = trial.opt_d.step
+    trial.opt_d.step = lambda *a, **k: (d_steps.append(trial.state.step), real_step(*a, **k))[1]
+    for _ in range(8):
+        trial.train_step()
+    assert d_steps == list(range(ratio, 9, ratio))
+
+
+def test_no_adversarial_builds_no_discriminator(small_dataset):
+    trial = make_trial(small_dataset, "loss.adversarial=0")
+    assert trial.D is None and trial.opt_d is None
+    metrics = trial.train_step()
+    assert "train/g/adversarial" not in metrics and not any(k.startswith("train/d/") for k in metrics)
+
+
+def test_no_adversarial_no_mask_turns_the_mask_branch_off(small_dataset):
+    trial = make_trial(small_dataset, "loss.adversarial=0", "loss.mask=0", "model.mask=false")
+    assert trial.D is None and trial.G.mask_stages is None
+    metrics = trial.train_step()
+    assert "train/g/mask" not in metrics and "train/g/texture" in metrics
+
+
+def test_cole_decoder_trains_with_its_own_losses(small_dataset):
+    trial = make_trial(small_dataset, "model.decoder=cole", "model.cole_hidden=32")
+    assert trial.D is None
+    metrics = trial.train_step()
+    assert {"train/g/cole_texture", "train/g/cole_landmark", "train/g/cole_identity"} <= set(metrics)
