@@ -1,0 +1,415 @@
+"""Sweeps on real Ray against real services: a multi-node cluster, a killed worker node, a killed
+driver and `--resume`, no credential in Tune's S3 state, promotion, frontalize and serving.
+
+Everything runs for real: `ray start` processes for the head and worker node (LocalCluster),
+the embedded SeaweedFS + MLflow servers, `frontalab` commands as subprocesses, and
+`mlflow models serve`. Trials are tiny (64 px, batch 4) so the file stays within minutes.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import free_port, pid_alive, process_tree, run_cli, service_overrides, wait_gone
+
+REPO = Path(__file__).resolve().parent.parent
+QUICK = str(REPO / "sweeps" / "quick.yaml")
+VENV_BIN = Path(sys.executable).parent
+PREFIX = f"t{uuid.uuid4().hex[:6]}"  # sweep names unique per test session
+SWEEPS = {"multi": f"{PREFIX}-multi", "worker": f"{PREFIX}-wkill", "driver": f"{PREFIX}-dkill"}
+DRIVER_MARK = "FRONTALAB_TEST_DRIVER"
+# Multi-node clusters, killed nodes and drivers: minutes each on 2 cores; run with `make test-slow`.
+pytestmark = pytest.mark.slow
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def sweep_args(name: str, dataset: Path, cfg, *, steps: int, trials: int, ckpt_every: int, val_every: int,
+               log_every: int = 5, **extra: str) -> list[str]:
+    args = ["sweep", QUICK, "--name", name, f"base.data.path={dataset}", "base.model.out_size=64",
+            f"base.train.steps={steps}", "base.train.batch_size=4", "base.train.val_faces=8",
+            f"base.train.log_every={log_every}", f"base.train.val_every={val_every}",
+            f"base.train.checkpoint_every={ckpt_every}", "scheduler.name=fifo", f"num_samples={trials}",
+            "max_concurrent=2", "resources.cpu=1", *service_overrides(cfg)]
+    return args + [f"{k}={v}" for k, v in extra.items()]
+
+
+def rest(endpoints, endpoint: str, **params) -> dict:
+    r = requests.get(f"{endpoints.mlflow}/api/2.0/mlflow/{endpoint}", params=params, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def rest_post(endpoints, endpoint: str, body: dict) -> dict:
+    r = requests.post(f"{endpoints.mlflow}/api/2.0/mlflow/{endpoint}", json=body, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def tags(run: dict) -> dict[str, str]:
+    return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+
+
+def sweep_runs(endpoints, sweep: str) -> tuple[list[dict], list[dict]]:
+    """(parent runs, child runs) of the sweep's experiment, from MLflow's REST API."""
+    exp = rest(endpoints, "experiments/get-by-name", experiment_name=f"sweep-{sweep}")["experiment"]
+    runs = rest_post(endpoints, "runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000}) \
+        .get("runs", [])
+    parents = [r for r in runs if tags(r).get("frontalab.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in tags(r)]
+    return parents, children
+
+
+def history(endpoints, run_id: str, key: str) -> list[int]:
+    return sorted(m["step"] for m in rest(endpoints, "metrics/get-history", run_id=run_id, metric_key=key,
+                                          max_results=100000).get("metrics", []))
+
+
+def sample_steps(endpoints, run_id: str) -> set[int]:
+    from frontalab.platform.tracking import image_key_step
+
+    files = rest(endpoints, "artifacts/list", run_id=run_id, path="images").get("files", [])
+    found = [image_key_step(Path(f["path"]).name) for f in files]
+    return {ks[1] for ks in found if ks and ks[0] == "samples"}
+
+
+def results_table(endpoints, parent_id: str):
+    """The sweep's results table (Tune's dataframe) that the parent run holds as an artifact."""
+    import pandas as pd
+
+    r = requests.get(f"{endpoints.mlflow}/get-artifact", params={"path": "results/results.csv", "run_uuid": parent_id},
+                     timeout=30)
+    r.raise_for_status()
+    return pd.read_csv(io.StringIO(r.text))
+
+
+def assert_every_step_once(endpoints, run: dict, steps: int, log_every: int) -> None:
+    got = history(endpoints, run["info"]["run_id"], "train/g/total")
+    assert got == list(range(log_every, steps + 1, log_every)), f"train/g/total steps of {run['info']['run_name']}: {got}"
+
+
+def wait_for(what: str, check, timeout: float, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_sweep(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """`frontalab ARGS` in its own session (its process group can be killed as a whole);
+    stderr (Tune's progress) to ``log``, stdout (the JSON summary) to ``log`` + ``.out``."""
+    return subprocess.Popen([sys.executable, "-m", "frontalab", *args], stdout=open(f"{log}.out", "wb"),
+                            stderr=open(log, "wb"), stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+                            start_new_session=True, cwd=str(REPO))
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float) -> dict:
+    """Wait for the sweep; its JSON summary."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"sweep did not finish in {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+    assert proc.returncode == 0, f"sweep failed ({proc.returncode}):\n{log.read_text()[-4000:]}"
+    return summary_of(Path(f"{log}.out").read_text())
+
+
+def summary_of(stdout: str) -> dict:
+    """The JSON summary `frontalab sweep` prints on stdout (Ray may print a stray line around it)."""
+    return json.loads(stdout[stdout.index("{"):stdout.rindex("}") + 1])
+
+
+def s3_keys(cfg, prefix: str) -> list[str]:
+    from frontalab.platform import services
+
+    s3 = services.s3_client(cfg)
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cluster(embedded_services, tmp_path_factory):
+    """A Ray head (1 CPU) and one worker node (1 CPU): separate `ray start` processes on 127.0.0.1."""
+    from frontalab.platform import services
+    from frontalab.platform.cluster import LocalCluster
+
+    cfg, _ = embedded_services
+    t0 = time.monotonic()
+    c = LocalCluster(workers=1, cpus_per_node=1, env=services.client_env(cfg),
+                     state_dir=tmp_path_factory.mktemp("ray-cluster"))
+    c.start()
+    print(f"\nlocal Ray cluster up in {time.monotonic() - t0:.1f} s at {c.address}: {c.node_ids()}")
+    try:
+        yield c
+    finally:
+        c.stop()
+        assert not c.pids(), "every process of the local cluster is gone"
+
+
+@pytest.fixture(scope="module")
+def multi_node_sweep(cluster, embedded_services, small_dataset):
+    cfg, endpoints = embedded_services
+    out = run_cli(*sweep_args(SWEEPS["multi"], small_dataset, cfg, steps=20, trials=2, ckpt_every=10, val_every=10),
+                  "--address", cluster.address, timeout=600, env=cluster.driver_env())
+    return summary_of(out.stdout)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_local_cluster_nodes_and_processes(cluster):
+    ids = cluster.node_ids()
+    assert set(ids) == {"head", "w1"} and all(ids.values()) and ids["head"] != ids["w1"]
+    by_node = cluster.pids()
+    assert {"head", "w1"} <= set(by_node.values())
+    status = cluster.status()
+    assert status["running"] and all(n["alive"] for n in status["nodes"])
+    assert cluster.address.startswith("127.0.0.1:")
+
+
+def test_multi_node_sweep_runs_trials_on_both_nodes(multi_node_sweep, cluster, embedded_services):
+    cfg, endpoints = embedded_services
+    assert multi_node_sweep["trials"] == 2 and multi_node_sweep["errors"] == 0
+    parents, children = sweep_runs(endpoints, SWEEPS["multi"])
+    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
+    assert len(children) == 2
+    assert {tags(c)["mlflow.parentRunId"] for c in children} == {parents[0]["info"]["run_id"]}
+    assert {tags(c)["ray.node_id"] for c in children} == set(cluster.node_ids().values()), "trials ran on both nodes"
+    assert len({tags(c)["frontalab.trial_id"] for c in children}) == 2
+    for child in children:
+        assert child["info"]["status"] == "FINISHED"
+        keys = {m["key"] for m in child["data"]["metrics"]}
+        assert {"train/g/total", "val/identity_distance/dlib-resnet/mean"} <= keys
+        assert sample_steps(endpoints, child["info"]["run_id"]) >= {0, 10, 20}
+        assert_every_step_once(endpoints, child, 20, 5)
+
+
+def test_killed_worker_node_trial_resumes_from_checkpoint_on_a_live_node(cluster, embedded_services, small_dataset,
+                                                                        tmp_path):
+    cfg, endpoints = embedded_services
+    name, steps = SWEEPS["worker"], 40
+    log = tmp_path / "sweep.log"
+    proc = start_sweep(sweep_args(name, small_dataset, cfg, steps=steps, trials=2, ckpt_every=10, val_every=20,
+                                  max_failures=2) + ["--address", cluster.address], log, env=cluster.driver_env())
+    worker_id = cluster.node_ids()["w1"]
+    victim_step: list[int] = []
+    try:
+        def worker_trial_past_checkpoint():
+            try:
+                _, children = sweep_runs(endpoints, name)
+            except requests.HTTPError:
+                return None
+            for c in children:
+                if tags(c).get("ray.node_id") == worker_id:
+                    got = history(endpoints, c["info"]["run_id"], "train/g/total")
+                    # Tune's report blocks until the driver took the result: at step 15 the driver
+                    # holds the checkpoint of step 10.
+                    if got and got[-1] >= 15:
+                        victim_step.append(got[-1])
+                        return c
+            assert proc.poll() is None, log.read_text()[-3000:]
+            return None
+
+        victim = wait_for("a trial on the worker node past its first checkpoint", worker_trial_past_checkpoint, 300)
+        from frontalab.platform.cluster import _cmdline
+
+        names = sorted(Path(_cmdline(p)[0]).name if _cmdline(p) else "?" for p in cluster.pids("w1"))
+        killed = cluster.kill_node("w1")
+        assert killed and not cluster.pids("w1")
+        t_kill = time.monotonic()
+        summary = finish(proc, log, timeout=600)
+        assert summary["trials"] == 2 and summary["errors"] == 0, summary
+        print(f"\nworker node killed at step {victim_step[0]}: {len(killed)} processes {names}; "
+              f"sweep finished {time.monotonic() - t_kill:.0f} s later")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    parents, children = sweep_runs(endpoints, name)
+    assert len(children) == 2, "a restarted trial continues its own run: no new child run"
+    again = [c for c in children if c["info"]["run_id"] == victim["info"]["run_id"]]
+    assert len(again) == 1
+    run = again[0]
+    assert run["info"]["status"] == "FINISHED"
+    assert tags(run)["ray.node_id"] == cluster.node_ids()["head"], "resumed on the live node"
+    assert_every_step_once(endpoints, run, steps, 5)
+    for c in children:
+        assert c["info"]["status"] == "FINISHED"
+    # Resumed from its checkpoint, not from scratch: fewer reports since the restore than in total.
+    table = results_table(endpoints, parents[0]["info"]["run_id"])
+    row = table[table["trial_id"] == tags(run)["frontalab.trial_id"]].iloc[0]
+    assert row["iterations_since_restore"] < row["training_iteration"], row.to_dict()
+    assert parents[0]["info"]["status"] == "FINISHED"
+
+
+def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, small_dataset, tmp_path):
+    cfg, endpoints = embedded_services
+    name, steps, trials = SWEEPS["driver"], 30, 3
+    args = sweep_args(name, small_dataset, cfg, steps=steps, trials=trials, ckpt_every=10, val_every=30)
+    mark = uuid.uuid4().hex
+    log = tmp_path / "first.log"
+    proc = start_sweep(args, log, env={DRIVER_MARK: mark})
+    from frontalab.platform.cluster import kill_pids, pids_with_env
+
+    try:
+        def checkpointed():
+            assert proc.poll() is None, f"the sweep ended before it was killed:\n{log.read_text()[-3000:]}"
+            return any("/checkpoint_" in k for k in s3_keys(cfg, f"sweeps/{name}/"))
+
+        wait_for("a trial checkpoint in S3", checkpointed, 300)
+        tree = process_tree(proc.pid) | set(pids_with_env(DRIVER_MARK, mark))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # Orphans of the driver's embedded Ray (workers, raylet, GCS), found by PID and by the marker they inherited.
+    time.sleep(2)
+    orphans = {p for p in tree if pid_alive(p)} | set(pids_with_env(DRIVER_MARK, mark))
+    left = kill_pids(orphans, signal.SIGKILL, timeout=15)
+    assert not left, f"orphans survived SIGKILL: {left}"
+    print(f"\ndriver killed; {len(orphans)} orphan processes cleaned up by PID")
+    _, before = sweep_runs(endpoints, name)
+    assert any(c["info"]["status"] == "RUNNING" for c in before), "killed mid-trial"
+
+    log2 = tmp_path / "resume.log"
+    mark2 = uuid.uuid4().hex
+    proc2 = start_sweep(args + ["--resume"], log2, env={DRIVER_MARK: mark2})
+    try:
+        summary = finish(proc2, log2, timeout=600)
+    finally:
+        if proc2.poll() is None:
+            os.killpg(proc2.pid, signal.SIGKILL)
+        kill_pids(set(pids_with_env(DRIVER_MARK, mark2)), signal.SIGKILL)
+    assert summary["trials"] == trials and summary["errors"] == 0, summary
+
+    parents, children = sweep_runs(endpoints, name)
+    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
+    trial_ids = [tags(c)["frontalab.trial_id"] for c in children]
+    assert len(children) == trials and len(set(trial_ids)) == trials, trial_ids
+    for c in children:
+        assert c["info"]["status"] == "FINISHED", (c["info"]["run_name"], c["info"]["status"])
+        assert_every_step_once(endpoints, c, steps, 5)
+
+
+def test_tune_state_in_s3_holds_no_credential(embedded_services, multi_node_sweep):
+    from frontalab.platform import services
+
+    cfg, _ = embedded_services
+    creds = services.credentials(cfg)
+    s3 = services.s3_client(cfg)
+    keys = s3_keys(cfg, "sweeps/")
+    names = {k.split("/")[1] for k in keys}
+    assert SWEEPS["multi"] in names, names
+    assert any(k.endswith(".pkl") or "experiment_state" in k for k in keys), "Tune's experiment state is there"
+    for key in keys:
+        data = s3.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
+        for secret in (creds.secret_key, creds.access_key):
+            assert secret.encode() not in data, f"a credential is in s3://{cfg.bucket}/{key}"
+
+
+def test_promote_frontalize_serve_and_champion_moves(multi_node_sweep, embedded_services, tmp_path):
+    from frontalab.paths import faces_dir
+
+    cfg, endpoints = embedded_services
+    faces = sorted((faces_dir() / "lfw-gray").rglob("*.jpg"))[:5]
+    if len(faces) < 5:
+        pytest.skip(f"no faces at {faces_dir() / 'lfw-gray'}")
+
+    # A sweep whose only trial did not finish: nothing to promote, exit 2 with the reason.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=endpoints.mlflow)
+    exp = client.create_experiment(f"sweep-{PREFIX}-unfinished")
+    parent = client.create_run(exp, tags={"frontalab.role": "sweep", "frontalab.sweep": f"{PREFIX}-unfinished"})
+    child = client.create_run(exp, tags={"frontalab.trial_id": "abc_00000", "mlflow.parentRunId": parent.info.run_id})
+    client.log_metric(child.info.run_id, "val/identity_distance/dlib-resnet/mean", 0.5)
+    client.set_terminated(child.info.run_id, "KILLED")
+    client.set_terminated(parent.info.run_id, "KILLED")
+    out = run_cli("promote", f"{PREFIX}-unfinished", *service_overrides(cfg), check=False)
+    assert out.returncode == 2 and "no finished trial" in out.stderr, out.stderr[-2000:]
+
+    first = json.loads(run_cli("promote", SWEEPS["multi"], *service_overrides(cfg)).stdout)
+    assert first["uri"] == "models:/frontalizer@champion" and first["sweep"] == SWEEPS["multi"]
+    winner = first["run_id"]
+    assert client.get_run(winner).data.tags["frontalab.sweep"] == SWEEPS["multi"]
+
+    out_dir = tmp_path / "frontal"
+    sets = [a for o in service_overrides(cfg) for a in ("--set", o)]
+    done = json.loads(run_cli("frontalize", "--model", "models:/frontalizer@champion", *map(str, faces),
+                              str(out_dir), *sets).stdout)
+    assert done["written"] == 5 and not done["no_face"]
+    assert len(list(out_dir.glob("*.png"))) == 5
+
+    # `mlflow models serve` on the same URI answers one face with one image.
+    from frontalab.platform import services
+    from PIL import Image
+
+    port = free_port()
+    env = {**os.environ, **services.client_env(cfg), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = tmp_path / "serve.log"
+    server = subprocess.Popen([str(VENV_BIN / "mlflow"), "models", "serve", "-m", "models:/frontalizer@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        def ready():
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_for("mlflow models serve", ready, 180)
+        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(faces[0].read_bytes()).decode()]]}}
+        r = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+        assert r.status_code == 200, r.text[:2000]
+        predictions = r.json()["predictions"]
+        assert len(predictions) == 1 and predictions[0]["face_found"]
+        img = Image.open(io.BytesIO(base64.b64decode(predictions[0]["image"])))
+        assert img.size == (64, 64)
+    finally:
+        pids = process_tree(server.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        if wait_gone(pids, 15):
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        server.wait(timeout=15)
+        assert not wait_gone(pids, 10)
+
+    # A second promotion moves `champion`; the version that held it becomes `previous`.
+    second = json.loads(run_cli("promote", SWEEPS["multi"], *service_overrides(cfg)).stdout)
+    assert int(second["version"]) == int(first["version"]) + 1 and second["previous"] == first["version"]
+    assert client.get_model_version_by_alias("frontalizer", "champion").version == second["version"]
+    assert client.get_model_version_by_alias("frontalizer", "previous").version == first["version"]
+    lineage = client.get_model_version("frontalizer", second["version"]).tags
+    assert lineage["run_id"] == winner and lineage["sweep"] == SWEEPS["multi"]
