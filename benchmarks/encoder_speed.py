@@ -11,7 +11,6 @@ each and the ratio; the port is meant to be >= 5x faster at a batch of 32.
 
 import argparse
 import os
-import time
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ import torch
 from frontalab.models.dlib_models import FACE_RECOGNITION_RESNET, SHAPE_PREDICTOR_5, model_path
 from frontalab.models.encoders import build_encoder
 from frontalab.paths import faces_dir
+from timing import best_time
 
 
 def load_chips(batch: int) -> tuple[np.ndarray, str]:
@@ -39,16 +39,6 @@ def load_chips(batch: int) -> tuple[np.ndarray, str]:
                 return np.stack(chips), f"dlib chips of {batch} UTKFace photos"
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (batch, 150, 150, 3), dtype=np.uint8), "random pixels"
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up: allocators, kernels
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

@@ -11,21 +11,11 @@ packaged file is missing (same architecture from the config defaults).
 
 import argparse
 import os
-import time
 
 import torch
 
 from frontalab.models.landmark_net import LandmarkNet, load_landmark_net
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up: allocators, oneDNN primitives
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from timing import best_time
 
 
 def main() -> None:

@@ -248,7 +248,8 @@ def _log_sweep_files(client, parent: str, sweep_file: str, sweep: DictConfig) ->
         (Path(tmp) / "sweep.resolved.yaml").write_text(OmegaConf.to_yaml(sweep))
         (Path(tmp) / "search_space.json").write_text(json.dumps(OmegaConf.to_container(sweep.search), indent=1))
         client.log_artifacts(parent, tmp, "sweep")
-    client.log_param(parent, "sweep.file", Path(sweep_file).name) if not client.get_run(parent).data.params else None
+    if not client.get_run(parent).data.params:  # a resumed sweep already has it
+        client.log_param(parent, "sweep.file", Path(sweep_file).name)
 
 
 def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> dict[str, Any]:
