@@ -146,6 +146,23 @@ def s3_keys(cfg, prefix: str) -> list[str]:
     return keys
 
 
+def assert_no_credentials(cfg, prefix: str) -> list[str]:
+    """Download every object under ``prefix`` (Tune's experiment state, trial state, checkpoints)
+    and check that neither S3 key is in its bytes; returns the keys."""
+    from frontalab.platform import services
+
+    creds = services.credentials(cfg)
+    s3 = services.s3_client(cfg)
+    keys = s3_keys(cfg, prefix)
+    assert any(k.endswith("tuner.pkl") for k in keys) and any("experiment_state" in k for k in keys), \
+        f"Tune's experiment state is under {prefix}: {keys[:20]}"
+    for key in keys:
+        data = s3.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
+        for secret in (creds.secret_key, creds.access_key):
+            assert secret.encode() not in data, f"a credential is in s3://{cfg.bucket}/{key}"
+    return keys
+
+
 # ---------------------------------------------------------------- fixtures
 
 
@@ -206,6 +223,7 @@ def test_multi_node_sweep_runs_trials_on_both_nodes(multi_node_sweep, cluster, e
         assert_every_step_once(endpoints, child, 20, 5)
 
 
+@pytest.mark.slow  # ~100 s
 def test_killed_worker_node_trial_resumes_from_checkpoint_on_a_live_node(cluster, embedded_services, small_dataset,
                                                                         tmp_path):
     cfg, endpoints = embedded_services
@@ -264,6 +282,7 @@ def test_killed_worker_node_trial_resumes_from_checkpoint_on_a_live_node(cluster
     assert parents[0]["info"]["status"] == "FINISHED"
 
 
+@pytest.mark.slow  # ~170 s
 def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, small_dataset, tmp_path):
     cfg, endpoints = embedded_services
     name, steps, trials = SWEEPS["driver"], 30, 3
@@ -313,22 +332,14 @@ def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, 
     for c in children:
         assert c["info"]["status"] == "FINISHED", (c["info"]["run_name"], c["info"]["status"])
         assert_every_step_once(endpoints, c, steps, 5)
+    # Tuner.restore rewrote Tune's state in S3: still no credential in it.
+    assert_no_credentials(cfg, f"sweeps/{name}/")
 
 
 def test_tune_state_in_s3_holds_no_credential(embedded_services, multi_node_sweep):
-    from frontalab.platform import services
-
     cfg, _ = embedded_services
-    creds = services.credentials(cfg)
-    s3 = services.s3_client(cfg)
-    keys = s3_keys(cfg, "sweeps/")
-    names = {k.split("/")[1] for k in keys}
-    assert SWEEPS["multi"] in names, names
-    assert any(k.endswith(".pkl") or "experiment_state" in k for k in keys), "Tune's experiment state is there"
-    for key in keys:
-        data = s3.get_object(Bucket=cfg.bucket, Key=key)["Body"].read()
-        for secret in (creds.secret_key, creds.access_key):
-            assert secret.encode() not in data, f"a credential is in s3://{cfg.bucket}/{key}"
+    keys = assert_no_credentials(cfg, "sweeps/")  # every sweep of this session that ran so far
+    assert SWEEPS["multi"] in {k.split("/")[1] for k in keys}
 
 
 def test_promote_frontalize_serve_and_champion_moves(multi_node_sweep, embedded_services, tmp_path):
