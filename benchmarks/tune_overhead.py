@@ -15,7 +15,8 @@ Printed:
 - steady-state step-time ratio: median ``train/steps_per_s`` of the bare loop over the Tune
   trial's, over logging intervals that contain no validation or checkpoint (both arms run the
   same code between those);
-- whole-trial ratio: wall time of the one-trial sweep over the bare ``run_trial`` call.
+- whole-trial ratio: wall time of the one-trial sweep over the bare ``run_trial`` call;
+- where the time goes: call -> the trial's MLflow run, -> step-0 metrics, the loop, the wrap-up.
 
 Arms alternate over ``--rounds`` and medians are reported.
 
@@ -36,6 +37,8 @@ from frontalab.config import load_config, load_sweep
 REPO = Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "sweeps" / "quick.yaml")
 LOG_EVERY, VAL_EVERY = 10, 50
+# The searched keys of quick.yaml, pinned: the Tune trial and the bare loop train the same config.
+PINNED = {"loss.alpha_geo": 160, "loss.mask_p": 2, "train.g_steps_per_d": 4}
 
 
 class RecordingTracker:
@@ -66,24 +69,30 @@ def overrides(data: str, steps: int) -> list[str]:
     return [f"base.data.path={data}", "base.model.out_size=64", f"base.train.steps={steps}", "base.train.batch_size=8",
             f"base.train.log_every={LOG_EVERY}", f"base.train.val_every={VAL_EVERY}",
             f"base.train.checkpoint_every={VAL_EVERY}", "base.train.workers=1", "scheduler.name=fifo",
-            "num_samples=1", "max_concurrent=1", "resources.cpu=1", "max_failures=0"]
+            "num_samples=1", "max_concurrent=1", "resources.cpu=1", "max_failures=0",
+            *[f"base.{k}={v}" for k, v in PINNED.items()], *[f"search.{k}={{choice:[{v}]}}" for k, v in PINNED.items()]]
+
+
+def bare_config(data: str, steps: int):
+    from omegaconf import OmegaConf
+
+    _, trial_cfg = load_sweep(QUICK, overrides(data, steps))
+    return load_config(None, ["tracking.enabled=false"], base=OmegaConf.to_container(trial_cfg, resolve=True))
 
 
 def bare(data: str, steps: int) -> dict:
     from frontalab.platform.trainer import run_trial
 
-    _, trial_cfg = load_sweep(QUICK, overrides(data, steps))
-    from omegaconf import OmegaConf
-
-    cfg = load_config(None, ["tracking.enabled=false"], base=OmegaConf.to_container(trial_cfg, resolve=True))
+    cfg = bare_config(data, steps)
     tracker = RecordingTracker()
     t0 = time.time()
     with tempfile.TemporaryDirectory() as ckpt:
         run_trial(cfg, checkpoint_dir=Path(ckpt), tracker_factory=lambda **_: tracker)
-    wall = time.time() - t0
+    t1 = time.time()
     first = min(t for t, s, m in tracker.points if s == 0)
+    last = max(t for t, s, m in tracker.points if "train/g/total" in m)
     rates = {s: m["train/steps_per_s"] for _, s, m in tracker.points if "train/steps_per_s" in m}
-    return {"wall": wall, "start": first - t0, "steady": steady(rates)}
+    return {"wall": t1 - t0, "start": first - t0, "steady": steady(rates), "loop": last - first, "end": t1 - last}
 
 
 def tuned(data: str, steps: int, name: str) -> dict:
@@ -94,12 +103,15 @@ def tuned(data: str, steps: int, name: str) -> dict:
     t0 = time.time()
     with contextlib.redirect_stdout(sys.stderr):
         summary = run_sweep(QUICK, overrides(data, steps), name=name)
-    wall = time.time() - t0
+    t1 = time.time()
     client = MlflowClient()
     run_id = summary["best_run_id"]
     first = min(m.timestamp for m in client.get_metric_history(run_id, "val/abs_yaw") if m.step == 0) / 1000
+    last = max(m.timestamp for m in client.get_metric_history(run_id, "train/g/total")) / 1000
+    opened = client.get_run(run_id).info.start_time / 1000
     rates = {m.step: m.value for m in client.get_metric_history(run_id, "train/steps_per_s")}
-    return {"wall": wall, "start": first - t0, "steady": steady(rates), "run_id": run_id}
+    return {"wall": t1 - t0, "start": first - t0, "steady": steady(rates), "loop": last - first, "end": t1 - last,
+            "opened": opened - t0, "run_id": run_id}
 
 
 def main() -> None:
@@ -120,6 +132,10 @@ def main() -> None:
     connect(num_cpus=2)
     print(f"embedded Ray up in {time.time() - t:.1f} s (not counted)")
 
+    from frontalab.platform.trainer import Trial
+
+    with tempfile.TemporaryDirectory() as ckpt:  # warm this process's caches (imports, weights, data): not counted
+        Trial(bare_config(args.data, args.steps), lambda **_: RecordingTracker(), checkpoint_dir=Path(ckpt))
     a, b = [], []
     for r in range(args.rounds):
         a.append(bare(args.data, args.steps))
@@ -135,6 +151,11 @@ def main() -> None:
     print(f"steady-state step-time ratio (tune+mlflow / bare): {med(a, 'steady') / med(b, 'steady'):.3f}")
     print(f"whole trial: bare {med(a, 'wall'):.1f} s, tune+mlflow {med(b, 'wall'):.1f} s; "
           f"ratio {med(b, 'wall') / med(a, 'wall'):.3f}")
+    print("where the time goes (s)      bare   tune+mlflow")
+    print(f"  call -> trial's MLflow run     -   {med(b, 'opened'):6.1f}  (driver set-up, Ray worker, imports, data, models)")
+    print(f"  call -> step-0 metrics    {med(a, 'start'):6.1f}   {med(b, 'start'):6.1f}")
+    print(f"  step 0 -> last step       {med(a, 'loop'):6.1f}   {med(b, 'loop'):6.1f}  (includes validations, checkpoints, reports)")
+    print(f"  last step -> return       {med(a, 'end'):6.1f}   {med(b, 'end'):6.1f}  (final flush, Tune and sweep wrap-up)")
 
 
 if __name__ == "__main__":

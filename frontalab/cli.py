@@ -235,6 +235,23 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
     return 0 if written else 1
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from frontalab.platform.evaluate import HEADLINE, evaluate
+
+    flags = {"model": args.model, "faces": args.faces, "encoder": args.encoder, "out": args.out, "label": args.label,
+             "max_people": args.max_people}
+    args.items += [f"evaluate.{k}={v}" for k, v in flags.items() if v is not None]
+    cfg = _load(args)
+    e = cfg.evaluate
+    use_services(cfg, e.track or e.model.startswith("models:/") or needs_s3(e.model))
+    with contextlib.redirect_stdout(sys.stderr):
+        results = evaluate(cfg)
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: results[k] for k in HEADLINE}, indent=1))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
 def cmd_faces(args: argparse.Namespace) -> int:
     from frontalab.data.faces import demo_source
 
@@ -289,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="folder for the frontal faces (PNG)")
     p.add_argument("--set", dest="items", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. the services: --set services.mlflow_port=5001")
+    p = add("evaluate", cmd_evaluate, "identity, normalisation, verification and pose of a model's outputs on "
+                                      "folder-per-person photos; a report and an MLflow evaluation run")
+    p.add_argument("--model", help="models:/NAME@ALIAS, an MLflow run id, or a checkpoint (evaluate.model)")
+    p.add_argument("--faces", help="folder-per-person photos (evaluate.faces; default $FRONTALAB_FACES/lfw-gray)")
+    p.add_argument("--encoder", help="evaluation encoder (evaluate.encoder; default the model's)")
+    p.add_argument("--out", help="report folder (evaluate.out)")
+    p.add_argument("--label", help="name of this evaluation in reports (evaluate.label)")
+    p.add_argument("--max-people", type=int, help="seeded sample of this many people (evaluate.max_people; 0 = all)")
+    p.add_argument("--json", metavar="FILE", help="also write the headline numbers to FILE")
+    _config_args(p)
     add("faces", cmd_faces, "print the demo's photo folder: $FRONTALAB_FACES, else LFW downloaded into the cache")
     p = add("cluster", cmd_cluster, "start/stop/show a local Ray cluster: a head + N worker nodes on 127.0.0.1 (tests, demos)")
     p.add_argument("action", choices=("up", "down", "status"))

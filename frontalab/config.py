@@ -135,6 +135,24 @@ class PrepareConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """`frontalab evaluate`: identity, normalisation, verification and pose of a model's outputs."""
+    model: str = _f("models:/frontalizer@champion", doc="models:/NAME@ALIAS or models:/NAME/VERSION, an MLflow run id, "
+                                                         "or a checkpoint file (local or s3://)")
+    faces: str = _f("", doc="folder-per-person photos (LFW layout); default: $FRONTALAB_FACES/lfw-gray, else LFW downloaded")
+    encoder: str = _f("", choices=("",) + ENCODER_NAMES, doc="evaluation encoder; default: the model's own")
+    min_photos: int = _f(2, lo=2, doc="people with fewer detected photos are left out")
+    max_photos_per_person: int = _f(10, lo=2, doc="first N photos of a person (sorted); caps the few very frequent people")
+    max_people: int = _f(0, lo=0, doc="a seeded random sample of this many people; 0 = all")
+    seed: int = _f(0, lo=0, doc="seed of the people sample and of the different-identity pairs")
+    batch_size: int = _f(32, lo=1, doc="faces per decoder/encoder batch")
+    out: str = _f("", doc="report folder; default: $FRONTALAB_HOME/evaluations/<label>-<time>")
+    label: str = _f("", doc="name of this evaluation in reports (e.g. champion, no_adversarial); default: the model")
+    experiment: str = _f("frontalab-evaluations", doc="MLflow experiment of evaluation runs")
+    track: bool = _f(True, doc="log the evaluation as an MLflow run linked to the model")
+
+
+@dataclass
 class LandmarksConfig:
     """The landmark student: a torch CNN trained to reproduce dlib's 68 points."""
     data: str = _f("s3://frontalab/datasets/faces", doc="prepared dataset with teacher landmarks")
@@ -174,6 +192,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
 
 

@@ -165,3 +165,14 @@ def small_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("small_dataset") / "faces"
     run_cli("prepare", "--source", str(src), "--out", str(out), "prepare.val_fraction=0.15")
     return out
+
+
+@pytest.fixture(scope="session")
+def faces_root() -> Path:
+    """The real-photo collection ($FRONTALAB_FACES): utkface/ and lfw-gray/."""
+    from frontalab.paths import faces_dir
+
+    root = faces_dir()
+    if not (root / "lfw-gray").is_dir():
+        pytest.skip(f"real faces not found under {root} (set FRONTALAB_FACES)")
+    return root

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,33 @@ def test_package_does_not_shadow_stdlib_platform():
     out = subprocess.run([sys.executable, "-c", "import frontalab, platform; print(platform.system())"],
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "Linux"
+
+
+SWEEP_FILES = sorted((Path(__file__).resolve().parent.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_every_sweep_file_is_valid_and_says_what_it_answers(path):
+    from frontalab.config import load_sweep
+
+    sweep, trial = load_sweep(path)
+    assert path.read_text().startswith(f"# {path.stem}:"), "a comment on top says what the sweep answers"
+    assert sweep.name == path.stem and sweep.metric and trial.train.steps > 0
+
+
+def test_sweep_files_hold_the_issue_search_spaces():
+    from frontalab.config import load_sweep
+
+    files = {p.stem: p for p in SWEEP_FILES}
+    assert {"quick", "thesis", "ablation", "cole", "cpu_quality"} <= set(files)
+    thesis, trial = load_sweep(files["thesis"])
+    assert trial.model.out_size == 320 and thesis.scheduler.name == "asha" and thesis.resources.gpu == 0.5
+    assert {k: list(v["grid"]) for k, v in thesis.search.items()} == {
+        "loss.alpha_geo": [16, 160, 1600], "loss.texture": [0.1, 1, 10], "loss.mask_p": [1, 2],
+        "train.g_steps_per_d": [1, 2, 4, 8]}
+    for name in ("ablation", "cpu_quality"):
+        arms = load_sweep(files[name])[0].search["arm"]["grid"]
+        assert [a["name"] for a in arms] == ["full", "no_adversarial", "no_adversarial_no_mask"]
+    quick, trial = load_sweep(files["quick"])
+    assert trial.model.out_size == 64 and quick.num_samples == 6 and quick.scheduler.name == "asha"
+    assert load_sweep(files["cole"])[1].model.decoder == "cole"

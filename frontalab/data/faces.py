@@ -45,3 +45,12 @@ def demo_source() -> Path:
     if local.is_dir() and any(local.iterdir()):
         return local
     return download_lfw()
+
+
+def identity_source() -> Path:
+    """Folder-per-person photos for evaluation: LFW from the configured collection, else downloaded."""
+    local = faces_dir()
+    for name in ("lfw-gray", "lfw"):
+        if (local / name).is_dir():
+            return local / name
+    return download_lfw()

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from frontalab.data.decode import Skip, decode
+from frontalab.data.teacher import Box
 
 
 class Frontalizer:
@@ -43,34 +44,44 @@ class Frontalizer:
         self.device = device
         self.step = ckpt["step"]
 
-    def _input(self, rgb: np.ndarray) -> Optional[torch.Tensor]:
-        """The encoder's aligned input chip of the most central face, or None without a face."""
-        import torch.nn.functional as F
-
-        from frontalab.data.crop import crop, loose_crop_box
-
+    def find_face(self, rgb: np.ndarray) -> Optional[Box]:
+        """The most central face of a (H, W, 3) uint8 RGB photo, or None."""
         boxes = self.teacher.detect(rgb)
         if not boxes:
             return None
         h, w = rgb.shape[:2]
-        box = min(boxes, key=lambda b: (b.centre[0] - w / 2) ** 2 + (b.centre[1] - h / 2) ** 2)
-        if self.encoder.name == "dlib-resnet":  # the same chip data preparation fed it
-            chip = self.teacher.chip(rgb, box, self.encoder.input_size)
-        else:  # FaceNet: the loose crop
-            face, _, _ = crop(rgb, loose_crop_box(self.teacher.landmarks68(rgb, box)), self.encoder.input_size)
-            chip = face
-        x = torch.from_numpy(np.ascontiguousarray(chip)).permute(2, 0, 1)[None].float() / 255
-        return F.interpolate(x, size=(self.encoder.input_size,) * 2, mode="bilinear", align_corners=False) \
-            if x.shape[-1] != self.encoder.input_size else x
+        return min(boxes, key=lambda b: (b.centre[0] - w / 2) ** 2 + (b.centre[1] - h / 2) ** 2)
 
     @torch.no_grad()
+    def frontalize_chips(self, chips: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 frontal faces for (N, s, s, 3) uint8 input chips of this model's encoder."""
+        out = self.G(self.encoder.features(to_tensor(chips).to(self.device))).composite
+        return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+
     def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         """(S, S, 3) uint8 frontal face for a (H, W, 3) uint8 RGB photo, or None when no face is found."""
-        x = self._input(rgb)
-        if x is None:
+        box = self.find_face(rgb)
+        if box is None:
             return None
-        out = self.G(self.encoder.features(x.to(self.device))).composite[0]
-        return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(1, 2, 0).cpu().numpy()
+        return self.frontalize_chips(encoder_chip(self.teacher, rgb, box, self.encoder)[None])[0]
+
+
+def encoder_chip(teacher, rgb: np.ndarray, box: Box, encoder: torch.nn.Module) -> np.ndarray:
+    """The (s, s, 3) uint8 input of ``encoder`` for the face in ``box``, prepared as the dataset prepares it."""
+    import cv2
+
+    from frontalab.data.crop import crop, loose_crop_box
+
+    size = encoder.input_size
+    if encoder.name == "dlib-resnet":  # dlib's own aligned chip
+        return teacher.chip(rgb, box, size)
+    face, _, _ = crop(rgb, loose_crop_box(teacher.landmarks68(rgb, box)), size)  # FaceNet: the loose crop
+    return face if face.shape[0] == size else cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
 
 
 def to_png(rgb: np.ndarray) -> bytes:

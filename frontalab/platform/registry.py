@@ -42,7 +42,7 @@ def best_trial_run(client, sweep: str, metric: Optional[str], mode: Optional[str
     return best, metric, mode
 
 
-def _latest_checkpoint(client, run_id: str, into: Path) -> Path:
+def latest_checkpoint_artifact(client, run_id: str, into: Path) -> Path:
     files = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".pt")]
     if not files:
         raise ConfigError(f"run {run_id} has no checkpoint artifact to promote")
@@ -59,7 +59,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
     best, metric, mode = best_trial_run(client, sweep, metric, mode)
     tags = best.data.tags
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = _latest_checkpoint(client, best.info.run_id, Path(tmp))
+        checkpoint = latest_checkpoint_artifact(client, best.info.run_id, Path(tmp))
         frontalizer = Frontalizer(checkpoint)  # loads, so a broken checkpoint fails here, not at serving
         encoder_file = Path(tmp) / "encoder.pt"
         torch.save(frontalizer.encoder, encoder_file)

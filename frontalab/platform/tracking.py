@@ -59,6 +59,16 @@ def host() -> str:
     return socket.gethostname()
 
 
+def command_line() -> str:
+    """This process's command as typed (``frontalab sweep …``), for the runs it creates; secrets never
+    reach argv (they travel in the environment)."""
+    import shlex
+    import sys
+
+    prog = Path(sys.argv[0]).name
+    return shlex.join(["frontalab" if prog in ("frontalab", "__main__.py", "cli.py") else prog, *sys.argv[1:]])
+
+
 def experiment_id(client, name: str) -> str:
     """Get or create the experiment, tagged so the UI opens on training runs."""
     exp = client.get_experiment_by_name(name)

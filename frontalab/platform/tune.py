@@ -183,7 +183,10 @@ def _parent_run(client, experiment_id: str, sweep: DictConfig, resume: bool) -> 
         if runs:
             client.update_run(runs[0].info.run_id, status="RUNNING")
             return runs[0].info.run_id
-    run = client.create_run(experiment_id, run_name=sweep.name, tags={SWEEP_TAG: sweep.name, "frontalab.role": "sweep"})
+    from frontalab.platform.tracking import command_line
+
+    run = client.create_run(experiment_id, run_name=sweep.name, tags={SWEEP_TAG: sweep.name, "frontalab.role": "sweep",
+                                                                       "frontalab.command": command_line()})
     return run.info.run_id
 
 

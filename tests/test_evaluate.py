@@ -1,0 +1,152 @@
+"""`frontalab evaluate`'s metrics, with known answers, and its pose reading on real faces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from frontalab.config import ConfigError
+from frontalab.platform import evaluate as ev
+
+
+def test_auc_known_answers():
+    assert ev.roc_auc([3, 4, 1, 2], [True, True, False, False]) == 1.0
+    assert ev.roc_auc([1, 2, 3, 4], [True, True, False, False]) == 0.0
+    # positives {1, 3}, negatives {2, 4}: of the 4 (pos, neg) orderings only 3 > 2 wins.
+    assert ev.roc_auc([1, 3, 2, 4], [True, True, False, False]) == 0.25
+    assert ev.roc_auc([5, 5, 5, 5], [True, False, True, False]) == 0.5  # ties count half
+    with pytest.raises(ValueError):
+        ev.roc_auc([1, 2], [True, True])
+
+
+def test_auc_matches_the_area_under_its_own_curve():
+    rng = np.random.default_rng(0)
+    positive = rng.random(400) < 0.4
+    scores = rng.normal(positive * 1.0, 1.0)  # separated by one standard deviation
+    fpr, tpr = ev.roc_curve(scores, positive)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    assert ev.roc_auc(scores, positive) == pytest.approx(np.trapezoid(tpr, fpr), abs=1e-12)
+    # The binormal model's AUC is Phi(1 / sqrt 2) = 0.760; 400 samples land near it.
+    assert ev.roc_auc(scores, positive) == pytest.approx(0.760, abs=0.05)
+
+
+def test_verification_pairs_are_all_same_pairs_and_as_many_different_ones():
+    person = np.array([0, 0, 0, 1, 1, 2])
+    pairs, same = ev.verification_pairs(person, seed=0)
+    assert sorted(map(tuple, pairs[same].tolist())) == [(0, 1), (0, 2), (1, 2), (3, 4)]
+    different = pairs[~same]
+    assert len(different) == 4 and len(set(map(tuple, different.tolist()))) == 4
+    assert all(person[i] != person[j] for i, j in different)
+    again, _ = ev.verification_pairs(person, seed=0)
+    assert np.array_equal(pairs, again)  # fixed seed, fixed pairs
+    with pytest.raises(ValueError):
+        ev.verification_pairs(np.array([0, 1, 2]), seed=0)
+
+
+def test_identical_outputs_are_at_distance_zero_and_all_within_threshold():
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(12, 128)) * 0.1
+    faces = ev.Faces(person=[i // 3 for i in range(12)], emb_in=list(emb), emb_out=list(emb.copy()),
+                     pose_in=[(10.0, 5.0, 0.1)] * 12, pose_out=[(-2.0, 1.0, 0.0)] * 12)
+    results, arrays = ev.summarise(faces, threshold=0.6, seed=0)
+    assert np.all(arrays["identity"] == 0)
+    assert results["identity_within_threshold"] == 1.0
+    assert results["auc_outputs"] == results["auc_inputs"]
+    assert results["normalized_share"] == 0.0  # equal spread is not closer
+    assert results["mean_abs_yaw"] == 2.0 and results["inputs_mean_abs_yaw"] == 10.0
+    assert (results["n_faces"], results["n_people"]) == (12, 4)
+
+
+def test_normalisation_counts_people_pulled_together():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(5, 16))
+    person = np.repeat(np.arange(5), 4)
+    inputs = centres[person] + rng.normal(size=(20, 16))
+    # Outputs of people 0-2 shrink towards their centre, those of 3-4 spread out.
+    factor = np.where(person < 3, 0.5, 2.0)[:, None]
+    outputs = centres[person] + (inputs - centres[person]) * factor
+    assert ev.normalized_share(inputs, outputs, person) == pytest.approx(3 / 5)
+    spread = ev.spread_per_person(outputs, person)
+    assert spread[0] == pytest.approx(ev.spread_per_person(inputs, person)[0] * 0.5)
+
+
+def test_mouth_opening_is_zero_for_closed_lips_and_scale_free():
+    from frontalab.models import landmarks as lm
+
+    face = lm.to_pixels(lm.mean_face(), 100).numpy()
+    closed = face.copy()
+    for a, b in lm.INNER_LIP_PAIRS:
+        closed[b, 1] = closed[a, 1]
+    assert ev.mouth_opening(closed) == 0
+    opened = closed.copy()
+    for _, b in lm.INNER_LIP_PAIRS:
+        opened[b, 1] += 9.0
+    eyes = np.linalg.norm(face[lm.OUTER_EYE_CORNERS[1]] - face[lm.OUTER_EYE_CORNERS[0]])
+    assert ev.mouth_opening(opened) == pytest.approx(9.0 / eyes)
+    assert ev.mouth_opening(opened * 3) == pytest.approx(ev.mouth_opening(opened))
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from frontalab.data.teacher import LandmarkTeacher
+
+    return LandmarkTeacher()
+
+
+def _output_like(teacher, photo):
+    """A real face framed as the decoder frames its output (the loose crop at 64 px), or None."""
+    from frontalab.data.crop import crop, loose_crop_box
+    from frontalab.data.decode import decode
+
+    rgb, _ = decode(photo.read_bytes())
+    boxes = teacher.detect(rgb)
+    if not boxes:
+        return None
+    face, _, _ = crop(rgb, loose_crop_box(teacher.landmarks68(rgb, boxes[0])), 64)
+    return face
+
+
+def test_mirrored_face_gives_mirrored_yaw(teacher, faces_root):
+    """dlib's points on a 64 px face are not exactly mirror-equivariant, so the check is statistical:
+    over 60 LFW faces the mirror's yaw is the negated yaw (median error 1.5 deg when written)."""
+    yaws, mirrored, pitch_gap = [], [], []
+    for photo in sorted((faces_root / "lfw-gray").glob("*/*.jpg"))[:60]:
+        face = _output_like(teacher, photo)
+        if face is None:
+            continue
+        yaw, pitch, _ = ev.pose_and_mouth(teacher, *ev.output_view(face))
+        m_yaw, m_pitch, _ = ev.pose_and_mouth(teacher, *ev.output_view(np.ascontiguousarray(face[:, ::-1])))
+        yaws.append(yaw)
+        mirrored.append(m_yaw)
+        pitch_gap.append(abs(pitch - m_pitch))
+    yaws, mirrored = np.array(yaws), np.array(mirrored)
+    assert len(yaws) >= 40
+    turned = np.abs(yaws) > 10
+    assert turned.sum() >= 5 and np.mean(np.sign(mirrored[turned]) == -np.sign(yaws[turned])) >= 0.9
+    assert np.median(np.abs(yaws + mirrored)) < 3.0
+    assert np.corrcoef(yaws, -mirrored)[0, 1] > 0.85
+    assert np.median(pitch_gap) < 3.0  # a mirror leaves pitch alone
+
+
+def test_canonical_box_finds_the_face_of_an_output_framed_face(teacher, faces_root):
+    face = next(f for f in map(lambda p: _output_like(teacher, p), sorted((faces_root / "lfw-gray").glob("*/*.jpg")))
+                if f is not None)
+    view, box = ev.output_view(face)
+    detected = teacher.detect(view)
+    assert detected, "the teacher detects the face in the upscaled view"
+    d = detected[0]
+    assert abs(d.centre[0] - box.centre[0]) < 0.1 * box.side and abs(d.centre[1] - box.centre[1]) < 0.15 * box.side
+
+
+def test_people_selection(tmp_path):
+    for name, n in (("Ann", 3), ("Bob", 1), ("Cid", 12), ("Dee", 2)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            (tmp_path / name / f"{name}_{i:04d}.jpg").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not a person")
+    people = ev.select_people(tmp_path, min_photos=2, max_per_person=10, max_people=0, seed=0)
+    assert [(p, len(f)) for p, f in people] == [("Ann", 3), ("Cid", 10), ("Dee", 2)]
+    sample = ev.select_people(tmp_path, 2, 10, max_people=2, seed=0)
+    assert len(sample) == 2 and sample == ev.select_people(tmp_path, 2, 10, max_people=2, seed=0)
+    with pytest.raises(ConfigError, match="one folder per person"):
+        ev.select_people(tmp_path / "Ann", 2, 10, 0, 0)
