@@ -114,8 +114,8 @@ def test_mirrored_face_gives_mirrored_yaw(teacher, faces_root):
         face = _output_like(teacher, photo)
         if face is None:
             continue
-        yaw, pitch, _ = ev.pose_and_mouth(teacher, *ev.output_view(face))
-        m_yaw, m_pitch, _ = ev.pose_and_mouth(teacher, *ev.output_view(np.ascontiguousarray(face[:, ::-1])))
+        yaw, pitch, _ = ev.pose_and_mouth(teacher, *ev.read_output(teacher, face)[:2])
+        m_yaw, m_pitch, _ = ev.pose_and_mouth(teacher, *ev.read_output(teacher, np.ascontiguousarray(face[:, ::-1]))[:2])
         yaws.append(yaw)
         mirrored.append(m_yaw)
         pitch_gap.append(abs(pitch - m_pitch))
@@ -128,14 +128,13 @@ def test_mirrored_face_gives_mirrored_yaw(teacher, faces_root):
     assert np.median(pitch_gap) < 3.0  # a mirror leaves pitch alone
 
 
-def test_canonical_box_finds_the_face_of_an_output_framed_face(teacher, faces_root):
-    face = next(f for f in map(lambda p: _output_like(teacher, p), sorted((faces_root / "lfw-gray").glob("*/*.jpg")))
-                if f is not None)
-    view, box = ev.output_view(face)
-    detected = teacher.detect(view)
-    assert detected, "the teacher detects the face in the upscaled view"
-    d = detected[0]
-    assert abs(d.centre[0] - box.centre[0]) < 0.1 * box.side and abs(d.centre[1] - box.centre[1]) < 0.15 * box.side
+def test_outputs_are_read_in_the_detected_box_else_the_canonical_one(teacher, faces_root):
+    faces = [_output_like(teacher, p) for p in sorted((faces_root / "lfw-gray").glob("*/*.jpg"))[:30]]
+    faces = [f for f in faces if f is not None]
+    found = [ev.read_output(teacher, f)[2] for f in faces]
+    assert np.mean(found) >= 0.9  # real faces framed as outputs are found at 4x
+    view, box, detected = ev.read_output(teacher, np.full((64, 64, 3), 128, np.uint8))  # no face
+    assert not detected and box == ev.canonical_box(256) and view.shape == (256, 256, 3)
 
 
 def test_people_selection(tmp_path):

@@ -121,12 +121,15 @@ def canonical_box(size: int) -> Box:
     return Box(float(left), float(top), float(right), float(bottom))
 
 
-def output_view(face: np.ndarray) -> tuple[np.ndarray, Box]:
-    """A generated face upscaled for the teacher, with its canonical face box."""
+def read_output(teacher: LandmarkTeacher, face: np.ndarray) -> tuple[np.ndarray, Box, bool]:
+    """A generated face upscaled for the teacher, the box its landmarks are read in, and whether the
+    teacher's detector found a face there (else the box is where the decoder puts the face)."""
     import cv2
 
     side = face.shape[0] * OUTPUT_UPSCALE
-    return cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC), canonical_box(side)
+    view = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+    boxes = teacher.detect(view)
+    return (view, boxes[0], True) if boxes else (view, canonical_box(side), False)
 
 
 def pose_and_mouth(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box) -> tuple[float, float, float]:
@@ -250,9 +253,9 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
         outputs = f.frontalize_chips(np.stack([c for _, _, c, _, _ in pending]))
         out_chips = []
         for (who, path, model_chip, eval_chip, pose_in), out in zip(pending, outputs):
-            view, box = output_view(out)
+            view, box, detected = read_output(teacher, out)
             faces.pose_out.append(pose_and_mouth(teacher, view, box))
-            faces.detected_out.append(bool(teacher.detect(view)))
+            faces.detected_out.append(detected)
             out_chips.append(encoder_chip(teacher, view, box, eval_encoder))
             faces.person.append(who)
             faces.path.append(str(path))
