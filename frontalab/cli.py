@@ -90,12 +90,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     flags = {"source": args.source, "out": args.out, "size": args.size, "limit": args.limit,
              "encoders": f"[{args.encoders}]" if args.encoders else None,
-             "frontal_only": "true" if args.frontal_only else None}
+             "frontal_only": "true" if args.frontal_only else None, "morphs": args.morphs}
     args.items += [f"prepare.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = _load(args)
     use_services(cfg, needs_s3(*cfg.prepare.source.split(","), cfg.prepare.out))
     manifest = prepare(cfg, address=args.address)
     summary = {k: manifest[k] for k in ("input_count", "kept", "skipped", "handled", "split", "dataset_hash")}
+    summary["morphs"] = manifest["morphs"]["count"]
     print(json.dumps({"out": cfg.prepare.out, **summary, "seconds": manifest["seconds"],
                       "images_per_s": round(manifest["input_count"] / max(manifest["seconds"], 1e-9), 1)}, indent=1))
     return 0
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoders", help="comma-separated encoder names (prepare.encoders)")
     p.add_argument("--frontal-only", action="store_true", help="keep only frontal faces (prepare.frontal_only)")
     p.add_argument("--limit", type=int, help="first N photos only (prepare.limit)")
+    p.add_argument("--morphs", type=int, help="add N random morphs of nearest training faces, Cole §5.1 (prepare.morphs)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
     _config_args(p)
     p = add("train", cmd_train, "train one trial (thesis or Cole decoder) on a prepared dataset, tracked in MLflow")

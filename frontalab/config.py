@@ -132,6 +132,10 @@ class PrepareConfig:
     jpeg_quality: int = _f(95, lo=50, hi=100)
     batch_size: int = _f(32, lo=1, doc="images per map_batches call")
     concurrency: int = _f(0, lo=0, doc="actors per stage; 0 = the cluster's CPUs")
+    morphs: int = _f(0, lo=0, doc="Cole §5.1: this many random morphs between nearest training faces, as extra "
+                                  "training rows; 0 = none")
+    morph_neighbours: int = _f(200, lo=1, doc="a morph's partner is one of the seed face's k nearest (Cole: 200)")
+    morph_lambda: float = _f(10.0, lo=0, doc="distance = lambda * |L_A - L_B| + |T_A - T_B| (Cole: 10)")
 
 
 @dataclass

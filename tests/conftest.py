@@ -152,8 +152,8 @@ def run_cli(*args: str, timeout: float = 900, env: dict | None = None, check: bo
 
 
 @pytest.fixture(scope="session")
-def small_dataset(tmp_path_factory) -> Path:
-    """72 real UTKFace photos prepared at 160 px into a local folder (about 10% validation)."""
+def small_source(tmp_path_factory) -> Path:
+    """A folder of 72 real UTKFace photos (symlinks)."""
     from frontalab.paths import faces_dir
 
     faces = sorted((faces_dir() / "utkface").glob("*.jpg"))[500:572]
@@ -162,8 +162,17 @@ def small_dataset(tmp_path_factory) -> Path:
     src = tmp_path_factory.mktemp("small_src")
     for p in faces:
         (src / p.name).symlink_to(p)
+    return src
+
+
+SMALL_DATASET_SETTINGS = ("prepare.val_fraction=0.15",)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, small_source) -> Path:
+    """The 72 photos of `small_source` prepared at 160 px into a local folder (about 15% validation)."""
     out = tmp_path_factory.mktemp("small_dataset") / "faces"
-    run_cli("prepare", "--source", str(src), "--out", str(out), "prepare.val_fraction=0.15")
+    run_cli("prepare", "--source", str(small_source), "--out", str(out), *SMALL_DATASET_SETTINGS)
     return out
 
 

@@ -52,7 +52,7 @@ class FaceDataset(torch.utils.data.Dataset):
         columns = ["index", "status", "split", "image", "landmarks", "yaw", "pitch",
                    f"features_{encoder}", f"embedding_{encoder}"]
         tables = [pq.read_table(storage.cached(storage.join(uri, s)), columns=columns).to_pandas()
-                  for s in self.manifest["shards"]]
+                  for s in self.manifest["shards"] + self.manifest.get("morphs", {}).get("shards", [])]
         rows = [t[(t["status"] == KEPT) & ((t["split"] == split) if split else True)] for t in tables]
         rows = [r for r in rows if len(r)]
         if not rows:

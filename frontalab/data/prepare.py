@@ -5,7 +5,9 @@ Ray Data (embedded, or a cluster with ``--address``), and stored as Parquet shar
 ``manifest.json`` where every Ray worker can read them (a folder or S3).
 
     files (sorted, sharded) -> decode -> detect + align + landmarks + pose -> encoder features
-                            -> one Parquet shard per `shard_size` photos -> manifest.json (last)
+                            -> one Parquet shard per `shard_size` photos
+                            -> [--morphs N: Cole's random morphs of training faces, extra shards]
+                            -> manifest.json (last)
 
 Every photo yields exactly one row: kept, or skipped with its reason, so
 ``kept + sum(skipped) == input_count`` always holds. A shard is written atomically once
@@ -40,10 +42,17 @@ DLIB_CHIP = 150  # dlib's recognition network input: get_face_chip(size=150, pad
 # Settings that change the rows; a resumed run must use the same ones.
 CONTENT_KEYS = ("size", "face_ratio", "encoders", "frontal_only", "max_yaw", "min_pitch", "max_pitch",
                 "multiple_faces", "min_side", "limit", "shard_size", "val_fraction", "seed", "jpeg_quality")
+# Settings of the morph shards; they name the shards, so other values make other shards.
+MORPH_KEYS = ("morphs", "morph_neighbours", "morph_lambda")
 
 
 def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.parquet"
+
+
+def morph_shard_name(settings: dict[str, Any], shard: int) -> str:
+    key = json.dumps({k: settings[k] for k in (*MORPH_KEYS, "seed")}, sort_keys=True)
+    return f"morphs-{hashlib.sha256(key.encode()).hexdigest()[:8]}-{shard:05d}.parquet"
 
 
 def _unit_hash(text: str) -> float:
@@ -235,15 +244,19 @@ def _assign_split(shard: pd.DataFrame, settings: dict[str, Any]) -> pd.Series:
 
 
 def _write_shard(out: str, shard_id: int, parts: list[pd.DataFrame], settings: dict[str, Any]) -> None:
+    shard = pd.concat(parts).sort_values("index").reset_index(drop=True)
+    shard["split"] = _assign_split(shard, settings)
+    _write_parquet(storage.join(out, shard_name(shard_id)), shard.drop(columns=["height", "width"], errors="ignore"))
+
+
+def _write_parquet(uri: str, rows: pd.DataFrame) -> None:
+    """One shard, atomically: a reader sees all of it or none."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    shard = pd.concat(parts).sort_values("index").reset_index(drop=True)
-    shard["split"] = _assign_split(shard, settings)
-    shard = shard.drop(columns=["height", "width"], errors="ignore")
     buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(shard, preserve_index=False), buf, compression="zstd")
-    storage.write_bytes_atomic(storage.join(out, shard_name(shard_id)), buf.getvalue())
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), buf, compression="zstd")
+    storage.write_bytes_atomic(uri, buf.getvalue())
 
 
 def _progress(total: int, initial: int):
@@ -285,21 +298,67 @@ def run_pipeline(todo: list[dict[str, Any]], settings: dict[str, Any], out: str,
 
 
 def _read_index(out: str, shard_id: int) -> pd.DataFrame:
+    cols = ["index", "status", "conversion", "faces", "sha256", "identity", "split", "landmarks", "yaw"]
+    return _read_shard(out, shard_name(shard_id), cols)
+
+
+def _read_shard(out: str, name: str, columns: list[str]) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
-    cols = ["index", "status", "conversion", "faces", "sha256", "identity", "split", "landmarks", "yaw"]
-    table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, shard_name(shard_id)))), columns=cols)
-    return table.to_pandas()
+    return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, name))), columns=columns).to_pandas()
 
 
-def build_manifest(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any], seconds: float) -> dict[str, Any]:
+def add_morphs(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """Cole's random morphs of the training faces as extra shards (resumable like the photo shards)."""
+    import torch
+    from tqdm import tqdm
+
+    from frontalab.data import morph
+    from frontalab.models.encoders import build_encoder
+
+    count, per_shard = settings["morphs"], settings["shard_size"]
+    names = [morph_shard_name(settings, i) for i in range(-(-count // per_shard))]
+    if all(storage.exists(storage.join(out, n)) for n in names):
+        return names
+    cols = ["index", "status", "split", "image", "landmarks", "landmarks5", "sha256"]
+    rows = pd.concat([_read_shard(out, shard_name(s), cols) for s in sorted({r["shard"] for r in inputs})])
+    train = rows[(rows["status"] == KEPT) & (rows["split"] == "train")].sort_values("index").reset_index(drop=True)
+    size = settings["size"]
+    points = np.stack([np.frombuffer(b, np.float32).reshape(68, 2) for b in train["landmarks"]])
+    mean = points.mean(0)
+    # Distances on small textures: the crops at 64 px, warped to the mean geometry, 32x32 grey.
+    from PIL import Image
+
+    small, scale = 64, 64 / size
+    textures = []
+    for lo in tqdm(range(0, len(train), 256), desc="morphs: textures", unit="batch", file=sys.stderr):
+        imgs = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((small, small), Image.Resampling.BILINEAR))
+                         for b in train["image"].iloc[lo:lo + 256]])
+        x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
+        pts = torch.from_numpy((points[lo:lo + 256] + 0.5) * scale - 0.5)
+        textures.append(morph.texture_maps(x, pts, torch.from_numpy((mean + 0.5) * scale - 0.5)))
+    neighbours = morph.nearest_neighbours(torch.from_numpy((points + 0.5) / size), torch.cat(textures),
+                                          settings["morph_neighbours"], settings["morph_lambda"])
+    planned = morph.plan(len(train), neighbours, count, settings["seed"])
+    encoders = {name: build_encoder(name) for name in settings["encoders"]}
+    for i, name in enumerate(tqdm(names, desc="morphs", unit="shard", file=sys.stderr)):
+        if storage.exists(storage.join(out, name)):
+            continue
+        todo = planned.iloc[i * per_shard:(i + 1) * per_shard]
+        made = morph.morph_rows(train, todo, mean, settings, len(inputs) + i * per_shard, encoders)
+        _write_parquet(storage.join(out, name), made)
+    return names
+
+
+def build_manifest(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any], seconds: float,
+                   morph_shards: list[str]) -> dict[str, Any]:
     """Counts, split, hash and provenance, from the shards themselves (so resumed runs agree)."""
     shards = sorted({r["shard"] for r in inputs})
     index = pd.concat([_read_index(out, s) for s in shards])
     kept = index[index["status"] == KEPT]
     digest = hashlib.sha256()
-    for s in shards:
-        digest.update(hashlib.sha256(storage.read_bytes(storage.join(out, shard_name(s)))).digest())
+    for name in [shard_name(s) for s in shards] + morph_shards:
+        digest.update(hashlib.sha256(storage.read_bytes(storage.join(out, name))).digest())
     size = settings["size"]
     mean_landmarks = None
     if len(kept):
@@ -318,8 +377,11 @@ def build_manifest(out: str, inputs: list[dict[str, Any]], settings: dict[str, A
                   "train": int((kept["split"] == "train").sum()), "val": int((kept["split"] == "val").sum())},
         "identities": int(kept.loc[kept["identity"] != "", "identity"].nunique()),
         "shards": [shard_name(s) for s in shards],
+        # Extra training rows (Cole §5.1), outside the photo counts above.
+        "morphs": {"count": settings.get("morphs", 0), "neighbours": settings.get("morph_neighbours"),
+                   "lambda": settings.get("morph_lambda"), "shards": morph_shards},
         "dataset_hash": digest.hexdigest()[:16],
-        "settings": settings,
+        "settings": {k: settings[k] for k in CONTENT_KEYS},
         "encoders": {name: {"features": f"features_{name}", "embedding": f"embedding_{name}"}
                      for name in settings["encoders"]},
         "image": {"size": size, "format": "jpeg", "face_ratio": settings["face_ratio"]},
@@ -338,7 +400,7 @@ def prepare(cfg: DictConfig, address: str | None = None) -> dict[str, Any]:
     if not pc.source or not pc.out:
         raise ConfigError("prepare needs a source and an out (prepare.source=..., prepare.out=...)")
     settings = _settings(cfg)
-    settings.update(batch_size=pc.batch_size, concurrency=pc.concurrency)
+    settings.update(batch_size=pc.batch_size, concurrency=pc.concurrency, **{k: pc[k] for k in MORPH_KEYS})
     content = {k: settings[k] for k in CONTENT_KEYS}
     start = time.perf_counter()
     inputs = list_inputs(pc.source, pc.limit, pc.shard_size)
@@ -355,6 +417,7 @@ def prepare(cfg: DictConfig, address: str | None = None) -> dict[str, Any]:
                   file=sys.stderr)
         run_pipeline(todo, settings, pc.out, bar, counts)
     bar.close()
-    manifest = build_manifest(pc.out, inputs, content, time.perf_counter() - start)
+    morph_shards = add_morphs(pc.out, inputs, settings) if pc.morphs else []
+    manifest = build_manifest(pc.out, inputs, settings, time.perf_counter() - start, morph_shards)
     storage.write_bytes_atomic(storage.join(pc.out, MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest

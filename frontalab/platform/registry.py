@@ -54,6 +54,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
     from mlflow import MlflowClient
 
     from frontalab.platform.inference import FrontalizerModel, Frontalizer
+    from frontalab.platform.tracking import command_line
 
     client = MlflowClient()
     best, metric, mode = best_trial_run(client, sweep, metric, mode)
@@ -72,7 +73,8 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
         }
         mlflow.set_experiment(experiment_id=best.info.experiment_id)
         with mlflow.start_run(run_name=f"promote-{sweep}", tags={"frontalab.role": "promotion", SWEEP_TAG: sweep,
-                                                                  "frontalab.source_run": best.info.run_id}):
+                                                                  "frontalab.source_run": best.info.run_id,
+                                                                  "frontalab.command": command_line()}):
             info = mlflow.pyfunc.log_model(
                 name="frontalizer", python_model=FrontalizerModel(),
                 artifacts={"checkpoint": str(checkpoint), "encoder": str(encoder_file)},

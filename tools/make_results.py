@@ -1,0 +1,178 @@
+"""Generate docs/RESULTS.md from the MLflow evaluation runs of `frontalab evaluate` (nothing typed by hand
+except the optional analysis in --notes, which is included verbatim and marked as such).
+
+For each label (the latest FINISHED evaluation run with that `frontalab.label`): the headline numbers
+against the targets of issue 8, the report's plots and input/output pairs (copied next to RESULTS.md),
+the training curves and compute of the run that made the checkpoint, and the exact commands.
+
+    python tools/make_results.py [--labels champion,full,no_adversarial,no_adversarial_no_mask]
+                                 [--notes docs/results_notes.md] [--out docs/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from frontalab.cli import use_services
+from frontalab.config import load_config
+
+REPO = Path(__file__).resolve().parent.parent
+# issue 8's targets: (key, comparison, bound, unit)
+TARGETS = (("identity_within_threshold", ">=", 0.95, "share"), ("normalized_share", ">=", 0.80, "share"),
+           ("mean_abs_yaw", "<=", 5.0, "deg"))
+CURVES = ("val/identity_distance/dlib-resnet/mean", "val/identity_within_threshold/dlib-resnet", "val/abs_yaw",
+          "train/g/total")
+REPORT_FILES = ("pairs.png", "identity_distance.png", "pair_distances.png", "roc.png", "yaw.png", "metrics.json")
+
+
+def latest_evaluation(client, experiment_id: str, label: str):
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`frontalab.label` = '{label}' and "
+                              "tags.`frontalab.role` = 'evaluation' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise SystemExit(f"no finished evaluation run labelled {label!r}: run `frontalab evaluate --label {label} …`")
+    return runs[0]
+
+
+def fetch_report(client, run, into: Path) -> dict:
+    into.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(run.info.run_id, "report", tmp))
+        for name in REPORT_FILES:
+            shutil.copy(local / name, into / name)
+    return json.loads((into / "metrics.json").read_text())
+
+
+def minutes(run) -> float:
+    end = run.info.end_time or int(time.time() * 1000)
+    return (end - run.info.start_time) / 60000
+
+
+def plot_curves(client, sources: dict[str, object], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
+    for ax, key in zip(axes, CURVES):
+        for label, run in sources.items():
+            history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            if history:
+                ax.plot([m.step for m in history], [m.value for m in history], label=label)
+        ax.set(title=key, xlabel="step")
+        if key.startswith("val/identity_distance"):
+            ax.axhline(0.6, color="k", ls="--", lw=0.8)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def verdict(value: float, op: str, bound: float, unit: str) -> str:
+    met = value >= bound if op == ">=" else value <= bound
+    shown = (lambda v: f"{v:.1%}") if unit == "share" else (lambda v: f"{v:.1f}°")
+    if met:
+        return f"met ({shown(value)} {op} {shown(bound)})"
+    gap = bound - value if op == ">=" else value - bound
+    return f"**missed by {gap * 100:.1f} points**" if unit == "share" else f"**missed by {gap:.1f}°**"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--labels", default="champion,full,no_adversarial,no_adversarial_no_mask")
+    ap.add_argument("--experiment", default="frontalab-evaluations")
+    ap.add_argument("--notes", default=str(REPO / "docs" / "results_notes.md"), help="hand-written analysis, included verbatim")
+    ap.add_argument("--out", default=str(REPO / "docs" / "RESULTS.md"))
+    args = ap.parse_args()
+    use_services(load_config(None, []))
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    out = Path(args.out)
+    assets = out.parent / "results"
+    exp = client.get_experiment_by_name(args.experiment)
+    if exp is None:
+        raise SystemExit(f"no MLflow experiment {args.experiment!r}: run `frontalab evaluate` first")
+    labels = [s for s in args.labels.split(",") if s]
+    evals = {label: latest_evaluation(client, exp.experiment_id, label) for label in labels}
+    metrics = {label: fetch_report(client, run, assets / label) for label, run in evals.items()}
+    sources = {label: client.get_run(run.data.tags["source_run"]) for label, run in evals.items()
+               if run.data.tags.get("source_run")}
+    plot_curves(client, sources, assets / "training_curves.png")
+
+    lines = ["# Results: does it frontalize?", "",
+             f"Generated by `python tools/make_results.py` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from the "
+             f"MLflow evaluation runs (experiment `{args.experiment}`); do not edit by hand.", "",
+             "Every number below comes from `frontalab evaluate` on LFW identities with two or more photos "
+             "(`$FRONTALAB_FACES/lfw-gray`, a greyscale copy), with dlib's ResNet as the evaluation encoder "
+             "(same-identity threshold 0.6). The models never saw LFW: they trained on UTKFace.", "",
+             "## Headline numbers", "",
+             "| model | within threshold | people normalised | AUC outputs / inputs | mean abs yaw out / in | "
+             "outputs with a detectable face | faces / people |", "|---|---|---|---|---|---|---|"]
+    for label, m in metrics.items():
+        lines.append(f"| {label} | {m['identity_within_threshold']:.1%} | {m['normalized_share']:.1%} | "
+                     f"{m['auc_outputs']:.3f} / {m['auc_inputs']:.3f} | {m['mean_abs_yaw']:.1f}° / "
+                     f"{m['inputs_mean_abs_yaw']:.1f}° | {m.get('output_face_detected', float('nan')):.1%} | "
+                     f"{m['n_faces']} / {m['n_people']} |")
+    lines += ["", "## Targets", "", "| model | " + " | ".join(f"{k} {op} {b:g}" for k, op, b, _ in TARGETS) + " |",
+              "|---|" + "---|" * len(TARGETS)]
+    for label, m in metrics.items():
+        lines.append(f"| {label} | " + " | ".join(verdict(m[k], op, b, u) for k, op, b, u in TARGETS) + " |")
+    lines += ["", "Identity distance input to output (mean / median / p95), pose and expression:", "",
+              "| model | distance mean / median / p95 | abs pitch out / in | mouth opening out / in |", "|---|---|---|---|"]
+    for label, m in metrics.items():
+        lines.append(f"| {label} | {m['identity_distance_mean']:.3f} / {m['identity_distance_median']:.3f} / "
+                     f"{m['identity_distance_p95']:.3f} | {m['mean_abs_pitch']:.1f}° / {m['inputs_mean_abs_pitch']:.1f}° | "
+                     f"{m['mean_mouth_opening']:.3f} / {m['inputs_mean_mouth_opening']:.3f} |")
+
+    lines += ["", "## Pictures", ""]
+    for label in metrics:
+        lines += [f"### {label}", "", f"Input | output pairs (16 people): ![pairs](results/{label}/pairs.png)", "",
+                  f"![identity distances](results/{label}/identity_distance.png) ![roc](results/{label}/roc.png)", "",
+                  f"![pair distances](results/{label}/pair_distances.png) ![yaw](results/{label}/yaw.png)", ""]
+
+    lines += ["## Training", "", "![training curves](results/training_curves.png)", "",
+              "| model | run | sweep | steps x batch | out size | identity / adversarial / mask weights | wall time |",
+              "|---|---|---|---|---|---|---|"]
+    for label, run in sources.items():
+        p = run.data.params
+        lines.append(f"| {label} | `{run.info.run_id}` | {run.data.tags.get('frontalab.sweep', '-')} | "
+                     f"{p.get('train.steps')} x {p.get('train.batch_size')} | {p.get('model.out_size')} | "
+                     f"{p.get('loss.identity')} / {p.get('loss.adversarial')} / {p.get('loss.mask')} | "
+                     f"{minutes(run):.0f} min |")
+    sweeps = {run.data.tags.get("frontalab.sweep") for run in sources.values()} - {None}
+    lines += ["", "## Compute and commands", "",
+              f"- Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), no GPU; "
+              f"evaluations took " + ", ".join(f"{label} {m['seconds'] / 60:.1f} min" for label, m in metrics.items()) + "."]
+    for sweep in sorted(sweeps):
+        exp_s = client.get_experiment_by_name(f"sweep-{sweep}")
+        parents = client.search_runs([exp_s.experiment_id], filter_string="tags.`frontalab.role` = 'sweep'",
+                                     order_by=["attributes.start_time DESC"], max_results=1) if exp_s else []
+        if parents:
+            lines.append(f"- Sweep `{sweep}`: {minutes(parents[0]):.0f} min wall for all its trials: "
+                         f"`{parents[0].data.tags.get('frontalab.command', '?')}`")
+        promotions = client.search_runs([exp_s.experiment_id], filter_string="tags.`frontalab.role` = 'promotion'",
+                                        order_by=["attributes.start_time DESC"], max_results=1) if exp_s else []
+        if promotions:
+            lines.append(f"- Promotion: `{promotions[0].data.tags.get('frontalab.command', '?')}`")
+    for label, run in evals.items():
+        lines.append(f"- Evaluation `{label}`: `{run.data.tags.get('frontalab.command', '?')}` "
+                     f"(MLflow run `{run.info.run_id}`)")
+    notes = Path(args.notes)
+    if notes.is_file():
+        lines += ["", "## Analysis (written by hand from the numbers above)", "", notes.read_text().strip()]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} and {assets}/")
+
+
+if __name__ == "__main__":
+    main()
