@@ -149,3 +149,71 @@ def test_people_selection(tmp_path):
     assert len(sample) == 2 and sample == ev.select_people(tmp_path, 2, 10, max_people=2, seed=0)
     with pytest.raises(ConfigError, match="one folder per person"):
         ev.select_people(tmp_path / "Ann", 2, 10, 0, 0)
+
+
+# ---------------------------------------------------------------- the command, end to end
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_dataset, embedded_services, tmp_path_factory):
+    """A 20-step tracked trial: an MLflow run with a checkpoint artifact."""
+    import json
+
+    from conftest import run_cli, service_overrides
+
+    cfg, _ = embedded_services
+    ckpt = tmp_path_factory.mktemp("ckpt_eval")
+    out = run_cli("train", "model.out_size=64", f"data.path={small_dataset}", "train.steps=20", "train.batch_size=4",
+                  "train.val_faces=4", "train.val_every=20", "train.checkpoint_every=20", f"train.checkpoint_dir={ckpt}",
+                  "tracking.experiment=test-evaluate", *service_overrides(cfg))
+    return json.loads(out.stdout)["run_id"], ckpt
+
+
+@pytest.fixture(scope="module")
+def lfw_subset(faces_root, tmp_path_factory):
+    """5 LFW people with 3 photos each, plus a corrupt photo in one of them."""
+    root = tmp_path_factory.mktemp("lfw_subset")
+    people = [p for p in sorted((faces_root / "lfw-gray").iterdir()) if len(list(p.glob("*.jpg"))) >= 3][:5]
+    for person in people:
+        (root / person.name).mkdir()
+        for photo in sorted(person.glob("*.jpg"))[:3]:
+            (root / person.name / photo.name).symlink_to(photo)
+    (root / people[0].name / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def test_evaluate_command_writes_json_report_and_linked_mlflow_run(trained_run, lfw_subset, embedded_services, tmp_path):
+    import json
+
+    import requests
+
+    from conftest import run_cli, service_overrides
+
+    run_id, _ = trained_run
+    cfg, endpoints = embedded_services
+    out = run_cli("evaluate", "--model", run_id, "--faces", str(lfw_subset), "--json", str(tmp_path / "h.json"),
+                  "--out", str(tmp_path / "report"), "--label", "e2e", "evaluate.experiment=test-evaluations",
+                  *service_overrides(cfg))
+    headline = json.loads((tmp_path / "h.json").read_text())
+    assert set(headline) == set(ev.HEADLINE)
+    assert headline["n_people"] == 5 and headline["n_faces"] <= 15
+    for key in ("identity_within_threshold", "normalized_share", "auc_outputs", "auc_inputs"):
+        assert 0 <= headline[key] <= 1
+    full = json.loads(out.stdout)
+    assert set(full["skipped"]) & {"not_an_image", "truncated", "corrupt"}  # the broken photo, counted
+    assert full["photos"] == 16 and full["n_faces"] + sum(full["skipped"].values()) == 16
+    for name in ("report.md", "pairs.png", "identity_distance.png", "roc.png", "pair_distances.png", "yaw.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    run = requests.get(f"{endpoints.mlflow}/api/2.0/mlflow/runs/get", params={"run_id": full["run_id"]}, timeout=30).json()["run"]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert tags["frontalab.role"] == "evaluation" and tags["source_run"] == run_id and tags["frontalab.label"] == "e2e"
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert metrics["eval/n_people"] == 5 and metrics["eval/auc_inputs"] == pytest.approx(headline["auc_inputs"])
+
+
+def test_evaluate_rejects_what_is_not_a_model(lfw_subset, tmp_path):
+    from conftest import run_cli
+
+    out = run_cli("evaluate", "--model", str(tmp_path / "nothing.pt"), "--faces", str(lfw_subset),
+                  "evaluate.track=false", check=False)
+    assert out.returncode == 2 and "neither models:/" in out.stderr

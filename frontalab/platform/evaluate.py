@@ -270,8 +270,8 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
     for who, path in tqdm(photos, desc="evaluate", unit="photo", file=sys.stderr, mininterval=2):
         try:
             rgb, _ = decode(path.read_bytes())
-        except Skip as reason:
-            skipped[str(reason)] += 1
+        except Skip as skip:
+            skipped[skip.reason] += 1
             continue
         box = f.find_face(rgb)
         if box is None:
