@@ -237,14 +237,14 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from frontalab.platform.evaluate import HEADLINE, evaluate
+    from frontalab.platform.evaluate import HEADLINE, RUN_ID, evaluate
 
     flags = {"model": args.model, "faces": args.faces, "encoder": args.encoder, "out": args.out, "label": args.label,
              "max_people": args.max_people}
     args.items += [f"evaluate.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = _load(args)
     e = cfg.evaluate
-    use_services(cfg, e.track or e.model.startswith("models:/") or needs_s3(e.model))
+    use_services(cfg, e.track or e.model.startswith("models:/") or bool(RUN_ID.fullmatch(e.model)) or needs_s3(e.model))
     with contextlib.redirect_stdout(sys.stderr):
         results = evaluate(cfg)
     if args.json:

@@ -145,7 +145,8 @@ class EvaluateConfig:
                                                          "or a checkpoint file (local or s3://)")
     faces: str = _f("", doc="folder-per-person photos (LFW layout); default: $FRONTALAB_FACES/lfw-gray, else LFW downloaded")
     encoder: str = _f("", choices=("",) + ENCODER_NAMES, doc="evaluation encoder; default: the model's own")
-    min_photos: int = _f(2, lo=2, doc="people with fewer detected photos are left out")
+    min_photos: int = _f(2, lo=2, doc="people with fewer photos are left out (and those with fewer than 2 faces "
+                                       "found from normalisation and verification)")
     max_photos_per_person: int = _f(10, lo=2, doc="first N photos of a person (sorted); caps the few very frequent people")
     max_people: int = _f(0, lo=0, doc="a seeded random sample of this many people; 0 = all")
     seed: int = _f(0, lo=0, doc="seed of the people sample and of the different-identity pairs")

@@ -109,3 +109,12 @@ def test_sweep_files_hold_the_issue_search_spaces():
     quick, trial = load_sweep(files["quick"])
     assert trial.model.out_size == 64 and quick.num_samples == 6 and quick.scheduler.name == "asha"
     assert load_sweep(files["cole"])[1].model.decoder == "cole"
+
+
+def test_command_tag_masks_credentials_in_urls(monkeypatch):
+    from frontalab.platform.tracking import command_line
+
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/frontalab", "sweep", "sweeps/quick.yaml",
+                                      "services.mlflow_uri=https://alice:s3cr3t@mlflow.example:5000"])
+    line = command_line()
+    assert line == "frontalab sweep sweeps/quick.yaml 'services.mlflow_uri=https://***@mlflow.example:5000'"

@@ -30,6 +30,12 @@ def test_auc_matches_the_area_under_its_own_curve():
     assert ev.roc_auc(scores, positive) == pytest.approx(0.760, abs=0.05)
 
 
+def test_roc_curve_moves_tied_scores_together():
+    # A collapsed generator: every pair at the same distance. The curve is the diagonal, like its AUC.
+    fpr, tpr = ev.roc_curve(np.zeros(6), np.array([True, True, True, False, False, False]))
+    assert fpr.tolist() == [0, 1] and tpr.tolist() == [0, 1]
+
+
 def test_verification_pairs_are_all_same_pairs_and_as_many_different_ones():
     person = np.array([0, 0, 0, 1, 1, 2])
     pairs, same = ev.verification_pairs(person, seed=0)
@@ -55,6 +61,26 @@ def test_identical_outputs_are_at_distance_zero_and_all_within_threshold():
     assert results["normalized_share"] == 0.0  # equal spread is not closer
     assert results["mean_abs_yaw"] == 2.0 and results["inputs_mean_abs_yaw"] == 10.0
     assert (results["n_faces"], results["n_people"]) == (12, 4)
+
+
+def test_outputs_that_keep_people_apart_verify_perfectly():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(6, 32))
+    person = np.repeat(np.arange(6), 3)
+    inputs = centres[person] + rng.normal(size=(18, 32)) * 2.0  # noisy photos: some pairs confused
+    outputs = centres[person] + rng.normal(size=(18, 32)) * 0.01  # a perfect normaliser
+    faces = ev.Faces(person=person.tolist(), emb_in=list(inputs), emb_out=list(outputs),
+                     pose_in=[(0.0, 0.0, 0.0)] * 18, pose_out=[(0.0, 0.0, 0.0)] * 18)
+    results, _ = ev.summarise(faces, threshold=0.6, seed=0)
+    assert results["auc_outputs"] == 1.0 and results["auc_inputs"] < 1.0
+    assert results["normalized_share"] == 1.0 and results["different_people_spread"] < 1.0
+
+
+def test_too_few_people_is_a_clear_error():
+    faces = ev.Faces(person=[0, 0, 1], emb_in=list(np.eye(3)), emb_out=list(np.eye(3)),
+                     pose_in=[(0.0, 0.0, 0.0)] * 3, pose_out=[(0.0, 0.0, 0.0)] * 3)
+    with pytest.raises(ConfigError, match="1 people have 2\\+ faces"):
+        ev.summarise(faces, threshold=0.6, seed=0)
 
 
 def test_normalisation_counts_people_pulled_together():

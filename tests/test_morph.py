@@ -32,6 +32,25 @@ def test_neighbours_on_a_line_and_in_chunks():
     assert nn[0].tolist() == [1, 2] and nn[49].tolist() == [48, 47] and sorted(nn[20].tolist()) == [19, 21]
 
 
+def test_texture_puts_each_landmark_on_the_mean_and_the_morph_puts_it_back():
+    # A dot under landmark 30 of a face lands under mean point 30 in its texture, and a morph
+    # with weights 0 puts it back under the face's own landmark: both warp directions.
+    from frontalab.models import landmarks as lm
+
+    size = 64
+    mean = lm.to_pixels(lm.mean_face(), size)
+    face = mean + torch.tensor([3.0, -2.0])  # the same face, shifted
+    image = torch.zeros(1, 1, size, size)
+    x, y = face[30].round().long().tolist()
+    image[0, 0, y, x] = 1.0
+    texture = morph.to_mean_geometry(image, face[None], mean)
+    peak = divmod(int(texture.argmax()), size)
+    assert abs(peak[0] - mean[30, 1]) <= 1 and abs(peak[1] - mean[30, 0]) <= 1
+    zero = torch.zeros(1)
+    pixels, points = morph.morph(image, face[None], mean, torch.tensor([0]), torch.tensor([0]), zero, zero)
+    assert torch.equal(points[0], face) and divmod(int(pixels.argmax()), size) == (y, x)
+
+
 def test_plan_draws_partners_among_the_neighbours():
     neighbours = torch.tensor([[1, 2], [0, 2], [0, 1], [2, 1]])
     planned = morph.plan(4, neighbours, count=200, seed=3)
@@ -75,7 +94,7 @@ def test_prepare_with_morphs_adds_training_rows_only(small_dataset, small_source
     shutil.copytree(small_dataset, out)
     before = json.loads((out / "manifest.json").read_text())
     run_cli("prepare", "--source", str(small_source), "--out", str(out), "--morphs", "10",
-            "prepare.morph_neighbours=5", "prepare.shard_size=256", *SMALL_DATASET_SETTINGS)
+            "prepare.morph_neighbours=5", *SMALL_DATASET_SETTINGS)
     after = json.loads((out / "manifest.json").read_text())
     # The photos' counts and split are untouched; morphs are extra training rows.
     for key in ("input_count", "kept", "skipped", "split", "shards"):
@@ -88,7 +107,9 @@ def test_prepare_with_morphs_adds_training_rows_only(small_dataset, small_source
     assert extra.sum() == 10
     assert ((train.landmarks[extra] > 0) & (train.landmarks[extra] < 1)).all()  # inside the crop
     assert torch.isfinite(train.features[extra]).all() and torch.isfinite(train.yaw[extra]).all()
-    # A rerun finds everything written and changes nothing.
+    # A rerun finds everything written and rewrites nothing.
+    written = {p.name: p.stat().st_mtime_ns for p in out.glob("morphs-*.parquet")}
     run_cli("prepare", "--source", str(small_source), "--out", str(out), "--morphs", "10",
             "prepare.morph_neighbours=5", *SMALL_DATASET_SETTINGS)
     assert json.loads((out / "manifest.json").read_text())["dataset_hash"] == after["dataset_hash"]
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("morphs-*.parquet")} == written

@@ -84,6 +84,7 @@ def morph_rows(train: pd.DataFrame, todo: pd.DataFrame, mean: np.ndarray, settin
     from frontalab.data.prepare import KEPT
     from frontalab.data.teacher import head_pose
     from frontalab.models.chip import face_chip
+    from frontalab.models.encoders import fit_input
 
     size = settings["size"]
     needed = sorted(set(todo["a"]) | set(todo["b"]))
@@ -111,8 +112,7 @@ def morph_rows(train: pd.DataFrame, todo: pd.DataFrame, mean: np.ndarray, settin
                 if name == "dlib-resnet":
                     x = face_chip(pixels.clamp(0, 1), points5, size=enc.input_size, quantize=True)
                 else:
-                    x = torch.nn.functional.interpolate(pixels.clamp(0, 1), size=(enc.input_size,) * 2,
-                                                        mode="bilinear", align_corners=False, antialias=True)
+                    x = fit_input(enc, pixels.clamp(0, 1))
                 cached[name] = [t.numpy().astype(np.float32) for t in enc.encode(x)]
         rgb = (pixels.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).numpy()
         for i, (_, m) in enumerate(part.iterrows()):

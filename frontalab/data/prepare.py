@@ -130,14 +130,13 @@ class AlignStage:
         from frontalab.data.crop import crop, loose_crop_box, points_to_crop
         from frontalab.data.teacher import head_pose
 
-        boxes = self.teacher.detect(rgb)
-        row["faces"] = len(boxes)
-        if not boxes:
+        box, found = self.teacher.central_face(rgb)
+        row["faces"] = found
+        if box is None:
             raise dec.Skip(dec.NO_FACE)
-        if len(boxes) > 1 and self.s["multiple_faces"] == "skip":
-            raise dec.Skip(dec.MULTIPLE_FACES, f"{len(boxes)} faces")
+        if found > 1 and self.s["multiple_faces"] == "skip":
+            raise dec.Skip(dec.MULTIPLE_FACES, f"{found} faces")
         h, w = rgb.shape[:2]
-        box = min(boxes, key=lambda b: (b.centre[0] - w / 2) ** 2 + (b.centre[1] - h / 2) ** 2)
         points = self.teacher.landmarks68(rgb, box)
         yaw, pitch, roll = head_pose(points, (h, w))
         row.update(yaw=yaw, pitch=pitch, roll=roll)
@@ -185,7 +184,8 @@ class EncodeStage:
 
     def _inputs(self, name: str, rows: list[dict[str, Any]]):
         import torch
-        import torch.nn.functional as F
+
+        from frontalab.models.encoders import fit_input
 
         enc = self.encoders[name]
         if name == "dlib-resnet":  # dlib's own aligned chip, exactly as its network expects
@@ -194,10 +194,7 @@ class EncodeStage:
         else:  # FaceNet takes the loose crop itself (thesis §3: a 160 px loose crop)
             size = self.s["size"]
             arr = np.stack([np.frombuffer(r["crop_raw"], np.uint8).reshape(size, size, 3) for r in rows])
-            x = torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float() / 255
-            if size != enc.input_size:
-                x = F.interpolate(x, size=(enc.input_size, enc.input_size), mode="bilinear",
-                                  align_corners=False, antialias=True)
+            x = fit_input(enc, torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float() / 255)
         return x
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -314,6 +311,7 @@ def add_morphs(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any])
     from tqdm import tqdm
 
     from frontalab.data import morph
+    from frontalab.models import landmarks as lm
     from frontalab.models.encoders import build_encoder
 
     count, per_shard = settings["morphs"], settings["shard_size"]
@@ -329,15 +327,15 @@ def add_morphs(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any])
     # Distances on small textures: the crops at 64 px, warped to the mean geometry, 32x32 grey.
     from PIL import Image
 
-    small, scale = 64, 64 / size
+    small = 64
     textures = []
     for lo in tqdm(range(0, len(train), 256), desc="morphs: textures", unit="batch", file=sys.stderr):
         imgs = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB").resize((small, small), Image.Resampling.BILINEAR))
                          for b in train["image"].iloc[lo:lo + 256]])
         x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
-        pts = torch.from_numpy((points[lo:lo + 256] + 0.5) * scale - 0.5)
-        textures.append(morph.texture_maps(x, pts, torch.from_numpy((mean + 0.5) * scale - 0.5)))
-    neighbours = morph.nearest_neighbours(torch.from_numpy((points + 0.5) / size), torch.cat(textures),
+        pts = lm.to_pixels(lm.to_normalised(torch.from_numpy(points[lo:lo + 256]), size), small)
+        textures.append(morph.texture_maps(x, pts, lm.to_pixels(lm.to_normalised(torch.from_numpy(mean), size), small)))
+    neighbours = morph.nearest_neighbours(lm.to_normalised(torch.from_numpy(points), size), torch.cat(textures),
                                           settings["morph_neighbours"], settings["morph_lambda"])
     planned = morph.plan(len(train), neighbours, count, settings["seed"])
     encoders = {name: build_encoder(name) for name in settings["encoders"]}

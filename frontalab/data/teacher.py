@@ -47,6 +47,13 @@ class LandmarkTeacher:
         rects = self.detector(np.ascontiguousarray(rgb), self.upsample)
         return [Box(r.left(), r.top(), r.right(), r.bottom()) for r in rects]
 
+    def central_face(self, rgb: np.ndarray) -> tuple[Box | None, int]:
+        """The detected face nearest the image centre (the subject of a portrait), and how many were found."""
+        boxes = self.detect(rgb)
+        h, w = rgb.shape[:2]
+        best = min(boxes, key=lambda b: (b.centre[0] - w / 2) ** 2 + (b.centre[1] - h / 2) ** 2) if boxes else None
+        return best, len(boxes)
+
     def _shape(self, predictor, rgb: np.ndarray, box: Box):
         rect = self._dlib.rectangle(int(round(box.left)), int(round(box.top)), int(round(box.right)), int(round(box.bottom)))
         return predictor(np.ascontiguousarray(rgb), rect)

@@ -315,6 +315,17 @@ def facenet_state_dict(pretrained: str, weights: str | None = None) -> dict[str,
 # Factory.
 # --------------------------------------------------------------------------------------
 
+def fit_input(encoder: FaceEncoder, images: torch.Tensor) -> torch.Tensor:
+    """Square faces ``(N, 3, S, S)`` in [0, 1] resized to the encoder's input (antialiased, so a large
+    crop does not alias): how FaceNet is fed a loose crop everywhere (data, morphs, inference)."""
+    import torch.nn.functional as F
+
+    size = encoder.input_size
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def build_encoder(name: str, **options: Any) -> FaceEncoder:
     """An encoder by config name.
 

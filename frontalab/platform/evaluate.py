@@ -57,18 +57,26 @@ def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false-positive rates, true-positive rates) as the threshold sweeps from high to low."""
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    positive = np.asarray(positive, dtype=bool)[order]
-    tpr = np.concatenate([[0.0], np.cumsum(positive) / max(positive.sum(), 1)])
-    fpr = np.concatenate([[0.0], np.cumsum(~positive) / max((~positive).sum(), 1)])
+    """(false-positive rates, true-positive rates), one point per distinct threshold from high to low
+    (tied scores move together, so the curve's area is `roc_auc`)."""
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    thresholds, group = np.unique(-scores, return_inverse=True)  # ascending -score = descending score
+    tp = np.bincount(group, weights=positive, minlength=len(thresholds))
+    fp = np.bincount(group, weights=~positive, minlength=len(thresholds))
+    tpr = np.concatenate([[0.0], np.cumsum(tp) / max(positive.sum(), 1)])
+    fpr = np.concatenate([[0.0], np.cumsum(fp) / max((~positive).sum(), 1)])
     return fpr, tpr
 
 
 def verification_pairs(person: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """All same-person index pairs and as many random different-person pairs: ``(pairs (M, 2), same (M,))``."""
     person = np.asarray(person)
-    same = [(i, j) for i in range(len(person)) for j in range(i + 1, len(person)) if person[i] == person[j]]
+    same = []
+    for who in np.unique(person):
+        members = np.flatnonzero(person == who)
+        i, j = np.triu_indices(len(members), 1)
+        same += list(zip(members[i].tolist(), members[j].tolist()))
+    same.sort()
     if not same or len(set(person.tolist())) < 2:
         raise ValueError("verification needs a person with two faces and at least two people")
     rng = np.random.default_rng(seed)
@@ -128,14 +136,18 @@ def read_output(teacher: LandmarkTeacher, face: np.ndarray) -> tuple[np.ndarray,
 
     side = face.shape[0] * OUTPUT_UPSCALE
     view = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-    boxes = teacher.detect(view)
-    return (view, boxes[0], True) if boxes else (view, canonical_box(side), False)
+    box, _ = teacher.central_face(view)
+    return (view, box, True) if box is not None else (view, canonical_box(side), False)
 
 
 def pose_and_mouth(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box) -> tuple[float, float, float]:
-    """(yaw, pitch, mouth opening) of the face in ``box`` from the teacher's 68 points."""
+    """(yaw, pitch, mouth opening) of the face in ``box`` from the teacher's 68 points; NaN pose when
+    no pose fits the points (the averages skip it)."""
     points = teacher.landmarks68(rgb, box)
-    yaw, pitch, _ = head_pose(points, rgb.shape[:2])
+    try:
+        yaw, pitch, _ = head_pose(points, rgb.shape[:2])
+    except ValueError:
+        yaw = pitch = float("nan")
     return yaw, pitch, mouth_opening(points)
 
 
@@ -206,9 +218,7 @@ def load_model(spec: str) -> ModelUnderTest:
     if not storage.is_s3(spec) and not Path(spec).is_file():
         raise ConfigError(f"evaluate.model: {spec!r} is neither models:/…, a run id, nor a checkpoint file")
     frontalizer = Frontalizer(storage.cached(spec) if storage.is_s3(spec) else spec)
-    ckpt_run = torch.load(storage.cached(spec) if storage.is_s3(spec) else spec, map_location="cpu",
-                          weights_only=False).get("run_id") or ""
-    return ModelUnderTest(frontalizer, spec, source_run=ckpt_run)
+    return ModelUnderTest(frontalizer, spec, source_run=frontalizer.run_id)
 
 
 # ---------------------------------------------------------------- the evaluation
@@ -238,7 +248,7 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
               skipped: Counter) -> Faces:
     from tqdm import tqdm
 
-    from frontalab.data.decode import Skip, decode
+    from frontalab.data.decode import UNREADABLE, Skip, decode
     from frontalab.platform.inference import encoder_chip
 
     f = model.frontalizer
@@ -273,7 +283,10 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
         except Skip as skip:
             skipped[skip.reason] += 1
             continue
-        box = f.find_face(rgb)
+        except OSError:
+            skipped[UNREADABLE] += 1
+            continue
+        box, _ = teacher.central_face(rgb)
         if box is None:
             skipped["no_face"] += 1
             continue
@@ -290,18 +303,21 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
 def summarise(faces: Faces, threshold: float, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Headline numbers and the arrays behind the plots."""
     person = np.array(faces.person)
+    counts = Counter(person.tolist())
+    if sum(1 for c in counts.values() if c >= 2) < 2:
+        raise ConfigError(f"evaluate: {sum(1 for c in counts.values() if c >= 2)} people have 2+ faces found; "
+                          "normalisation and verification need at least 2 (evaluate more people)")
     emb_in, emb_out = np.stack(faces.emb_in), np.stack(faces.emb_out)
     identity = np.linalg.norm(emb_in - emb_out, axis=1)
     pairs, same = verification_pairs(person, seed)
     d_in, d_out = pair_distances(emb_in, pairs), pair_distances(emb_out, pairs)
     pose_in, pose_out = np.array(faces.pose_in), np.array(faces.pose_out)
-    counts = Counter(person.tolist())
     results = {
         "identity_within_threshold": float((identity < threshold).mean()),
         "normalized_share": normalized_share(emb_in, emb_out, person),
         "auc_outputs": roc_auc(-d_out, same),
         "auc_inputs": roc_auc(-d_in, same),
-        "mean_abs_yaw": float(np.abs(pose_out[:, 0]).mean()),
+        "mean_abs_yaw": float(np.nanmean(np.abs(pose_out[:, 0]))),
         "n_faces": int(len(person)),
         "n_people": int(sum(1 for c in counts.values() if c >= 2)),
         "identity_distance_mean": float(identity.mean()),
@@ -310,11 +326,14 @@ def summarise(faces: Faces, threshold: float, seed: int) -> tuple[dict[str, Any]
         "threshold": float(threshold),
         # Pose read off an output that is no face is the template's: read yaw with this share.
         "output_face_detected": float(np.mean(faces.detected_out)) if faces.detected_out else float("nan"),
-        "mean_abs_pitch": float(np.abs(pose_out[:, 1]).mean()),
+        "mean_abs_pitch": float(np.nanmean(np.abs(pose_out[:, 1]))),
         "mean_mouth_opening": float(pose_out[:, 2].mean()),
-        "inputs_mean_abs_yaw": float(np.abs(pose_in[:, 0]).mean()),
-        "inputs_mean_abs_pitch": float(np.abs(pose_in[:, 1]).mean()),
+        "inputs_mean_abs_yaw": float(np.nanmean(np.abs(pose_in[:, 0]))),
+        "inputs_mean_abs_pitch": float(np.nanmean(np.abs(pose_in[:, 1]))),
         "inputs_mean_mouth_opening": float(pose_in[:, 2].mean()),
+        # Outputs all alike would be "normalised" and make pose read as frontal: how far apart do
+        # different people's outputs stay, relative to their inputs? (1 = as distinct as the photos)
+        "different_people_spread": float(d_out[~same].mean() / d_in[~same].mean()),
         "same_pairs": int(same.sum()),
         "different_pairs": int((~same).sum()),
     }
@@ -402,6 +421,7 @@ def write_report(out: Path, results: dict[str, Any], arrays: dict[str, np.ndarra
             ("mean abs pitch, outputs / inputs (deg)",
              f"{results['mean_abs_pitch']:.1f} / {results['inputs_mean_abs_pitch']:.1f}"),
             ("outputs in which the teacher's detector finds a face", f"{results['output_face_detected']:.1%}"),
+            ("different people's output distance / input distance", f"{results['different_people_spread']:.2f}"),
             ("mouth opening, outputs / inputs", f"{results['mean_mouth_opening']:.3f} / {results['inputs_mean_mouth_opening']:.3f}"),
             ("identity distance mean / median / p95",
              f"{results['identity_distance_mean']:.3f} / {results['identity_distance_median']:.3f} / "
@@ -416,8 +436,8 @@ def write_report(out: Path, results: dict[str, Any], arrays: dict[str, np.ndarra
     (out / "report.md").write_text("\n".join(lines))
 
 
-def log_evaluation(e: DictConfig, results: dict[str, Any], out: Path, model: ModelUnderTest, encoder_name: str,
-                   label: str, command: str) -> str:
+def log_evaluation(e: DictConfig, faces_root: Path, results: dict[str, Any], out: Path, model: ModelUnderTest,
+                   encoder_name: str, label: str, command: str) -> str:
     """An MLflow run holding the numbers and the report, linked both ways to the model version."""
     import mlflow
     from mlflow import MlflowClient
@@ -427,7 +447,7 @@ def log_evaluation(e: DictConfig, results: dict[str, Any], out: Path, model: Mod
             "source_run": model.source_run, "encoder": encoder_name}
     mlflow.set_experiment(e.experiment)
     with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_name=f"eval-{label}", tags=tags) as run:
-        mlflow.log_params({"faces": e.faces, "encoder": encoder_name, "min_photos": e.min_photos,
+        mlflow.log_params({"faces": str(faces_root), "encoder": encoder_name, "min_photos": e.min_photos,
                            "max_photos_per_person": e.max_photos_per_person, "max_people": e.max_people,
                            "seed": e.seed})
         mlflow.log_metrics({f"eval/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))})
@@ -464,5 +484,5 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_report(out, results, arrays, faces, model, encoder.name, command)
     results["report"] = str(out / "report.md")
     if e.track:
-        results["run_id"] = log_evaluation(e, results, out, model, encoder.name, label, command)
+        results["run_id"] = log_evaluation(e, faces_root, results, out, model, encoder.name, label, command)
     return results

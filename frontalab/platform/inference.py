@@ -43,14 +43,7 @@ class Frontalizer:
         self.teacher = LandmarkTeacher()
         self.device = device
         self.step = ckpt["step"]
-
-    def find_face(self, rgb: np.ndarray) -> Optional[Box]:
-        """The most central face of a (H, W, 3) uint8 RGB photo, or None."""
-        boxes = self.teacher.detect(rgb)
-        if not boxes:
-            return None
-        h, w = rgb.shape[:2]
-        return min(boxes, key=lambda b: (b.centre[0] - w / 2) ** 2 + (b.centre[1] - h / 2) ** 2)
+        self.run_id = ckpt.get("run_id") or ""  # the training run that wrote the checkpoint
 
     @torch.no_grad()
     def frontalize_chips(self, chips: np.ndarray) -> np.ndarray:
@@ -60,23 +53,21 @@ class Frontalizer:
 
     def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         """(S, S, 3) uint8 frontal face for a (H, W, 3) uint8 RGB photo, or None when no face is found."""
-        box = self.find_face(rgb)
+        box, _ = self.teacher.central_face(rgb)
         if box is None:
             return None
         return self.frontalize_chips(encoder_chip(self.teacher, rgb, box, self.encoder)[None])[0]
 
 
 def encoder_chip(teacher, rgb: np.ndarray, box: Box, encoder: torch.nn.Module) -> np.ndarray:
-    """The (s, s, 3) uint8 input of ``encoder`` for the face in ``box``, prepared as the dataset prepares it."""
-    import cv2
-
+    """The (s, s, 3) uint8 input of ``encoder`` for the face in ``box``: dlib's chip, or for FaceNet the
+    loose crop (default face ratio) resampled straight to the encoder's side."""
     from frontalab.data.crop import crop, loose_crop_box
 
-    size = encoder.input_size
     if encoder.name == "dlib-resnet":  # dlib's own aligned chip
-        return teacher.chip(rgb, box, size)
-    face, _, _ = crop(rgb, loose_crop_box(teacher.landmarks68(rgb, box)), size)  # FaceNet: the loose crop
-    return face if face.shape[0] == size else cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
+        return teacher.chip(rgb, box, encoder.input_size)
+    face, _, _ = crop(rgb, loose_crop_box(teacher.landmarks68(rgb, box)), encoder.input_size)  # FaceNet: the loose crop
+    return face
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -60,13 +60,15 @@ def host() -> str:
 
 
 def command_line() -> str:
-    """This process's command as typed (``frontalab sweep …``), for the runs it creates; secrets never
-    reach argv (they travel in the environment)."""
+    """This process's command as typed (``frontalab sweep …``), for the runs it creates. Credentials
+    travel in the environment, never in argv; user:password in a URL is masked all the same."""
     import shlex
     import sys
 
     prog = Path(sys.argv[0]).name
-    return shlex.join(["frontalab" if prog in ("frontalab", "__main__.py", "cli.py") else prog, *sys.argv[1:]])
+    # A URL override may carry user:password@ (services.mlflow_uri=https://u:token@host): mask it.
+    args = [re.sub(r"://[^/@\s]+@", "://***@", a) for a in sys.argv[1:]]
+    return shlex.join(["frontalab" if prog in ("frontalab", "__main__.py", "cli.py") else prog, *args])
 
 
 def experiment_id(client, name: str) -> str:
