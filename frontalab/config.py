@@ -142,7 +142,8 @@ class PrepareConfig:
 class EvaluateConfig:
     """`frontalab evaluate`: identity, normalisation, verification and pose of a model's outputs."""
     model: str = _f("models:/frontalizer@champion", doc="models:/NAME@ALIAS or models:/NAME/VERSION, an MLflow run id, "
-                                                         "or a checkpoint file (local or s3://)")
+                                                         "a checkpoint file (local or s3://), or input:SIZE (the "
+                                                         "no-frontalization baseline: each input's own crop at SIZE px)")
     faces: str = _f("", doc="folder-per-person photos (LFW layout); default: $FRONTALAB_FACES/lfw-gray, else LFW downloaded")
     encoder: str = _f("", choices=("",) + ENCODER_NAMES, doc="evaluation encoder; default: the model's own")
     min_photos: int = _f(2, lo=2, doc="people with fewer photos are left out (and those with fewer than 2 faces "

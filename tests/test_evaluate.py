@@ -243,3 +243,17 @@ def test_evaluate_rejects_what_is_not_a_model(lfw_subset, tmp_path):
     out = run_cli("evaluate", "--model", str(tmp_path / "nothing.pt"), "--faces", str(lfw_subset),
                   "evaluate.track=false", check=False)
     assert out.returncode == 2 and "neither models:/" in out.stderr
+
+
+def test_input_baseline_keeps_identity_far_better_than_an_untrained_model(lfw_subset, tmp_path):
+    """input:64 (each photo's own crop at 64 px) bounds what a 64 px output can keep of identity."""
+    import json
+
+    from conftest import run_cli
+
+    out = run_cli("evaluate", "--model", "input:64", "--faces", str(lfw_subset), "--out", str(tmp_path / "r"),
+                  "evaluate.track=false")
+    baseline = json.loads(out.stdout)
+    assert baseline["identity_within_threshold"] >= 0.9 and baseline["identity_distance_median"] < 0.35
+    # No frontalization: the baseline's faces keep the inputs' pose.
+    assert baseline["mean_abs_yaw"] == pytest.approx(baseline["inputs_mean_abs_yaw"], abs=4.0)

@@ -185,12 +185,43 @@ class ModelUnderTest:
 
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+INPUT_BASELINE = re.compile(r"input:(\d+)")
+
+
+class InputAsOutput:
+    """A baseline that does not frontalize: its "output" is the input's own loose crop at ``size`` px.
+
+    Evaluated like a model, it shows what the output resolution alone costs the identity numbers
+    (a ceiling for any frontalizer of that size), and the inputs' own pose.
+    """
+
+    def __init__(self, size: int):
+        from frontalab.models.encoders import build_encoder
+
+        self.size = size
+        self.teacher = LandmarkTeacher()
+        self.encoder = build_encoder("dlib-resnet")
+
+    def crop(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+        from frontalab.data.crop import crop, loose_crop_box
+
+        return crop(rgb, loose_crop_box(self.teacher.landmarks68(rgb, box)), self.size)[0]
+
+
+def model_outputs(f, batch: list[tuple[np.ndarray, Box, np.ndarray]]) -> np.ndarray:
+    """(N, S, S, 3) uint8 outputs for (photo, face box, model input chip) triples."""
+    if isinstance(f, InputAsOutput):
+        return np.stack([f.crop(rgb, box) for rgb, box, _ in batch])
+    return f.frontalize_chips(np.stack([chip for _, _, chip in batch]))
 
 
 def load_model(spec: str) -> ModelUnderTest:
-    """A registered model version (models:/NAME@ALIAS, models:/NAME/VERSION), a run id, or a checkpoint."""
+    """A registered model version (models:/NAME@ALIAS, models:/NAME/VERSION), a run id, a checkpoint,
+    or the no-frontalization baseline ``input:SIZE``."""
     from frontalab.platform.inference import Frontalizer
 
+    if match := INPUT_BASELINE.fullmatch(spec):
+        return ModelUnderTest(InputAsOutput(int(match[1])), spec)
     if spec.startswith("models:/"):
         import mlflow.pyfunc
         from mlflow import MlflowClient
@@ -257,12 +288,12 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
     photos = [(i, p) for i, (_, paths) in enumerate(people) for p in paths]
     faces = Faces()
     grid_people: set[int] = set()
-    pending: list[tuple[int, Path, np.ndarray, np.ndarray, tuple]] = []
+    pending: list[tuple[int, Path, tuple, np.ndarray, tuple]] = []
 
     def flush() -> None:
-        outputs = f.frontalize_chips(np.stack([c for _, _, c, _, _ in pending]))
+        outputs = model_outputs(f, [photo for _, _, photo, _, _ in pending])
         out_chips = []
-        for (who, path, model_chip, eval_chip, pose_in), out in zip(pending, outputs):
+        for (who, path, _, eval_chip, pose_in), out in zip(pending, outputs):
             view, box, detected = read_output(teacher, out)
             faces.pose_out.append(pose_and_mouth(teacher, view, box))
             faces.detected_out.append(detected)
@@ -292,7 +323,7 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
             continue
         model_chip = encoder_chip(teacher, rgb, box, f.encoder)
         eval_chip = model_chip if same_encoder else encoder_chip(teacher, rgb, box, eval_encoder)
-        pending.append((who, path, model_chip, eval_chip, pose_and_mouth(teacher, rgb, box)))
+        pending.append((who, path, (rgb, box, model_chip), eval_chip, pose_and_mouth(teacher, rgb, box)))
         if len(pending) == batch_size:
             flush()
     if pending:
