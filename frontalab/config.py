@@ -61,6 +61,10 @@ class ColeLossConfig:
 @dataclass
 class LossConfig:
     texture: float = _f(1.0, lo=0, doc="masked L1 after warping to the 14 canonical landmarks (eq. 3.1)")
+    texture_frame: str = _f("student", choices=("student", "canonical"),
+                            doc="where the output's 14 texture landmarks come from: the landmark student on the "
+                                "output (thesis), or the canonical template (the output is read as already frontal; "
+                                "no warp of the output, so early noise cannot mislead the correspondence)")
     alpha_geo: float = _f(160.0, lo=0, doc="landmark geometry: 1 - cosine of L1 distance matrices (eq. 3.3)")
     sym: float = _f(1.0, lo=0, doc="left/right symmetry about the vertical midline (eq. 3.4)")
     tilt: float = _f(1.0, lo=0, doc="left/right pairs at equal height (eq. 3.5)")

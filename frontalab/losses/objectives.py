@@ -68,7 +68,8 @@ class ThesisObjective:
         w = self.w
         terms = {
             # The mask tells the texture term where the face is (thesis: it "guides the learning of colour").
-            "texture": lambda: texture_loss(batch["image"], l_in, out.noisy, points, self.canonical, out.mask),
+            "texture": lambda: texture_loss(batch["image"], l_in, out.noisy,
+                                            points if w.texture_frame == "student" else None, self.canonical, out.mask),
             "geo": lambda: lml.geometry_loss(l_in, points),
             "sym": lambda: lml.symmetry_loss(points),
             "tilt": lambda: lml.tilt_loss(points),

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from frontalab.models import landmarks as lm
+from frontalab.models.features import FeatureStandardizer
 from frontalab.models.warp import sparse_image_warp
 
 
@@ -34,6 +35,7 @@ class ColeDecoder(nn.Module):
             raise ValueError(f"Cole decoder needs out_size divisible by 4, got {out_size}")
         self.out_size = out_size
         self.register_buffer("mean_landmarks", mean_landmarks.reshape(lm.NUM_LANDMARKS, 2).float())
+        self.standardize = FeatureStandardizer(in_features)
         self.features = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True))
         self.landmark_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
                                           nn.Linear(hidden, lm.NUM_LANDMARKS * 2))
@@ -50,7 +52,7 @@ class ColeDecoder(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> ColeOutput:
-        h = self.features(features)
+        h = self.features(self.standardize(features))
         offsets = self.landmark_mlp(h).view(-1, lm.NUM_LANDMARKS, 2)
         points = self.mean_landmarks + offsets
         texture = self.texture_cnn(self.texture_fc(h).view(-1, 256, self.base, self.base))

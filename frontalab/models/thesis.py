@@ -1,6 +1,6 @@
 """Wang 2019 face decoder (thesis §3.3, Table 3.1) and discriminator (§3.5.4, Table 3.2).
 
-Decoder: encoder features -> two FC layers -> a W x W x K volume -> n stages of
+Decoder: encoder features (standardised, see features.py) -> two FC layers -> a W x W x K volume -> n stages of
 (two residual blocks, one x2 upsampling conv that halves the channels) -> tanh. At 320 px:
 4800 -> 5x5x192 -> 10x10x96 -> ... -> 320x320x3. An attention-mask branch of the same
 design starts from the out_size/4 tensor (80x80x12 at 320 px) and ends in a conv to one
@@ -13,6 +13,8 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
+
+from frontalab.models.features import FeatureStandardizer
 
 
 class DecoderOutput(NamedTuple):
@@ -82,6 +84,7 @@ class ThesisDecoder(nn.Module):
         self.side, depth = decoder_geometry(out_size)
         self.channels = 3 * 2**depth
         volume = self.side * self.side * self.channels
+        self.standardize = FeatureStandardizer(in_features)
         self.fc = nn.Sequential(nn.Linear(in_features, volume), nn.ReLU(inplace=True),
                                 nn.Linear(volume, volume), nn.ReLU(inplace=True))
         widths = [self.channels // 2**i for i in range(depth)]
@@ -94,7 +97,7 @@ class ThesisDecoder(nn.Module):
                             if mask else None)
 
     def forward(self, features: torch.Tensor) -> DecoderOutput:
-        x = self.fc(features).view(-1, self.channels, self.side, self.side)
+        x = self.fc(self.standardize(features)).view(-1, self.channels, self.side, self.side)
         mask = None
         for i, stage in enumerate(self.stages):
             if i == self.mask_from and self.mask_stages is not None:

@@ -174,7 +174,9 @@ class Trial:
         torch.manual_seed(t.seed)
         np.random.seed(t.seed)
         random.seed(t.seed)
-        self.G = build_generator(cfg, self.train_set.feature_dim).to(self.device)
+        self.G = build_generator(cfg, self.train_set.feature_dim)
+        self.G.standardize.fit(self.train_set.features)
+        self.G = self.G.to(self.device)
         self.D = None
         if uses_discriminator(cfg):
             from frontalab.models.thesis import Discriminator
