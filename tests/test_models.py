@@ -88,3 +88,36 @@ def test_generator_backward_reaches_every_parameter():
     out = dec(torch.randn(4, 16))
     (out.composite.mean() + out.noisy.mean()).backward()
     assert all(p.grad is not None for p in dec.parameters())
+
+
+def test_feature_standardizer_centres_and_scales_and_travels_in_the_state_dict():
+    from frontalab.models.features import FeatureStandardizer
+
+    torch.manual_seed(0)
+    feats = torch.randn(500, 6) * torch.tensor([1, 2, 3, 4, 5, 6.0]) + 10
+    feats[:, 5] = 7.0  # a constant dimension stays finite
+    s = FeatureStandardizer(6).fit(feats)
+    z = s(feats)
+    assert torch.allclose(z[:, :5].mean(0), torch.zeros(5), atol=1e-4)
+    assert torch.allclose(z[:, :5].std(0), torch.ones(5), atol=1e-4) and torch.all(z[:, 5] == 0)
+    copy = FeatureStandardizer(6)
+    copy.load_state_dict(s.state_dict())
+    assert torch.equal(copy(feats), z)
+
+
+def test_checkpoints_from_before_standardisation_still_load(tmp_path):
+    from omegaconf import OmegaConf
+
+    from frontalab.config import load_config
+    from frontalab.platform.inference import Frontalizer
+    from frontalab.platform.trainer import build_generator
+
+    cfg = load_config(None, ["model.out_size=64"])
+    state = {k: v for k, v in build_generator(cfg, 256).state_dict().items() if not k.startswith("standardize.")}
+    torch.save({"G": state, "config": OmegaConf.to_container(cfg), "step": 1}, tmp_path / "old.pt")
+    f = Frontalizer(tmp_path / "old.pt")
+    assert torch.all(f.G.standardize.mean == 0) and torch.all(f.G.standardize.std == 1)  # the identity
+    del state["fc.0.weight"]
+    torch.save({"G": state, "config": OmegaConf.to_container(cfg), "step": 1}, tmp_path / "bad.pt")
+    with pytest.raises(RuntimeError, match="does not fit the decoder"):
+        Frontalizer(tmp_path / "bad.pt")

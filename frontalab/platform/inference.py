@@ -38,7 +38,13 @@ class Frontalizer:
             encoder = build_encoder(self.cfg.encoder.name, **options)
         self.encoder = encoder.to(device).eval()
         self.G = build_generator(self.cfg, self.encoder.feature_dim).to(device)
-        self.G.load_state_dict(ckpt["G"])
+        # Checkpoints from before feature standardisation lack its buffers; their defaults
+        # (mean 0, std 1) are the identity, which is how those decoders were trained.
+        result = self.G.load_state_dict(ckpt["G"], strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("standardize.")]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint {checkpoint} does not fit the decoder: missing {missing}, "
+                               f"unexpected {result.unexpected_keys}")
         self.G.eval()
         self.teacher = LandmarkTeacher()
         self.device = device
