@@ -101,7 +101,10 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
     client = MlflowClient()
     run_id = _find_child_run(client, experiment_id(client, experiment), trial_id)
     trial_tags = {TRIAL_TAG: trial_id, "frontalab.trial_name": ctx.get_trial_name(), SWEEP_TAG: sweep,
-            "ray.node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+                  "ray.node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                  # A named bundle (an ablation arm) is a tag, so the UI can group and compare by it.
+                  **{f"frontalab.{key}": value["name"] for key, value in config.items()
+                     if isinstance(value, dict) and "name" in value}}
 
     local = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-"))
     resume: bool | str = False
