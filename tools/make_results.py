@@ -129,7 +129,12 @@ def main() -> None:
     lines += ["", "## Targets", "", "| model | " + " | ".join(f"{k} {op} {b:g}" for k, op, b, _ in TARGETS) + " |",
               "|---|" + "---|" * len(TARGETS)]
     for label, m in metrics.items():
-        lines.append(f"| {label} | " + " | ".join(verdict(m[k], op, b, u) for k, op, b, u in TARGETS) + " |")
+        # A target "met" by outputs that are not faces (a collapsed mask: a white image) is no success.
+        caveat = (f" (but a face is detected in only {m['output_face_detected']:.0%} of the outputs)"
+                  if m["output_face_detected"] < 0.5 else "")
+        lines.append(f"| {label} | " + " | ".join(verdict(m[k], op, b, u) + (caveat if verdict(m[k], op, b, u)
+                                                                            .startswith("met") else "")
+                                              for k, op, b, u in TARGETS) + " |")
     lines += ["", "Identity distance input to output (mean / median / p95), pose and expression:", "",
               "| model | distance mean / median / p95 | abs pitch out / in | mouth opening out / in |", "|---|---|---|---|"]
     for label, m in metrics.items():
@@ -139,7 +144,10 @@ def main() -> None:
 
     lines += ["", "## Pictures", ""]
     for label in metrics:
-        lines += [f"### {label}", "", f"Input | output pairs, one per person: ![pairs](results/{label}/pairs.png)", "",
+        lines += [f"### {label}", "",
+                  f"Input | output pairs, one per person: ![pairs](results/{label}/pairs.png) (written here by this "
+                  f"script but never committed, since the inputs are dataset photos; also the artifact "
+                  f"`report/pairs.png` of MLflow run `{evals[label].info.run_id}`)", "",
                   f"![identity distances](results/{label}/identity_distance.png) ![roc](results/{label}/roc.png)", "",
                   f"![pair distances](results/{label}/pair_distances.png) ![yaw](results/{label}/yaw.png)", ""]
 
