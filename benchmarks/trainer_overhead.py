@@ -8,7 +8,7 @@
 Measurements alternate between the two arms (``--rounds``) and report medians, so a busy
 machine skews both alike.
 
-    python benchmarks/trainer_overhead.py [--data s3://frontalab/datasets/demo] [--steps 60]
+    python benchmarks/trainer_overhead.py [--data s3://frontalab/datasets/demo] [--steps 60] [--rounds 3] [key=value ...]
 """
 
 import argparse
@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--data", default="s3://frontalab/datasets/demo")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="trial config for both arms, e.g. train.workers=1")
     args = ap.parse_args()
     cfg = load_config()
     services.up(cfg.services, quiet=True)
@@ -60,16 +61,16 @@ def main() -> None:
 
     on, off = [], []
     for _ in range(args.rounds):
-        on.append(timed_run(args.data, args.steps))
-        off.append(timed_run(args.data, args.steps, "tracking.enabled=false"))
+        on.append(timed_run(args.data, args.steps, *args.overrides))
+        off.append(timed_run(args.data, args.steps, "tracking.enabled=false", *args.overrides))
     print(f"logging on  : {statistics.median(on):.2f} s for {args.steps} steps (runs: {', '.join(f'{t:.2f}' for t in on)})")
     print(f"logging off : {statistics.median(off):.2f} s (runs: {', '.join(f'{t:.2f}' for t in off)})")
     print(f"ratio on/off: {statistics.median(on) / statistics.median(off):.3f}")
 
     cached, live = [], []
     for _ in range(args.rounds):
-        cached.append(steps_per_second(args.data, args.steps // 2))
-        live.append(steps_per_second(args.data, args.steps // 2, "data.cached_features=false"))
+        cached.append(steps_per_second(args.data, args.steps // 2, *args.overrides))
+        live.append(steps_per_second(args.data, args.steps // 2, "data.cached_features=false", *args.overrides))
     print(f"cached features    : {statistics.median(cached):.2f} steps/s")
     print(f"recomputed features: {statistics.median(live):.2f} steps/s")
     print(f"speed-up cached/recomputed: {statistics.median(cached) / statistics.median(live):.2f}x")
