@@ -259,7 +259,6 @@ def load_model(spec: str) -> ModelUnderTest:
 class Faces:
     """Per evaluated face: who, and what the evaluation measured on its input and output."""
     person: list[int] = field(default_factory=list)
-    path: list[str] = field(default_factory=list)
     emb_in: list[np.ndarray] = field(default_factory=list)
     emb_out: list[np.ndarray] = field(default_factory=list)
     pose_in: list[tuple[float, float, float]] = field(default_factory=list)
@@ -288,23 +287,22 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
     photos = [(i, p) for i, (_, paths) in enumerate(people) for p in paths]
     faces = Faces()
     grid_people: set[int] = set()
-    pending: list[tuple[int, Path, tuple, np.ndarray, tuple]] = []
+    pending: list[tuple[int, tuple, np.ndarray, tuple]] = []
 
     def flush() -> None:
-        outputs = model_outputs(f, [photo for _, _, photo, _, _ in pending])
+        outputs = model_outputs(f, [photo for _, photo, _, _ in pending])
         out_chips = []
-        for (who, path, _, eval_chip, pose_in), out in zip(pending, outputs):
+        for (who, _, eval_chip, pose_in), out in zip(pending, outputs):
             view, box, detected = read_output(teacher, out)
             faces.pose_out.append(pose_and_mouth(teacher, view, box))
             faces.detected_out.append(detected)
             out_chips.append(encoder_chip(teacher, view, box, eval_encoder))
             faces.person.append(who)
-            faces.path.append(str(path))
             faces.pose_in.append(pose_in)
             if who not in grid_people and len(faces.grid) < GRID_PAIRS:
                 grid_people.add(who)
                 faces.grid.append((eval_chip, out))
-        faces.emb_in.extend(_embed(eval_encoder, [e for _, _, _, e, _ in pending]))
+        faces.emb_in.extend(_embed(eval_encoder, [e for _, _, e, _ in pending]))
         faces.emb_out.extend(_embed(eval_encoder, out_chips))
         pending.clear()
 
@@ -323,7 +321,7 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
             continue
         model_chip = encoder_chip(teacher, rgb, box, f.encoder)
         eval_chip = model_chip if same_encoder else encoder_chip(teacher, rgb, box, eval_encoder)
-        pending.append((who, path, (rgb, box, model_chip), eval_chip, pose_and_mouth(teacher, rgb, box)))
+        pending.append((who, (rgb, box, model_chip), eval_chip, pose_and_mouth(teacher, rgb, box)))
         if len(pending) == batch_size:
             flush()
     if pending:
