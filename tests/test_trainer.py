@@ -14,7 +14,7 @@ import pytest
 import requests
 import torch
 
-from conftest import run_cli, service_overrides
+from conftest import SMALL_DATASET_SETTINGS, run_cli, service_overrides
 
 STEPS = 200
 
@@ -222,3 +222,48 @@ def test_cole_decoder_trains_with_its_own_losses(small_dataset):
     assert trial.D is None
     metrics = trial.train_step()
     assert {"train/g/cole_texture", "train/g/cole_landmark", "train/g/cole_identity"} <= set(metrics)
+
+
+def test_recomputed_input_features_agree_with_the_cached_ones(small_dataset):
+    """data.cached_features=false re-encodes each batch from its 64 px images: each face stays the
+    same person (within the encoder's threshold) as its cached embedding, and closer to it than to
+    other faces' cached embeddings on average."""
+    from frontalab.platform.trainer import collate
+
+    trial = make_trial(small_dataset, "data.cached_features=false")
+    batch = collate(trial.train_set, torch.arange(len(trial.train_set)), trial.device)
+    cached = batch["embedding"].clone()
+    trial._encode_inputs(batch)
+    same = trial.encoder.distance(cached, batch["embedding"])
+    others = trial.encoder.distance(cached, batch["embedding"].roll(1, 0))
+    assert not torch.equal(cached, batch["embedding"])
+    assert (same < trial.encoder.same_identity_threshold).all(), same
+    assert same.mean() < others.mean()
+    assert trial.train_step()["train/g/identity"] >= 0
+
+
+def test_facenet_trial_feeds_its_encoder_as_prepare_did(small_source, tmp_path):
+    """FaceNet sees the whole loose crop (not dlib's aligned chip), in training as in `prepare`: at
+    the stored crop size, re-encoding a batch reproduces the cached features. Random weights saved
+    to a file stand in for the offline release (same network, same code path). Measured: max abs
+    difference 4e-4 (the crop's storage); dlib's 5-point chip gives 3.5e-3, another face 1.8e-2."""
+    from facenet_pytorch import InceptionResnetV1
+
+    from frontalab.config import load_config
+    from frontalab.platform.trainer import Trial, collate, mlflow_tracker_factory
+
+    torch.manual_seed(0)
+    weights = tmp_path / "facenet-random.pt"
+    torch.save(InceptionResnetV1(pretrained=None, classify=False).state_dict(), weights)
+    data = tmp_path / "faces"
+    run_cli("prepare", "--source", str(small_source), "--out", str(data), "--limit", "16",
+            "--encoders", "facenet-vggface2", *SMALL_DATASET_SETTINGS, env={"FRONTALAB_FACENET_WEIGHTS": str(weights)})
+    cfg = load_config(None, ["model.out_size=160", f"data.path={data}", "train.batch_size=2", "train.val_faces=2",
+                             "tracking.enabled=false", "data.cached_features=false",
+                             "encoder.name=facenet-vggface2", f"encoder.weights={weights}"])
+    trial = Trial(cfg, mlflow_tracker_factory())
+    batch = collate(trial.train_set, torch.arange(len(trial.train_set)), trial.device)
+    cached = batch["features"].clone()
+    trial._encode_inputs(batch)
+    assert (batch["features"] - cached).abs().max() < 1.5e-3
+    assert trial.train_step()["train/g/identity"] >= 0

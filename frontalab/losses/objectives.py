@@ -24,7 +24,7 @@ from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss
 from frontalab.losses.mask import mask_loss
 from frontalab.losses.texture import texture_loss
 from frontalab.models import landmarks as lm
-from frontalab.models.chip import face_chip
+from frontalab.models.encoders import encoder_input
 from frontalab.models.warp import sparse_image_warp
 
 
@@ -37,11 +37,8 @@ class GeneratorPass(NamedTuple):
 
 
 def embed_faces(encoder: nn.Module, images: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Encoder embeddings of faces in [-1, 1], aligned by a differentiable chip from their landmarks."""
-    size = images.shape[-1]
-    five = lm.to_pixels(points[:, list(lm.FIVE_FROM_68)], size)
-    chips = face_chip((images + 1) / 2, five, size=encoder.input_size)
-    return encoder.embed(chips)
+    """Encoder embeddings of faces in [-1, 1] with their landmarks, fed as the cached input embeddings were."""
+    return encoder.embed(encoder_input(encoder, (images + 1) / 2, points))
 
 
 class ThesisObjective:

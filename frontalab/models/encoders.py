@@ -326,6 +326,19 @@ def fit_input(encoder: FaceEncoder, images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def encoder_input(encoder: FaceEncoder, faces: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
+    """What ``encoder`` sees of square faces ``(N, 3, S, S)`` in [0, 1] with their 68 landmarks
+    (normalised), differentiably and as their input features were cached by `prepare`: dlib's
+    aligned 5-point chip, or for FaceNet the whole (loose) crop resized to its input."""
+    from frontalab.models import landmarks as lm
+    from frontalab.models.chip import face_chip
+
+    if encoder.name == "dlib-resnet":
+        five = lm.to_pixels(landmarks[:, list(lm.FIVE_FROM_68)], faces.shape[-1])
+        return face_chip(faces, five, size=encoder.input_size)
+    return fit_input(encoder, faces)
+
+
 def build_encoder(name: str, **options: Any) -> FaceEncoder:
     """An encoder by config name.
 

@@ -93,6 +93,7 @@ class Tracker:
         self._files: deque = deque()  # ("image" | "artifact", args) waiting to be sent
         self._stop = threading.Event()
         self._idle = threading.Event()
+        self._wake = threading.Event()  # set on every enqueue: the sender sleeps until there is work
         self.outage_seconds = 0.0
         self._thread = threading.Thread(target=self._run, name="mlflow-tracker", daemon=True)
         self._thread.start()
@@ -152,18 +153,22 @@ class Tracker:
         now = int(time.time() * 1000)
         fresh = {k: float(v) for k, v in metrics.items() if step not in self._done.get(k, ())}
         if fresh:
-            self._queue.put(("metrics", fresh, step, now))
+            self._enqueue(("metrics", fresh, step, now))
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
         if step in self._done.get(f"image:{key}", ()):
             return
-        self._queue.put(("image", np.asarray(image).copy(), key, step))
+        self._enqueue(("image", np.asarray(image).copy(), key, step))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._queue.put(("artifact", str(path), artifact_path))
+        self._enqueue(("artifact", str(path), artifact_path))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._queue.put(("tags", {k: str(v) for k, v in tags.items()}))
+        self._enqueue(("tags", {k: str(v) for k, v in tags.items()}))
+
+    def _enqueue(self, item: tuple) -> None:
+        self._queue.put(item)
+        self._wake.set()
 
     # ------------------------------------------------------------------ the sender thread
 
@@ -253,7 +258,9 @@ class Tracker:
                     self._idle.set()
                     if self._stop.is_set():
                         return
-                    time.sleep(0.05)
+                    # Sleep until something is enqueued (or stop): no polling while the loop trains.
+                    self._wake.wait(1.0)
+                    self._wake.clear()
                     continue
             else:
                 down_since = down_since or time.monotonic()
@@ -284,6 +291,7 @@ class Tracker:
             self.set_tags({"frontalab.status_reason": reason[:5000]})
         flushed = self.flush(timeout)
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=5)
         try:
             self.client.set_terminated(self.run_id, status=status)

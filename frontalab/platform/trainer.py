@@ -32,6 +32,7 @@ from frontalab.data.dataset import FaceDataset
 from frontalab.losses.landmark import symmetry_loss
 from frontalab.losses.objectives import ColeObjective, ThesisObjective, embed_faces
 from frontalab.models import landmarks as lm
+from frontalab.models.encoders import encoder_input
 from frontalab.paths import state_dir
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ class Trial:
         if t.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         if not self.cfg.data.cached_features:
-            batch["features"] = self._input_features(batch)
+            self._encode_inputs(batch)
         self.G.train()
         with self._autocast():
             g = self.objective.generator_phase(batch)
@@ -301,13 +302,11 @@ class Trial:
             metrics["train/lr_d"] = self.opt_d.param_groups[0]["lr"]
         return metrics
 
-    def _input_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The encoder forward on the inputs that cached features save (benchmark path)."""
-        from frontalab.models.chip import face_chip
-
-        with torch.no_grad():
-            five = lm.to_pixels(batch["landmarks"][:, list(lm.FIVE_FROM_68)], batch["image"].shape[-1])
-            return self.encoder.features(face_chip((batch["image"] + 1) / 2, five, size=self.encoder.input_size))
+    @torch.no_grad()
+    def _encode_inputs(self, batch: dict[str, torch.Tensor]) -> None:
+        """The encoder forward on the inputs that cached features save (the benchmark's baseline)."""
+        features = self.encoder.features(encoder_input(self.encoder, (batch["image"] + 1) / 2, batch["landmarks"]))
+        batch["features"], batch["embedding"] = features, self.encoder.embed_from_features(features)
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], np.ndarray]:
