@@ -1,25 +1,29 @@
 """What tracking and cached features cost one trial, as ratios measured in this run.
 
 1. Logging on / off: the same trial (validation, sample grids and checkpoints included)
-   with the MLflow tracker against the embedded server, and with tracking disabled. Runs
-   alternate on/off, off/on, ... so a machine that speeds up or slows down mid-benchmark
-   skews both arms alike; each round gives one paired ratio, and the median is printed.
+   with the MLflow tracker against the embedded server, and with tracking disabled. Each
+   run is a fresh process (no arm inherits another's heap or threads); runs alternate
+   on/off, off/on, ... so a machine that speeds up or slows down mid-benchmark skews both
+   arms alike; each round gives one paired ratio, and the median is printed.
    - step time: the training loop (``Trial.run``), where the tracker's background sends
      (and, here, the tracking server and S3 on the same two cores) compete with training;
    - end-of-run flush: what ``finish()`` then waits for (the last uploads), and the whole
-     trial including it.
+     trial including it;
+   - CPU seconds of the trial process plus the embedded services: wall time on a shared VM
+     drifts by several percent between runs, CPU time far less.
 2. Cached / recomputed input features: two trials built side by side, one reading the
    encoder's input features from the dataset and one running the encoder on every batch,
    stepped alternately; the ratio of their median step times. Measured for each encoder in
    ``--encoders``. FaceNet (the thesis's encoder) has no weights offline: its arm builds the
-   same network with random weights saved to a file, prepares ``--facenet-photos`` photos
-   with it, and trains on them. The compute is identical, the embeddings meaningless.
+   same network with random weights saved to a file, prepares 64 UTKFace photos with it,
+   and trains on them. The compute is identical, the embeddings meaningless.
 
     python benchmarks/trainer_overhead.py [--data s3://frontalab/datasets/demo] [--steps 60] [--rounds 4]
         [--encoders dlib-resnet,facenet-vggface2] [key=value ...]
 """
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -44,32 +48,79 @@ def make_trial(data: str, steps: int, *overrides: str) -> Trial:
     return Trial(cfg, mlflow_tracker_factory())
 
 
-def timed_run(data: str, steps: int, *overrides: str) -> tuple[float, float]:
-    """Seconds of the training loop, and of the end-of-run flush after it."""
+def service_processes() -> list:
+    """The embedded tracking server's and S3's processes (none for remote services)."""
+    import psutil
+
+    st = services.status(load_config().services)
+    procs = [psutil.Process(pid) for pid in filter(None, (st["mlflow_pid"], st["s3_pid"]))]
+    return [p for proc in procs for p in (proc, *proc.children(recursive=True))]
+
+
+def cpu_seconds(procs: list) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+
+def sender_cpu_seconds() -> float:
+    """CPU seconds of this process's threads that talk to MLflow: the tracker's sender and
+    MLflow's system-metrics monitor (found by their thread names)."""
+    import threading
+
+    import psutil
+
+    ids = {t.native_id for t in threading.enumerate() if t.name in ("mlflow-tracker", "SystemMetricsMonitor")}
+    return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id in ids)
+
+
+def one_run(data: str, steps: int, overrides: list[str]) -> dict[str, float]:
+    """One trial in this process: seconds of the training loop and of the end-of-run flush after
+    it; CPU seconds of the whole process, of its MLflow threads, and of the services meanwhile."""
     trial = make_trial(data, steps, *overrides)
+    procs = service_processes()
+    services_before, cpu_before, sender_before = cpu_seconds(procs), time.process_time(), sender_cpu_seconds()
     start = time.perf_counter()
     trial.run()
     loop_end = time.perf_counter()
+    loop = {"loop": loop_end - start, "trial_cpu": time.process_time() - cpu_before,
+            "sender_cpu": sender_cpu_seconds() - sender_before, "services_cpu": cpu_seconds(procs) - services_before}
     trial.tracker.finish()
-    return loop_end - start, time.perf_counter() - loop_end
+    return {**loop, "flush": time.perf_counter() - loop_end}
+
+
+def run_in_child(data: str, steps: int, overrides: list[str]) -> dict[str, float]:
+    """`one_run` in a fresh process, so that no arm inherits another's heap, threads or caches."""
+    out = subprocess.run([sys.executable, __file__, "--one-run", "--data", data, "--steps", str(steps), *overrides],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def logging_overhead(data: str, steps: int, rounds: int, overrides: list[str]) -> None:
     on, off = [], []
     for r in range(rounds):
         arms = [(on, []), (off, ["tracking.enabled=false"])]
-        for times, extra in (arms if r % 2 == 0 else arms[::-1]):
-            times.append(timed_run(data, steps, *overrides, *extra))
-            print(f"  round {r + 1} {'on ' if times is on else 'off'}: loop {times[-1][0]:.2f} s, "
-                  f"flush {times[-1][1]:.2f} s", flush=True)
-    paired = [a[0] / b[0] for a, b in zip(on, off)]
-    loop_on, loop_off = statistics.median(t for t, _ in on), statistics.median(t for t, _ in off)
-    flush = statistics.median(f for _, f in on)
-    print(f"logging on  : loop {loop_on:.2f} s for {steps} steps, then {flush:.2f} s end-of-run flush")
-    print(f"logging off : loop {loop_off:.2f} s")
+        for runs, extra in (arms if r % 2 == 0 else arms[::-1]):
+            runs.append(run_in_child(data, steps, [*overrides, *extra]))
+            print(f"  round {r + 1} {'on ' if runs is on else 'off'}: loop {runs[-1]['loop']:.2f} s, "
+                  f"flush {runs[-1]['flush']:.2f} s", flush=True)
+
+    def median(runs, key):
+        return statistics.median(x[key] for x in runs)
+
+    paired = [a["loop"] / b["loop"] for a, b in zip(on, off)]
+    flush = median(on, "flush")
+    cpu_on, cpu_off = (median(x, "trial_cpu") + median(x, "services_cpu") for x in (on, off))
+    print(f"logging on  : loop {median(on, 'loop'):.2f} s for {steps} steps, then {flush:.2f} s end-of-run flush")
+    print(f"logging off : loop {median(off, 'loop'):.2f} s")
     print(f"step-time ratio on/off: {statistics.median(paired):.3f} (median of {rounds} paired rounds; "
           f"per round {', '.join(f'{p:.3f}' for p in paired)})")
-    print(f"whole-trial ratio on/off, flush included: {(loop_on + flush) / loop_off:.3f}")
+    print(f"whole-trial ratio on/off, flush included: {(median(on, 'loop') + flush) / median(off, 'loop'):.3f}")
+    loop_cpu = median(off, "trial_cpu")
+    print(f"CPU seconds during the loop: the trial {median(on, 'trial_cpu'):.1f} on, {loop_cpu:.1f} off; "
+          f"of it MLflow's threads (sender, system metrics) {median(on, 'sender_cpu'):.2f} "
+          f"= {100 * median(on, 'sender_cpu') / loop_cpu:.1f}% of the trial's CPU")
+    extra = median(on, "services_cpu") - median(off, "services_cpu")
+    print(f"  embedded MLflow + S3: {median(on, 'services_cpu'):.2f} on, {median(off, 'services_cpu'):.2f} off "
+          f"(idle): {extra:.2f} s for logging = {100 * extra / loop_cpu:.1f}% of the trial's CPU, on the same cores here")
 
 
 def facenet_dataset(photos: int) -> tuple[str, str]:
@@ -120,11 +171,15 @@ def main() -> None:
     ap.add_argument("--encoders", default="dlib-resnet,facenet-vggface2",
                     help="encoders of the cached-features comparison, comma-separated")
     ap.add_argument("--skip-logging", action="store_true", help="only the cached-features comparison")
+    ap.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)  # a logging arm's child process
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="trial config for both arms, e.g. train.workers=1")
     args = ap.parse_args()
     cfg = load_config()
     services.up(cfg.services, quiet=True)
     os.environ.update(services.client_env(cfg.services))
+    if args.one_run:
+        print(json.dumps(one_run(args.data, args.steps, args.overrides)))
+        return
 
     if not args.skip_logging:
         print(f"logging on vs off: {args.rounds} rounds of {args.steps} steps each", flush=True)

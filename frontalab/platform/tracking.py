@@ -82,9 +82,11 @@ def experiment_id(client, name: str) -> str:
 class Tracker:
     """The MLflow run of one trial. Create with `Tracker.open`; end with `finish`."""
 
-    def __init__(self, client, run_id: str, buffer_limit: int, spool: Path, done_steps: dict[str, set[int]]):
+    def __init__(self, client, run_id: str, buffer_limit: int, spool: Path, done_steps: dict[str, set[int]],
+                 send_interval: float = 2.0):
         self.client, self.run_id = client, run_id
         self._buffer_limit = buffer_limit
+        self._send_interval = send_interval
         self._spool = spool
         self._done = done_steps  # (key -> steps) already in the run: a resumed run skips them
         self._queue: queue.Queue = queue.Queue()
@@ -94,7 +96,9 @@ class Tracker:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._wake = threading.Event()  # set on every enqueue: the sender sleeps until there is work
+        self._hurry = threading.Event()  # set by flush: send now, without gathering more
         self.outage_seconds = 0.0
+        self._journal = None  # local append-only copy of every metric point (see `_open_journal`)
         self._thread = threading.Thread(target=self._run, name="mlflow-tracker", daemon=True)
         self._thread.start()
         self._monitor = None
@@ -105,7 +109,8 @@ class Tracker:
     def open(cls, *, experiment: str, run_name: str = "", params: dict[str, Any] | None = None,
              tags: dict[str, str] | None = None, resume_run_id: str | None = None,
              parent_run_id: str | None = None, system_metrics: bool = True,
-             buffer_limit: int = 100000) -> "Tracker":
+             buffer_limit: int = 100000, send_interval: float = 2.0,
+             journal: Path | None = None, resume_step: int = 0) -> "Tracker":
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
 
@@ -133,7 +138,9 @@ class Tracker:
         if resume_run_id and tags:
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         spool = Path(tempfile.mkdtemp(prefix=f"mlflow-{run_id[:8]}-"))
-        tracker = cls(client, run_id, buffer_limit, spool, done)
+        tracker = cls(client, run_id, buffer_limit, spool, done, send_interval)
+        if journal is not None:
+            tracker._open_journal(Path(journal), resume_step if resume_run_id else None)
         if system_metrics:
             tracker._start_system_metrics()
         return tracker
@@ -147,12 +154,35 @@ class Tracker:
         except Exception as err:  # psutil missing or an unsupported platform: train on
             log.warning("system metrics off: %s", err)
 
+    def _open_journal(self, path: Path, resume_step: int | None) -> None:
+        """Every metric point the loop logs is appended to ``path`` (beside the checkpoints) before it
+        is sent, so a process killed outright loses none: when its run resumes from the checkpoint at
+        ``resume_step``, the journal's points up to that step that never reached the server are sent
+        now. Later points are dropped: the resumed loop logs those steps again."""
+        kept = []
+        if resume_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    key, value, timestamp, step = json.loads(line)
+                except ValueError:  # the line the kill cut short
+                    continue
+                if step <= resume_step:
+                    kept.append(line + "\n")
+                    if step not in self._done.get(key, ()):
+                        self._enqueue(("metrics", {key: value}, step, timestamp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(kept))
+        self._journal = open(path, "a")
+
     # ------------------------------------------------------------------ the loop's side (never blocks)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
         fresh = {k: float(v) for k, v in metrics.items() if step not in self._done.get(k, ())}
         if fresh:
+            if self._journal is not None:
+                self._journal.write("".join(json.dumps([k, v, now, step]) + "\n" for k, v in fresh.items()))
+                self._journal.flush()  # into the OS: it survives the process
             self._enqueue(("metrics", fresh, step, now))
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
@@ -261,6 +291,10 @@ class Tracker:
                     # Sleep until something is enqueued (or stop): no polling while the loop trains.
                     self._wake.wait(1.0)
                     self._wake.clear()
+                    # Then gather for a moment: a log point's metrics, validation and grid become one
+                    # round of requests instead of several.
+                    if self.pending():
+                        self._hurry.wait(self._send_interval)
                     continue
             else:
                 down_since = down_since or time.monotonic()
@@ -273,12 +307,16 @@ class Tracker:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything enqueued so far is sent; False if ``timeout`` passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.pending():
-            self._idle.clear()
-            if deadline is not None and time.monotonic() > deadline:
-                return False
-            self._idle.wait(0.2)
-        return True
+        self._hurry.set()
+        try:
+            while self.pending():
+                self._idle.clear()
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+                self._idle.wait(0.2)
+            return True
+        finally:
+            self._hurry.clear()
 
     def finish(self, status: str = "FINISHED", reason: Optional[str] = None, timeout: float | None = 600) -> bool:
         """Flush, then mark the run FINISHED, FAILED or KILLED (with ``reason`` as a tag)."""
@@ -292,6 +330,8 @@ class Tracker:
         flushed = self.flush(timeout)
         self._stop.set()
         self._wake.set()
+        if self._journal is not None:
+            self._journal.close()
         self._thread.join(timeout=5)
         try:
             self.client.set_terminated(self.run_id, status=status)

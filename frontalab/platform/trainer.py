@@ -203,7 +203,8 @@ class Trial:
         resume_run_id = None
         if resume_from is not None:
             resume_run_id = self._load(resume_from)
-        self.tracker = tracker_factory(cfg=cfg, resume_run_id=resume_run_id, tags=self._tags())
+        self.tracker = tracker_factory(cfg=cfg, resume_run_id=resume_run_id, tags=self._tags(),
+                                       journal=self.checkpoint_dir / "metrics.jsonl", resume_step=self.state.step)
         self.state.run_id = self.tracker.run_id
 
     # ---------------------------------------------------------------- tracking helpers
@@ -375,7 +376,8 @@ def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = 
     """A factory for `Trial` that opens (or resumes) the trial's MLflow run."""
     from frontalab.platform.tracking import NullTracker, Tracker
 
-    def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str]):
+    def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str],
+                     journal: Optional[Path] = None, resume_step: int = 0):
         from frontalab.models.landmark_net import default_weights_path
         from frontalab.platform.registry import LANDMARK_MODEL, ensure_landmark_model
 
@@ -386,7 +388,8 @@ def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = 
         return Tracker.open(experiment=cfg.tracking.experiment, run_name=run_name or cfg.tracking.run_name,
                             params=params, tags={**tags, **(extra_tags or {}), f"{LANDMARK_MODEL}_version": version},
                             resume_run_id=resume_run_id, parent_run_id=parent_run_id,
-                            system_metrics=cfg.tracking.system_metrics, buffer_limit=cfg.tracking.buffer_limit)
+                            system_metrics=cfg.tracking.system_metrics, buffer_limit=cfg.tracking.buffer_limit,
+                            send_interval=cfg.tracking.send_interval, journal=journal, resume_step=resume_step)
 
     return open_tracker
 
