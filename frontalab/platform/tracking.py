@@ -4,7 +4,8 @@ The training loop only enqueues; a background thread sends. When the tracking se
 unreachable, points stay buffered (in memory up to a bound, then on disk) and are retried
 until it is back; the loop never waits for the network. Each metric point gets its
 timestamp when it is enqueued, so a retried batch is an exact duplicate, which MLflow's
-store drops: every (key, step) lands once. A resumed run skips the steps it already has.
+store drops: every (key, step) lands once. A resumed run skips the steps it already has,
+and sends those that a killed process had journalled (beside its checkpoints) but not sent.
 """
 
 from __future__ import annotations
