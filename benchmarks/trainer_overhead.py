@@ -13,7 +13,7 @@
      drifts by several percent between runs, CPU time far less.
 2. Cached / recomputed input features: two trials built side by side, one reading the
    encoder's input features from the dataset and one running the encoder on every batch,
-   stepped alternately; the ratio of their median step times. Measured for each encoder in
+   stepped alternately ``--steps`` times each; the ratio of their median step times. Measured for each encoder in
    ``--encoders``. FaceNet (the thesis's encoder) has no weights offline: its arm builds the
    same network with random weights saved to a file, prepares 64 UTKFace photos with it,
    and trains on them. The compute is identical, the embeddings meaningless.
@@ -142,7 +142,7 @@ def facenet_dataset(photos: int) -> tuple[str, str]:
     return str(folder / "data"), str(weights)
 
 
-def cached_speedup(data: str, encoder: str, steps: int, rounds: int, overrides: list[str]) -> None:
+def cached_speedup(data: str, encoder: str, steps: int, overrides: list[str]) -> None:
     extra = [f"encoder.name={encoder}", "tracking.enabled=false", *overrides]
     if encoder.startswith("facenet"):
         data, weights = facenet_dataset(64)
@@ -153,7 +153,7 @@ def cached_speedup(data: str, encoder: str, steps: int, rounds: int, overrides: 
     for name, trial in (("cached", cached), ("recomputed", live)):
         for _ in range(3):  # warm-up: allocator, oneDNN primitives
             trial.train_step()
-    for _ in range(steps * rounds // 2):
+    for _ in range(steps):
         for name, trial in (("cached", cached), ("recomputed", live)):
             start = time.perf_counter()
             trial.train_step()
@@ -186,7 +186,7 @@ def main() -> None:
         logging_overhead(args.data, args.steps, args.rounds, args.overrides)
     print("cached vs recomputed input features (batch 8, 64 px):", flush=True)
     for encoder in filter(None, args.encoders.split(",")):
-        cached_speedup(args.data, encoder, args.steps, args.rounds, args.overrides)
+        cached_speedup(args.data, encoder, args.steps, args.overrides)
 
 
 if __name__ == "__main__":
