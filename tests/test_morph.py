@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
-import pytest
 import torch
 
 from conftest import SMALL_DATASET_SETTINGS, run_cli

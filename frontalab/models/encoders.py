@@ -34,7 +34,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from frontalab.paths import cache_dir
 
 log = logging.getLogger(__name__)
 

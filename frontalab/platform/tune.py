@@ -90,7 +90,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
     import ray
     from ray import tune
 
-    from frontalab.platform.tracking import Tracker, experiment_id
+    from frontalab.platform.tracking import experiment_id
     from frontalab.platform.trainer import mlflow_tracker_factory, run_trial
 
     cfg = load_config(None, [*search_overrides(config), f"tracking.experiment={experiment}"], base=base)
