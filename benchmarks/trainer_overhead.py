@@ -147,14 +147,14 @@ def cached_speedup(data: str, encoder: str, steps: int, overrides: list[str]) ->
     if encoder.startswith("facenet"):
         data, weights = facenet_dataset(64)
         extra.append(f"encoder.weights={weights}")
-    cached = make_trial(data, steps, *extra)
-    live = make_trial(data, steps, *extra, "data.cached_features=false")
-    times: dict[str, list[float]] = {"cached": [], "recomputed": []}
-    for name, trial in (("cached", cached), ("recomputed", live)):
+    trials = {"cached": make_trial(data, steps, *extra),
+              "recomputed": make_trial(data, steps, *extra, "data.cached_features=false")}
+    times: dict[str, list[float]] = {name: [] for name in trials}
+    for trial in trials.values():
         for _ in range(3):  # warm-up: allocator, oneDNN primitives
             trial.train_step()
     for _ in range(steps):
-        for name, trial in (("cached", cached), ("recomputed", live)):
+        for name, trial in trials.items():
             start = time.perf_counter()
             trial.train_step()
             times[name].append(time.perf_counter() - start)

@@ -118,11 +118,11 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
 
     tracker_holder: dict[str, Any] = {}
 
-    def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str], **journal: Any):
+    def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str], **resume_journal: Any):
         # The trial's own run, found by trial id: a checkpoint may come from another trial (PBT).
         factory = mlflow_tracker_factory(parent_run_id=parent_run_id, run_name=ctx.get_trial_name(),
                                          extra_tags=trial_tags)
-        tracker = factory(cfg=cfg, resume_run_id=run_id, tags=tags, **journal)
+        tracker = factory(cfg=cfg, resume_run_id=run_id, tags=tags, **resume_journal)
         tracker_holder["t"] = tracker
         return tracker
 
