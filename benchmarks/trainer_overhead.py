@@ -9,8 +9,8 @@
      (and, here, the tracking server and S3 on the same two cores) compete with training;
    - end-of-run flush: what ``finish()`` then waits for (the last uploads), and the whole
      trial including it;
-   - CPU seconds of the trial process plus the embedded services: wall time on a shared VM
-     drifts by several percent between runs, CPU time far less.
+   - CPU seconds of the trial (its process and its MLflow sender process) plus the embedded
+     services: wall time on a shared VM drifts by several percent between runs, CPU time far less.
 2. Cached / recomputed input features: two trials built side by side, one reading the
    encoder's input features from the dataset and one running the encoder on every batch,
    stepped alternately ``--steps`` times each; the ratio of their median step times. Measured for each encoder in
@@ -61,28 +61,25 @@ def cpu_seconds(procs: list) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
-def sender_cpu_seconds() -> float:
-    """CPU seconds of this process's threads that talk to MLflow: the tracker's sender and
-    MLflow's system-metrics monitor (found by their thread names)."""
-    import threading
-
+def sender_processes() -> list:
+    """The trial's MLflow sender (it also runs MLflow's system-metrics monitor): a child process."""
     import psutil
 
-    ids = {t.native_id for t in threading.enumerate() if t.name in ("mlflow-tracker", "SystemMetricsMonitor")}
-    return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id in ids)
+    return [p for p in psutil.Process().children() if "frontalab.platform.tracking" in " ".join(p.cmdline())]
 
 
 def one_run(data: str, steps: int, overrides: list[str]) -> dict[str, float]:
     """One trial in this process: seconds of the training loop and of the end-of-run flush after
-    it; CPU seconds of the whole process, of its MLflow threads, and of the services meanwhile."""
+    it; CPU seconds of the trial (this process and its sender), of the sender, and of the services meanwhile."""
     trial = make_trial(data, steps, *overrides)
-    procs = service_processes()
-    services_before, cpu_before, sender_before = cpu_seconds(procs), time.process_time(), sender_cpu_seconds()
+    procs, sender = service_processes(), sender_processes()
+    services_before, cpu_before, sender_before = cpu_seconds(procs), time.process_time(), cpu_seconds(sender)
     start = time.perf_counter()
     trial.run()
     loop_end = time.perf_counter()
-    loop = {"loop": loop_end - start, "trial_cpu": time.process_time() - cpu_before,
-            "sender_cpu": sender_cpu_seconds() - sender_before, "services_cpu": cpu_seconds(procs) - services_before}
+    sender_cpu = cpu_seconds(sender) - sender_before
+    loop = {"loop": loop_end - start, "trial_cpu": time.process_time() - cpu_before + sender_cpu,
+            "sender_cpu": sender_cpu, "services_cpu": cpu_seconds(procs) - services_before}
     trial.tracker.finish()
     return {**loop, "flush": time.perf_counter() - loop_end}
 
@@ -116,7 +113,7 @@ def logging_overhead(data: str, steps: int, rounds: int, overrides: list[str]) -
     print(f"whole-trial ratio on/off, flush included: {(median(on, 'loop') + flush) / median(off, 'loop'):.3f}")
     loop_cpu = median(off, "trial_cpu")
     print(f"CPU seconds during the loop: the trial {median(on, 'trial_cpu'):.1f} on, {loop_cpu:.1f} off; "
-          f"of it MLflow's threads (sender, system metrics) {median(on, 'sender_cpu'):.2f} "
+          f"of it the MLflow sender process (with system metrics) {median(on, 'sender_cpu'):.2f} "
           f"= {100 * median(on, 'sender_cpu') / loop_cpu:.1f}% of the trial's CPU")
     extra = median(on, "services_cpu") - median(off, "services_cpu")
     print(f"  embedded MLflow + S3: {median(on, 'services_cpu'):.2f} on, {median(off, 'services_cpu'):.2f} off "

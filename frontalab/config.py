@@ -111,7 +111,7 @@ class TrackingConfig:
     enabled: bool = _f(True, doc="log to MLflow")
     experiment: str = _f("frontalab", doc="MLflow experiment of single `frontalab train` runs")
     run_name: str = _f("", doc="MLflow run name; default: MLflow's")
-    system_metrics: bool = _f(True, doc="CPU/memory/GPU metrics of the trial process")
+    system_metrics: bool = _f(True, doc="CPU/memory/GPU metrics of the machine running the trial")
     buffer_limit: int = _f(100000, lo=100, doc="metric points held in memory while the server is unreachable; more spill to disk")
     send_interval: float = _f(2.0, lo=0, hi=60, doc="seconds the background sender gathers points before a round of requests")
 
