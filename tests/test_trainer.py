@@ -3,6 +3,7 @@ a tracking-server outage, NaN failure, secrets, the G:D ratio and the ablations.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -37,8 +38,6 @@ def history(endpoints, run_id: str, key: str) -> list[int]:
 
 
 def run_of(stdout: str) -> str:
-    import json
-
     return json.loads(stdout)["run_id"]
 
 
@@ -97,9 +96,12 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
     while not (ckpt / "step-000100.pt").exists() and time.monotonic() < deadline:
         assert proc.poll() is None, "trial ended before step 100"
         time.sleep(0.1)
+    sender = sender_of(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (ckpt / f"step-{STEPS:06d}.pt").exists()
+    # The sender (a session of its own) stops at once: a late send could duplicate a resumed step.
+    sender.wait(timeout=10)
 
     out = run_cli("train", *args, "--resume")
     run_id = run_of(out.stdout)
@@ -112,6 +114,58 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
     assert history(endpoints, run_id, "train/g/total") == list(range(10, STEPS + 1, 10))
     assert history(endpoints, run_id, "val/abs_yaw") == list(range(0, STEPS + 1, 50))
     assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
+
+
+def sender_of(pid: int):
+    """The MLflow sender process of the trial process ``pid``."""
+    import psutil
+
+    found = [p for p in psutil.Process(pid).children() if "frontalab.platform.tracking" in " ".join(p.cmdline())]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def start_training(args: list[str], ckpt: Path, until_step: int) -> subprocess.Popen:
+    """`frontalab train ARGS` in its own process group, once it has checkpointed ``until_step``."""
+    proc = subprocess.Popen([sys.executable, "-m", "frontalab", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    while not (ckpt / f"step-{until_step:06d}.pt").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    return proc
+
+
+def test_interrupted_run_ends_killed_with_every_logged_step(small_dataset, embedded_services, tmp_path):
+    """Ctrl-C reaches the terminal's whole process group. The trial ends its run KILLED, and
+    every metric point it logged (its journal says which) is in MLflow once."""
+    cfg, endpoints = embedded_services
+    ckpt = tmp_path / "ckpt"
+    proc = start_training(train_args(small_dataset, cfg, ckpt, "train.steps=1000", "train.checkpoint_every=20"), ckpt, 20)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    journal = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
+    logged = sorted(step for key, _, _, step in journal if key == "train/g/total")
+    assert logged[0] == 10 and logged[-1] >= 20
+    run_id = torch.load(ckpt / "step-000020.pt", weights_only=False)["run_id"]
+    assert history(endpoints, run_id, "train/g/total") == logged
+    run = rest(endpoints, "runs/get", run_id=run_id)["run"]
+    assert run["info"]["status"] == "KILLED"
+    assert {t["key"]: t["value"] for t in run["data"]["tags"]}["frontalab.status_reason"] == "interrupted"
+
+
+def test_dead_sender_is_reported_and_the_trial_finishes(small_dataset, embedded_services, tmp_path):
+    cfg, endpoints = embedded_services
+    ckpt = tmp_path / "ckpt"
+    proc = start_training(train_args(small_dataset, cfg, ckpt, "train.steps=40", "train.checkpoint_every=20"), ckpt, 20)
+    sender_of(proc.pid).kill()
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "the MLflow sender process died" in stderr
+    assert (ckpt / "step-000040.pt").exists()
+    run = rest(endpoints, "runs/get", run_id=run_of(stdout))["run"]
+    assert run["info"]["status"] == "FINISHED"
+    assert "frontalab.tracking_incomplete" in {t["key"] for t in run["data"]["tags"]}
 
 
 @pytest.mark.slow  # 30 s of outage plus 300 steps: `make test-slow`

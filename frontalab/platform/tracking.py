@@ -218,14 +218,17 @@ class Tracker:
 
     def _feed(self) -> None:
         """Pickle and write each item to the sender; the write waits on the socket without the GIL."""
+        sender_alive = True
         while (item := self._outbox.get()) is not None:
+            if not sender_alive:
+                continue  # dropped, so that memory stays bounded; the journal keeps the metrics
             try:
                 self._conn.send(item)
             except OSError:
+                sender_alive = False
                 log.error("the MLflow sender process died (exit code %s): run %s misses what was logged after; "
                           "the metrics are still in the journal beside the checkpoints",
                           self._process.poll(), self.run_id)
-                return
 
     def _receive(self, kind: str, timeout: float | None, token: int | None = None) -> tuple | None:
         """The sender's next reply of ``kind`` (and ``token``); None on timeout or if it died."""
@@ -268,9 +271,12 @@ class Tracker:
         except subprocess.TimeoutExpired:
             self._process.kill()
         self._conn.close()
-        if reply is None:  # the sender died: mark the run from here
+        if reply is None:  # the sender died (or timed out): mark the run from here, and say so
             log.error("run %s: the MLflow sender ended without finishing the run", self.run_id)
             try:
+                self.client.set_tag(self.run_id, "frontalab.tracking_incomplete",
+                                    "the MLflow sender process ended before the run did: points logged after are "
+                                    "missing here (every metric point is in metrics.jsonl beside the checkpoints)")
                 self.client.set_terminated(self.run_id, status=status)
             except Exception as err:
                 log.error("could not mark run %s %s: %s", self.run_id, status, err)
