@@ -257,6 +257,19 @@ def test_generator_steps_per_discriminator_step(small_dataset, ratio):
     assert d_steps == list(range(ratio, 9, ratio))
 
 
+def test_generator_phase_leaves_the_discriminator_alone(small_dataset):
+    """G steps backpropagate through D to its input only: no D weight gradient, no D update."""
+    trial = make_trial(small_dataset, "train.g_steps_per_d=2")
+    before = [p.detach().clone() for p in trial.D.parameters()]
+    trial.train_step()
+    assert all(p.grad is None for p in trial.D.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, trial.D.parameters()))
+    assert any(p.grad is not None for p in trial.G.parameters())
+    trial.train_step()  # the D phase
+    assert all(p.requires_grad and p.grad is not None for p in trial.D.parameters())
+    assert not all(torch.equal(a, p) for a, p in zip(before, trial.D.parameters()))
+
+
 def test_no_adversarial_builds_no_discriminator(small_dataset):
     trial = make_trial(small_dataset, "loss.adversarial=0")
     assert trial.D is None and trial.opt_d is None

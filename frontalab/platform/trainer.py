@@ -275,6 +275,10 @@ class Trial:
         if not self.cfg.data.cached_features:
             self._encode_inputs(batch)
         self.G.train()
+        if self.D is not None:
+            # The G phase backpropagates through D only to its input: D's weight gradients would be
+            # computed for nothing: the D phase sets them to zero before its own backward.
+            self.D.requires_grad_(False)
         with self._autocast():
             g = self.objective.generator_phase(batch)
         total = g.loss.total
@@ -283,6 +287,8 @@ class Trial:
         self._check_finite(total, g.loss.terms, "generator")
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
+        if self.D is not None:
+            self.D.requires_grad_(True)
         self._clip(self.G.parameters())
         self.opt_g.step()
         self.state.step += 1
