@@ -4,8 +4,9 @@
    with the MLflow tracker against the embedded server, and with tracking disabled. Each
    run is a fresh process (no arm inherits another's heap or threads); runs alternate
    on/off, off/on, ... so a machine that speeds up or slows down mid-benchmark skews both
-   arms alike; each round gives one paired ratio, and the median is printed.
-   - step time: the training loop (``Trial.run``), where the tracker's background sends
+   arms alike; each round gives one paired ratio, and the median is printed, then the ratio
+   of the total loop times and that of each block of two rounds (where order effects cancel).
+   - step time: the training loop (``Trial.run``), where the tracker's sender process
      (and, here, the tracking server and S3 on the same two cores) compete with training;
    - end-of-run flush: what ``finish()`` then waits for (the last uploads), and the whole
      trial including it;
@@ -110,6 +111,11 @@ def logging_overhead(data: str, steps: int, rounds: int, overrides: list[str]) -
     print(f"logging off : loop {median(off, 'loop'):.2f} s")
     print(f"step-time ratio on/off: {statistics.median(paired):.3f} (median of {rounds} paired rounds; "
           f"per round {', '.join(f'{p:.3f}' for p in paired)})")
+    # Rounds alternate on-first and off-first, so a machine that is slower for a round's first
+    # (or second) run skews single rounds but cancels in their sums.
+    blocks = [sum(x["loop"] for x in on[r:r + 2]) / sum(x["loop"] for x in off[r:r + 2]) for r in range(0, rounds - 1, 2)]
+    print(f"  ratio of total loop times: {sum(x['loop'] for x in on) / sum(x['loop'] for x in off):.3f}; "
+          f"per block of two rounds (on-first + off-first): {', '.join(f'{b:.3f}' for b in blocks)}")
     print(f"whole-trial ratio on/off, flush included: {(median(on, 'loop') + flush) / median(off, 'loop'):.3f}")
     loop_cpu = median(off, "trial_cpu")
     print(f"CPU seconds during the loop: the trial {median(on, 'trial_cpu'):.1f} on, {loop_cpu:.1f} off; "
