@@ -126,9 +126,12 @@ def sender_of(pid: int):
 
 
 def start_training(args: list[str], ckpt: Path, until_step: int) -> subprocess.Popen:
-    """`frontalab train ARGS` in its own process group, once it has checkpointed ``until_step``."""
+    """`frontalab train ARGS` in its own process group, once it has checkpointed ``until_step``.
+    SIGINT is reset to its default, as in a terminal: a test runner started in the background
+    by a shell ignores it, and its children would inherit that."""
     proc = subprocess.Popen([sys.executable, "-m", "frontalab", "train", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     while not (ckpt / f"step-{until_step:06d}.pt").exists():
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         time.sleep(0.1)
@@ -142,7 +145,11 @@ def test_interrupted_run_ends_killed_with_every_logged_step(small_dataset, embed
     ckpt = tmp_path / "ckpt"
     proc = start_training(train_args(small_dataset, cfg, ckpt, "train.steps=1000", "train.checkpoint_every=20"), ckpt, 20)
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a runaway trial behind
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, stderr[-3000:]
     journal = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     logged = sorted(step for key, _, _, step in journal if key == "train/g/total")
