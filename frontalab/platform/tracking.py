@@ -122,7 +122,7 @@ class Tracker:
             raise RuntimeError(f"the MLflow sender process did not start (exit code {process.poll()}); "
                                "its error is printed above")
         self._outbox: queue.Queue = queue.Queue()
-        self._flushes = 0
+        self._last_flush = 0  # token of the latest flush request
         self._feeder = threading.Thread(target=self._feed, name="mlflow-tracker-feed", daemon=True)
         self._feeder.start()
 
@@ -250,9 +250,9 @@ class Tracker:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything logged so far is in MLflow; False if ``timeout`` passed first."""
-        self._flushes += 1
-        self._outbox.put(("flush", self._flushes))
-        return self._receive("flushed", timeout, self._flushes) is not None
+        self._last_flush += 1
+        self._outbox.put(("flush", self._last_flush))
+        return self._receive("flushed", timeout, self._last_flush) is not None
 
     def finish(self, status: str = "FINISHED", reason: Optional[str] = None, timeout: float | None = 600) -> bool:
         """Send everything, then mark the run FINISHED, FAILED or KILLED (with ``reason`` as a tag).
