@@ -106,7 +106,6 @@ def logging_overhead(data: str, steps: int, rounds: int, overrides: list[str]) -
 
     paired = [a["loop"] / b["loop"] for a, b in zip(on, off)]
     flush = median(on, "flush")
-    cpu_on, cpu_off = (median(x, "trial_cpu") + median(x, "services_cpu") for x in (on, off))
     print(f"logging on  : loop {median(on, 'loop'):.2f} s for {steps} steps, then {flush:.2f} s end-of-run flush")
     print(f"logging off : loop {median(off, 'loop'):.2f} s")
     print(f"step-time ratio on/off: {statistics.median(paired):.3f} (median of {rounds} paired rounds; "
