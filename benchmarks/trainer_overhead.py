@@ -1,17 +1,27 @@
 """What tracking and cached features cost one trial, as ratios measured in this run.
 
-1. Logging on / off: the same trial (validation, sample grids and checkpoints included)
-   with the MLflow tracker against the embedded server, and with tracking disabled. Each
-   run is a fresh process (no arm inherits another's heap or threads); runs alternate
-   on/off, off/on, ... so a machine that speeds up or slows down mid-benchmark skews both
-   arms alike; each round gives one paired ratio, and the median is printed, then the ratio
-   of the total loop times and that of each block of two rounds (where order effects cancel).
-   - step time: the training loop (``Trial.run``), where the tracker's sender process
-     (and, here, the tracking server and S3 on the same two cores) compete with training;
-   - end-of-run flush: what ``finish()`` then waits for (the last uploads), and the whole
-     trial including it;
-   - CPU seconds of the trial (its process and its MLflow sender process) plus the embedded
-     services: wall time on a shared VM drifts by several percent between runs, CPU time far less.
+1. Logging on / off: two identical trials (same seed, so the same batches and work) in this
+   process, one with the MLflow tracker against the embedded server and one with tracking
+   disabled, trained in alternating blocks of ``train.val_every`` steps (on, off, off, on, ...),
+   at the default logging cadence (metrics every 10 steps; validation, a sample grid and a
+   checkpoint every 50) unless overridden.
+   Wall time on this VM drifts by ±10% between runs, more than the effect measured; blocks a
+   few seconds apart, in one process with one heap and one set of threads, drift together.
+   - A block runs from mid-interval to mid-interval (steps 25-75, 75-125, ...), so the
+     validation's metrics, sample grid and checkpoint are sent while the tracked trial trains
+     on, as in a real run. The tracked block ends with a flush, counted in its time, so no
+     send spills into the untracked block.
+   - Printed: the median of the paired block ratios (step time), the ratio of the blocks'
+     total times with a bootstrap interval, and the whole-trial ratio (the warm-up block with
+     the first validation, and the end-of-run checkpoint upload, included).
+   - CPU seconds of the sender process and of the embedded services (MLflow, S3) during
+     tracked and untracked blocks: the first is the logging's own work, the second the
+     background noise (system-metrics sampling) that reaches the untracked blocks.
+   - ``--services-apart`` emulates a cluster, where the tracking server and S3 run on other
+     machines: their threads are pinned to the last CPU, and this process (training and its
+     sender) to the others, with one training thread fewer. Without it, on a small machine the
+     services' work for the tracked trial (a checkpoint upload through the MLflow proxy into
+     S3 costs them ~0.6 CPU-seconds) competes with the training threads.
 2. Cached / recomputed input features: two trials built side by side, one reading the
    encoder's input features from the dataset and one running the encoder on every batch,
    stepped alternately ``--steps`` times each; the ratio of their median step times. Measured for each encoder in
@@ -19,19 +29,20 @@
    same network with random weights saved to a file, prepares 64 UTKFace photos with it,
    and trains on them. The compute is identical, the embeddings meaningless.
 
-    python benchmarks/trainer_overhead.py [--data s3://frontalab/datasets/demo] [--steps 60] [--rounds 4]
+    python benchmarks/trainer_overhead.py [--data s3://frontalab/datasets/demo] [--blocks 16] [--services-apart] [--steps 60]
         [--encoders dlib-resnet,facenet-vggface2] [key=value ...]
 """
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 from frontalab.config import load_config
 from frontalab.paths import faces_dir
@@ -43,8 +54,7 @@ BENCH_DIR = Path(tempfile.gettempdir()) / "frontalab-bench"
 
 def make_trial(data: str, steps: int, *overrides: str) -> Trial:
     cfg = load_config(None, ["model.out_size=64", f"data.path={data}", f"train.steps={steps}", "train.batch_size=8",
-                             "train.val_faces=16", "train.log_every=10", "train.val_every=20",
-                             f"train.checkpoint_every={steps}", "tracking.experiment=benchmark-trainer",
+                             "tracking.experiment=benchmark-trainer",
                              f"train.checkpoint_dir={BENCH_DIR / str(time.time_ns())}", *overrides])
     return Trial(cfg, mlflow_tracker_factory())
 
@@ -69,60 +79,90 @@ def sender_processes() -> list:
     return [p for p in psutil.Process().children() if "frontalab.platform.tracking" in " ".join(p.cmdline())]
 
 
-def one_run(data: str, steps: int, overrides: list[str]) -> dict[str, float]:
-    """One trial in this process: seconds of the training loop and of the end-of-run flush after
-    it; CPU seconds of the trial (this process and its sender), of the sender, and of the services meanwhile."""
-    trial = make_trial(data, steps, *overrides)
-    procs, sender = service_processes(), sender_processes()
-    services_before, cpu_before, sender_before = cpu_seconds(procs), time.process_time(), cpu_seconds(sender)
-    start = time.perf_counter()
-    trial.run()
-    loop_end = time.perf_counter()
-    sender_cpu = cpu_seconds(sender) - sender_before
-    loop = {"loop": loop_end - start, "trial_cpu": time.process_time() - cpu_before + sender_cpu,
-            "sender_cpu": sender_cpu, "services_cpu": cpu_seconds(procs) - services_before}
-    trial.tracker.finish()
-    return {**loop, "flush": time.perf_counter() - loop_end}
+@contextmanager
+def services_apart() -> Iterator[list[str]]:
+    """Pin the embedded services' threads to the last CPU and this process to the others; yields
+    the training-thread override for the CPUs left. Restores every affinity on the way out."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--services-apart needs at least 2 CPUs")
+    mine, theirs = cpus[:-1], cpus[-1:]
+    threads = [t.id for proc in service_processes() for t in proc.threads()]
+    for tid in threads:
+        os.sched_setaffinity(tid, theirs)
+    os.sched_setaffinity(0, mine)  # before any training thread or the sender exists: they inherit it
+    print(f"  services on CPU {theirs[0]}, training on CPU {','.join(map(str, mine))}", flush=True)
+    try:
+        yield [f"train.workers={len(mine)}"]
+    finally:
+        os.sched_setaffinity(0, cpus)
+        for tid in threads + [t.id for proc in service_processes() for t in proc.threads()]:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:  # a thread that ended meanwhile
+                pass
 
 
-def run_in_child(data: str, steps: int, overrides: list[str]) -> dict[str, float]:
-    """`one_run` in a fresh process, so that no arm inherits another's heap, threads or caches."""
-    out = subprocess.run([sys.executable, __file__, "--one-run", "--data", data, "--steps", str(steps), *overrides],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def bootstrap_interval(on: list[float], off: list[float], draws: int = 10000) -> tuple[float, float]:
+    """95% interval of sum(on) / sum(off), resampling the paired blocks (seeded: the same data, the same interval)."""
+    import random
+
+    rng, pairs = random.Random(0), list(zip(on, off))
+    ratios = sorted(sum(a for a, _ in sample) / sum(b for _, b in sample)
+                    for sample in (rng.choices(pairs, k=len(pairs)) for _ in range(draws)))
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
 
 
-def logging_overhead(data: str, steps: int, rounds: int, overrides: list[str]) -> None:
-    on, off = [], []
-    for r in range(rounds):
-        arms = [(on, []), (off, ["tracking.enabled=false"])]
-        for runs, extra in (arms if r % 2 == 0 else arms[::-1]):
-            runs.append(run_in_child(data, steps, [*overrides, *extra]))
-            print(f"  round {r + 1} {'on ' if runs is on else 'off'}: loop {runs[-1]['loop']:.2f} s, "
-                  f"flush {runs[-1]['flush']:.2f} s", flush=True)
+def logging_overhead(data: str, blocks: int, overrides: list[str]) -> None:
+    every = load_config(None, overrides).train.val_every
+    half = every // 2
+    steps = half + blocks * every
+    arms = {"on": make_trial(data, steps, *overrides),
+            "off": make_trial(data, steps, *overrides, "tracking.enabled=false")}
+    sender, procs = sender_processes(), service_processes()
+    seconds = {arm: [] for arm in arms}
+    cpu = {arm: {"sender": 0.0, "services": 0.0, "trial": 0.0} for arm in arms}
 
-    def median(runs, key):
-        return statistics.median(x[key] for x in runs)
+    def block(arm: str, until: int) -> None:
+        before = cpu_seconds(sender), cpu_seconds(procs), time.process_time()
+        start = time.perf_counter()
+        arms[arm].run(until=until)
+        arms[arm].tracker.flush()
+        seconds[arm].append(time.perf_counter() - start)
+        for key, was, now in zip(("sender", "services", "trial"), before,
+                                 (cpu_seconds(sender), cpu_seconds(procs), time.process_time())):
+            cpu[arm][key] += now - was
 
-    paired = [a["loop"] / b["loop"] for a, b in zip(on, off)]
-    flush = median(on, "flush")
-    print(f"logging on  : loop {median(on, 'loop'):.2f} s for {steps} steps, then {flush:.2f} s end-of-run flush")
-    print(f"logging off : loop {median(off, 'loop'):.2f} s")
-    print(f"step-time ratio on/off: {statistics.median(paired):.3f} (median of {rounds} paired rounds; "
-          f"per round {', '.join(f'{p:.3f}' for p in paired)})")
-    # Rounds alternate on-first and off-first, so a machine that is slower for a round's first
-    # (or second) run skews single rounds but cancels in their sums.
-    blocks = [sum(x["loop"] for x in on[r:r + 2]) / sum(x["loop"] for x in off[r:r + 2]) for r in range(0, rounds - 1, 2)]
-    print(f"  ratio of total loop times: {sum(x['loop'] for x in on) / sum(x['loop'] for x in off):.3f}; "
-          f"per block of two rounds (on-first + off-first): {', '.join(f'{b:.3f}' for b in blocks)}")
-    print(f"whole-trial ratio on/off, flush included: {(median(on, 'loop') + flush) / median(off, 'loop'):.3f}")
-    loop_cpu = median(off, "trial_cpu")
-    print(f"CPU seconds during the loop: the trial {median(on, 'trial_cpu'):.1f} on, {loop_cpu:.1f} off; "
-          f"of it the MLflow sender process (with system metrics) {median(on, 'sender_cpu'):.2f} "
-          f"= {100 * median(on, 'sender_cpu') / loop_cpu:.1f}% of the trial's CPU")
-    extra = median(on, "services_cpu") - median(off, "services_cpu")
-    print(f"  embedded MLflow + S3: {median(on, 'services_cpu'):.2f} on, {median(off, 'services_cpu'):.2f} off "
-          f"(idle): {extra:.2f} s for logging = {100 * extra / loop_cpu:.1f}% of the trial's CPU, on the same cores here")
+    for arm in arms:  # warm-up: the first validation, allocator and oneDNN primitives
+        block(arm, half)
+    for b in range(blocks):
+        until = half + (b + 1) * every
+        for arm in (("on", "off") if b % 2 == 0 else ("off", "on")):
+            block(arm, until)
+            print(f"  block {b + 1}/{blocks} (steps {until - every}-{until}) {arm:3s}: {seconds[arm][-1]:.2f} s",
+                  flush=True)
+    end = time.perf_counter()
+    arms["on"].tracker.finish()
+    finish = time.perf_counter() - end
+
+    on, off = seconds["on"][1:], seconds["off"][1:]  # the paired blocks, warm-up left out
+    paired = [a / b for a, b in zip(on, off)]
+    print(f"logging on  : {statistics.median(on):.2f} s per block of {every} steps (median), "
+          f"then {finish:.2f} s to finish the run")
+    print(f"logging off : {statistics.median(off):.2f} s per block")
+    print(f"step-time ratio on/off: {statistics.median(paired):.3f} (median of {blocks} paired blocks; "
+          f"per block {', '.join(f'{p:.3f}' for p in paired)})")
+    low, high = bootstrap_interval(on, off)
+    print(f"  ratio of total block times: {sum(on) / sum(off):.3f} (95% bootstrap interval over the paired blocks "
+          f"{low:.3f}-{high:.3f}); whole trial (warm-up, end-of-run checkpoint upload and finish included): "
+          f"{(sum(seconds['on']) + finish) / sum(seconds['off']):.3f}")
+    trial_cpu = cpu["off"]["trial"]
+    print(f"CPU seconds: the trial process {cpu['on']['trial']:.1f} tracked, {trial_cpu:.1f} untracked; "
+          f"the MLflow sender process {cpu['on']['sender']:.2f} during tracked blocks "
+          f"(= {100 * cpu['on']['sender'] / trial_cpu:.1f}% of the trial's CPU), "
+          f"{cpu['off']['sender']:.2f} during untracked ones (system-metrics sampling)")
+    print(f"  embedded MLflow + S3, on the same cores here: {cpu['on']['services']:.2f} during tracked blocks, "
+          f"{cpu['off']['services']:.2f} during untracked ones")
 
 
 def facenet_dataset(photos: int) -> tuple[str, str]:
@@ -168,24 +208,22 @@ def cached_speedup(data: str, encoder: str, steps: int, overrides: list[str]) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="s3://frontalab/datasets/demo")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--blocks", type=int, default=16, help="paired blocks of train.val_every steps, logging on/off")
+    ap.add_argument("--steps", type=int, default=60, help="alternating steps of the cached-features comparison")
     ap.add_argument("--encoders", default="dlib-resnet,facenet-vggface2",
                     help="encoders of the cached-features comparison, comma-separated")
+    ap.add_argument("--services-apart", action="store_true",
+                    help="logging on/off with the embedded services pinned to a CPU of their own, as on a cluster")
     ap.add_argument("--skip-logging", action="store_true", help="only the cached-features comparison")
-    ap.add_argument("--one-run", action="store_true", help=argparse.SUPPRESS)  # a logging arm's child process
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="trial config for both arms, e.g. train.workers=1")
     args = ap.parse_args()
     cfg = load_config()
     services.up(cfg.services, quiet=True)
     os.environ.update(services.client_env(cfg.services))
-    if args.one_run:
-        print(json.dumps(one_run(args.data, args.steps, args.overrides)))
-        return
-
     if not args.skip_logging:
-        print(f"logging on vs off: {args.rounds} rounds of {args.steps} steps each", flush=True)
-        logging_overhead(args.data, args.steps, args.rounds, args.overrides)
+        print(f"logging on vs off: {args.blocks} paired blocks", flush=True)
+        with services_apart() if args.services_apart else nullcontext([]) as pinned:
+            logging_overhead(args.data, args.blocks, [*args.overrides, *pinned])
     print("cached vs recomputed input features (batch 8, 64 px):", flush=True)
     for encoder in filter(None, args.encoders.split(",")):
         cached_speedup(args.data, encoder, args.steps, args.overrides)

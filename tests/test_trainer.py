@@ -277,6 +277,23 @@ def test_generator_phase_leaves_the_discriminator_alone(small_dataset):
     assert not all(torch.equal(a, p) for a, p in zip(before, trial.D.parameters()))
 
 
+def test_a_run_in_pieces_is_the_run_in_one_piece(small_dataset, tmp_path):
+    """`run(until=)` stops at that step and goes on from there: same parameters, same validation points."""
+    steps = ["train.steps=6", "train.val_every=2", "train.checkpoint_every=6", "train.g_steps_per_d=2"]
+    whole, pieces = (make_trial(small_dataset, *steps, f"train.checkpoint_dir={tmp_path / name}")
+                     for name in ("whole", "pieces"))
+    reported = {id(whole): [], id(pieces): []}
+    for trial in (whole, pieces):
+        trial.report = lambda metrics, checkpoint, seen=reported[id(trial)]: seen.append((metrics["step"], checkpoint))
+    whole.run()
+    assert pieces.run(until=3).step == 3 and pieces.state.status == "RUNNING"
+    assert pieces.run(until=99).status == "FINISHED" and pieces.state.step == 6
+    assert [s for s, _ in reported[id(pieces)]] == [s for s, _ in reported[id(whole)]] == [0, 2, 4, 6]
+    assert [c is not None for _, c in reported[id(pieces)]] == [False, False, False, True]
+    for a, b in zip([*whole.G.parameters(), *whole.D.parameters()], [*pieces.G.parameters(), *pieces.D.parameters()]):
+        assert torch.equal(a, b)
+
+
 def test_no_adversarial_builds_no_discriminator(small_dataset):
     trial = make_trial(small_dataset, "loss.adversarial=0")
     assert trial.D is None and trial.opt_d is None

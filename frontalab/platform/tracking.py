@@ -47,8 +47,6 @@ MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 SENDER_START_TIMEOUT = 120  # seconds for the sender process to import MLflow and connect
 
 
-
-
 _IMAGE_FILE = re.compile(r"^(?P<key>.+)[+%]step[+%](?P<step>\d+)[+%]timestamp[+%]")
 
 
@@ -88,8 +86,6 @@ def experiment_id(client, name: str) -> str:
     eid = exp.experiment_id if exp else client.create_experiment(name)
     client.set_experiment_tag(eid, *EXPERIMENT_KIND_TAG)
     return eid
-
-
 
 
 def _start_sender() -> tuple[subprocess.Popen, Connection]:

@@ -346,12 +346,14 @@ class Trial:
 
     # ---------------------------------------------------------------- the loop
 
-    def run(self) -> TrialState:
+    def run(self, until: Optional[int] = None) -> TrialState:
+        """Train to step ``until`` (default and at most ``train.steps``); a later call goes on from there."""
         t = self.cfg.train
+        until = t.steps if until is None else min(until, t.steps)
         tick, tick_step = time.perf_counter(), self.state.step
         if self.state.step == 0:
             self._validate_and_report(checkpoint=False)
-        while self.state.step < t.steps:
+        while self.state.step < until:
             metrics = self.train_step()
             step = self.state.step
             if step % t.log_every == 0 or step == t.steps:
@@ -363,7 +365,8 @@ class Trial:
             at_val, at_ckpt = step % t.val_every == 0 or step == t.steps, step % t.checkpoint_every == 0 or step == t.steps
             if at_val or at_ckpt:
                 self._validate_and_report(checkpoint=at_ckpt, validate=at_val)
-        self.state.status = "FINISHED"
+        if self.state.step == t.steps:
+            self.state.status = "FINISHED"
         return self.state
 
     def _validate_and_report(self, checkpoint: bool, validate: bool = True) -> None:
