@@ -72,6 +72,16 @@ def cpu_seconds(procs: list) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
+def stolen_seconds() -> float:
+    """CPU time the hypervisor gave to other guests, all CPUs (Linux; 0 elsewhere): on a shared VM it
+    lengthens whichever block it falls in."""
+    try:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def sender_processes() -> list:
     """The trial's MLflow sender (it also runs MLflow's system-metrics monitor): a child process."""
     import psutil
@@ -121,16 +131,16 @@ def logging_overhead(data: str, blocks: int, overrides: list[str]) -> None:
             "off": make_trial(data, steps, *overrides, "tracking.enabled=false")}
     sender, procs = sender_processes(), service_processes()
     seconds = {arm: [] for arm in arms}
-    cpu = {arm: {"sender": 0.0, "services": 0.0, "trial": 0.0} for arm in arms}
+    cpu = {arm: {"sender": 0.0, "services": 0.0, "trial": 0.0, "stolen": 0.0} for arm in arms}
 
     def block(arm: str, until: int) -> None:
-        before = cpu_seconds(sender), cpu_seconds(procs), time.process_time()
+        before = cpu_seconds(sender), cpu_seconds(procs), time.process_time(), stolen_seconds()
         start = time.perf_counter()
         arms[arm].run(until=until)
         arms[arm].tracker.flush()
         seconds[arm].append(time.perf_counter() - start)
-        for key, was, now in zip(("sender", "services", "trial"), before,
-                                 (cpu_seconds(sender), cpu_seconds(procs), time.process_time())):
+        for key, was, now in zip(("sender", "services", "trial", "stolen"), before,
+                                 (cpu_seconds(sender), cpu_seconds(procs), time.process_time(), stolen_seconds())):
             cpu[arm][key] += now - was
 
     for arm in arms:  # warm-up: the first validation, allocator and oneDNN primitives
@@ -163,6 +173,8 @@ def logging_overhead(data: str, blocks: int, overrides: list[str]) -> None:
           f"{cpu['off']['sender']:.2f} during untracked ones (system-metrics sampling)")
     print(f"  embedded MLflow + S3, on the same cores here: {cpu['on']['services']:.2f} during tracked blocks, "
           f"{cpu['off']['services']:.2f} during untracked ones")
+    print(f"  stolen by the hypervisor (all CPUs): {cpu['on']['stolen']:.2f} during tracked blocks, "
+          f"{cpu['off']['stolen']:.2f} during untracked ones")
 
 
 def facenet_dataset(photos: int) -> tuple[str, str]:
