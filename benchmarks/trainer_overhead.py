@@ -5,8 +5,10 @@
    disabled, trained in alternating blocks of ``train.val_every`` steps (on, off, off, on, ...),
    at the default logging cadence (metrics every 10 steps; validation, a sample grid and a
    checkpoint every 50) unless overridden.
-   Wall time on this VM drifts by ±10% between runs, more than the effect measured; blocks a
-   few seconds apart, in one process with one heap and one set of threads, drift together.
+   Wall time on a shared VM drifts by ±10% between runs, more than the effect measured; blocks
+   seconds apart, in one process with one heap and one set of threads, drift together. Single
+   blocks still vary (an A/A run, both arms untracked, does too): the bootstrap interval says
+   how far a ratio can be trusted.
    - A block runs from mid-interval to mid-interval (steps 25-75, 75-125, ...), so the
      validation's metrics, sample grid and checkpoint are sent while the tracked trial trains
      on, as in a real run. The tracked block ends with a flush, counted in its time, so no
@@ -171,7 +173,7 @@ def logging_overhead(data: str, blocks: int, overrides: list[str]) -> None:
           f"the MLflow sender process {cpu['on']['sender']:.2f} during tracked blocks "
           f"(= {100 * cpu['on']['sender'] / trial_cpu:.1f}% of the trial's CPU), "
           f"{cpu['off']['sender']:.2f} during untracked ones (system-metrics sampling)")
-    print(f"  embedded MLflow + S3, on the same cores here: {cpu['on']['services']:.2f} during tracked blocks, "
+    print(f"  embedded MLflow + S3: {cpu['on']['services']:.2f} during tracked blocks, "
           f"{cpu['off']['services']:.2f} during untracked ones")
     print(f"  stolen by the hypervisor (all CPUs): {cpu['on']['stolen']:.2f} during tracked blocks, "
           f"{cpu['off']['stolen']:.2f} during untracked ones")
