@@ -280,16 +280,16 @@ def test_generator_phase_leaves_the_discriminator_alone(small_dataset):
 def test_a_run_in_pieces_is_the_run_in_one_piece(small_dataset, tmp_path):
     """`run(until=)` stops at that step and goes on from there: same parameters, same validation points."""
     steps = ["train.steps=6", "train.val_every=2", "train.checkpoint_every=6", "train.g_steps_per_d=2"]
-    whole, pieces = (make_trial(small_dataset, *steps, f"train.checkpoint_dir={tmp_path / name}")
-                     for name in ("whole", "pieces"))
-    reported = {id(whole): [], id(pieces): []}
-    for trial in (whole, pieces):
-        trial.report = lambda metrics, checkpoint, seen=reported[id(trial)]: seen.append((metrics["step"], checkpoint))
+    trials, reported = {}, {"whole": [], "pieces": []}
+    for name, seen in reported.items():
+        trials[name] = make_trial(small_dataset, *steps, f"train.checkpoint_dir={tmp_path / name}")
+        trials[name].report = lambda metrics, checkpoint, seen=seen: seen.append((metrics["step"], checkpoint))
+    whole, pieces = trials["whole"], trials["pieces"]
     whole.run()
     assert pieces.run(until=3).step == 3 and pieces.state.status == "RUNNING"
     assert pieces.run(until=99).status == "FINISHED" and pieces.state.step == 6
-    assert [s for s, _ in reported[id(pieces)]] == [s for s, _ in reported[id(whole)]] == [0, 2, 4, 6]
-    assert [c is not None for _, c in reported[id(pieces)]] == [False, False, False, True]
+    assert [s for s, _ in reported["pieces"]] == [s for s, _ in reported["whole"]] == [0, 2, 4, 6]
+    assert [c is not None for _, c in reported["pieces"]] == [False, False, False, True]
     for a, b in zip([*whole.G.parameters(), *whole.D.parameters()], [*pieces.G.parameters(), *pieces.D.parameters()]):
         assert torch.equal(a, b)
 
