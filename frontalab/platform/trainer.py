@@ -365,7 +365,7 @@ class Trial:
             at_val, at_ckpt = step % t.val_every == 0 or step == t.steps, step % t.checkpoint_every == 0 or step == t.steps
             if at_val or at_ckpt:
                 self._validate_and_report(checkpoint=at_ckpt, validate=at_val)
-        if self.state.step == t.steps:
+        if self.state.step >= t.steps:  # also a run resumed from a checkpoint past train.steps
             self.state.status = "FINISHED"
         return self.state
 
