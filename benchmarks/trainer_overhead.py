@@ -51,13 +51,14 @@ from frontalab.paths import faces_dir
 from frontalab.platform import services
 from frontalab.platform.trainer import Trial, mlflow_tracker_factory
 
-BENCH_DIR = Path(tempfile.gettempdir()) / "frontalab-bench"
+BENCH_DIR = Path(tempfile.gettempdir()) / "frontalab-bench"  # kept between runs: the FaceNet-features dataset
+CHECKPOINTS = tempfile.TemporaryDirectory(prefix="trainer-overhead-")  # deleted when the benchmark exits
 
 
 def make_trial(data: str, steps: int, *overrides: str) -> Trial:
     cfg = load_config(None, ["model.out_size=64", f"data.path={data}", f"train.steps={steps}", "train.batch_size=8",
                              "tracking.experiment=benchmark-trainer",
-                             f"train.checkpoint_dir={BENCH_DIR / str(time.time_ns())}", *overrides])
+                             f"train.checkpoint_dir={Path(CHECKPOINTS.name) / str(time.time_ns())}", *overrides])
     return Trial(cfg, mlflow_tracker_factory())
 
 

@@ -95,6 +95,7 @@ class TrainConfig:
     val_every: int = _f(50, lo=1, doc="steps between validation metrics and sample grids")
     checkpoint_every: int = _f(50, lo=1, doc="steps between checkpoints (one is always written at the end)")
     checkpoint_dir: str = _f("", doc="local checkpoint folder; default: a folder per run under $FRONTALAB_HOME/checkpoints")
+    keep_checkpoints: int = _f(2, lo=0, doc="newest local checkpoints kept, 0 = all (a tracked run uploads every one)")
     val_faces: int = _f(32, lo=1, doc="size of the fixed validation batch")
     workers: int = _f(0, lo=0, doc="torch threads; 0 = torch's default")
     inject_nan_at: int = _f(0, lo=0, doc="test only: make the loss NaN at this step (0 = never)")

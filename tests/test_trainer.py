@@ -16,6 +16,7 @@ import requests
 import torch
 
 from conftest import SMALL_DATASET_SETTINGS, run_cli, service_overrides
+from frontalab.platform.trainer import latest_checkpoint
 
 STEPS = 200
 
@@ -73,16 +74,10 @@ def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(referenc
     found = [image_key_step(Path(f["path"]).name) for f in images]
     steps = {step for key_step in found if key_step for key, step in [key_step] if key == "samples"}
     assert len(steps) >= 3, steps
-    checkpoints = [f["path"] for f in rest(endpoints, "artifacts/list", run_id=run_id, path="checkpoints")["files"]]
-    assert f"checkpoints/step-{STEPS:06d}.pt" in checkpoints
-
-    from frontalab.platform import services
-
-    s3 = services.s3_client(cfg)
-    objects = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.bucket, Prefix="mlflow/")
-               for o in page.get("Contents", []) if run_id in o["Key"]]
-    assert any(k.endswith(f"checkpoints/step-{STEPS:06d}.pt") for k in objects)
-    assert any("/images/samples" in k for k in objects)
+    # Every checkpoint lands in the bucket; the disk keeps the newest two (train.keep_checkpoints).
+    assert checkpoints_in_run(cfg, run_id) == [f"step-{s:06d}.pt" for s in range(50, STEPS + 1, 50)]
+    assert sorted(p.name for p in ckpt.glob("step-*.pt")) == ["step-000150.pt", f"step-{STEPS:06d}.pt"]
+    assert any("/images/samples" in k for k in objects_of_run(cfg, run_id))
 
 
 def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_services, tmp_path):
@@ -102,18 +97,82 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
     assert not (ckpt / f"step-{STEPS:06d}.pt").exists()
     # The sender (a session of its own) stops at once: a late send could duplicate a resumed step.
     sender.wait(timeout=10)
+    killed_run_id = torch.load(ckpt / "step-000100.pt", weights_only=False)["run_id"]
 
     out = run_cli("train", *args, "--resume")
     run_id = run_of(out.stdout)
     ref = torch.load(ref_ckpt / f"step-{STEPS:06d}.pt", weights_only=False)
     got = torch.load(ckpt / f"step-{STEPS:06d}.pt", weights_only=False)
-    assert got["run_id"] == torch.load(ckpt / "step-000100.pt", weights_only=False)["run_id"] == run_id
+    assert got["run_id"] == killed_run_id == run_id
     for part in ("G", "D"):
         worst = max((ref[part][k].float() - got[part][k].float()).abs().max().item() for k in ref[part])
         assert worst <= 1e-6, (part, worst)
     assert history(endpoints, run_id, "train/g/total") == list(range(10, STEPS + 1, 10))
     assert history(endpoints, run_id, "val/abs_yaw") == list(range(0, STEPS + 1, 50))
     assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
+    # Every checkpoint is in the run's artifacts; only the newest two stay on disk, nothing held.
+    assert checkpoints_in_run(cfg, run_id) == [f"step-{s:06d}.pt" for s in range(50, STEPS + 1, 50)]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["metrics.jsonl", "step-000150.pt", f"step-{STEPS:06d}.pt"]
+
+
+def objects_of_run(cfg, run_id: str) -> list[str]:
+    """The keys of the run's artifacts in the bucket."""
+    from frontalab.platform import services
+
+    s3 = services.s3_client(cfg)
+    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.bucket, Prefix="mlflow/")
+            for o in page.get("Contents", []) if f"/{run_id}/artifacts/" in o["Key"]]
+
+
+def checkpoints_in_run(cfg, run_id: str) -> list[str]:
+    return sorted(Path(k).name for k in objects_of_run(cfg, run_id) if "/artifacts/checkpoints/" in k)
+
+
+def test_files_a_killed_run_never_sent_are_sent_when_it_resumes(embedded_services, tmp_path, monkeypatch):
+    """A checkpoint logged just before the trial was killed is still held beside the checkpoints,
+    though the trainer pruned its own copy; the resumed run uploads it, and lets it go."""
+    from mlflow import MlflowClient
+
+    from frontalab.platform import services
+    from frontalab.platform.tracking import UPLOADING, Tracker, hold_for_upload
+
+    cfg, endpoints = embedded_services
+    for key, value in services.client_env(cfg).items():
+        monkeypatch.setenv(key, value)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    never_sent = folder / "step-000050.pt"
+    never_sent.write_bytes(b"weights at step 50")
+    hold_for_upload(never_sent, "checkpoints")  # what `log_artifact` did before the kill
+    never_sent.unlink()  # pruned
+    client = MlflowClient(endpoints.mlflow)
+    run_id = client.create_run(client.create_experiment(f"test-held-{time.time_ns()}")).info.run_id
+
+    tracker = Tracker.open(experiment="unused", resume_run_id=run_id, journal=folder / "metrics.jsonl",
+                           resume_step=50, system_metrics=False)
+    assert tracker.finish(timeout=60)
+    assert checkpoints_in_run(cfg, run_id) == ["step-000050.pt"]
+    assert not (folder / UPLOADING).exists()
+    assert client.download_artifacts(run_id, "checkpoints/step-000050.pt", str(tmp_path)) and \
+        (tmp_path / "step-000050.pt").read_bytes() == b"weights at step 50"
+
+
+def test_held_files_outlive_their_originals_until_released(tmp_path):
+    from frontalab.platform.tracking import UPLOADING, hold_for_upload, held_uploads, release_upload
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.txt"
+    a.write_bytes(b"A")
+    b.write_bytes(b"B")
+    held_a, held_b = hold_for_upload(a, "checkpoints/deep"), hold_for_upload(b, None)
+    a.unlink()  # pruned
+    (tmp_path / "new").write_bytes(b"B2")
+    os.replace(tmp_path / "new", b)  # replaced, as `save_atomic` replaces a file
+    assert held_a.read_bytes() == b"A" and held_b.read_bytes() == b"B"
+    assert sorted((p.name, ap) for p, ap in held_uploads(tmp_path)) == [("a.pt", "checkpoints/deep"), ("b.txt", None)]
+    release_upload(held_a)
+    assert [p for p, _ in held_uploads(tmp_path)] == [held_b]
+    release_upload(held_b)
+    assert not (tmp_path / UPLOADING).exists() and b.exists()
 
 
 def sender_of(pid: int):
@@ -154,7 +213,7 @@ def test_interrupted_run_ends_killed_with_every_logged_step(small_dataset, embed
     journal = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     logged = sorted(step for key, _, _, step in journal if key == "train/g/total")
     assert logged[0] == 10 and logged[-1] >= 20
-    run_id = torch.load(ckpt / "step-000020.pt", weights_only=False)["run_id"]
+    run_id = torch.load(latest_checkpoint(ckpt), weights_only=False)["run_id"]
     assert history(endpoints, run_id, "train/g/total") == logged
     run = rest(endpoints, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "KILLED"

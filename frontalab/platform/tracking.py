@@ -9,6 +9,8 @@ its timestamp when it is enqueued, so a retried batch is an exact duplicate, whi
 store drops: every (key, step) lands once. The loop also appends every point to a journal
 beside its checkpoints: if the trial process is killed, its sender stops at once, and the
 resumed run sends the journalled steps that never arrived (and skips those that did).
+Files to upload (checkpoints) are hard-linked for the sender, which deletes its link once the
+upload succeeds: the loop may prune its own copies, and what was never sent is resent likewise.
 """
 
 from __future__ import annotations
@@ -54,6 +56,46 @@ def image_key_step(filename: str) -> tuple[str, int] | None:
     """(key, step) of an image logged by ``log_image(key=, step=)``, from its artifact file name."""
     m = _IMAGE_FILE.match(filename)
     return (m["key"], int(m["step"])) if m else None
+
+
+UPLOADING = ".uploading"  # beside a logged file: links to the files the sender has yet to upload
+
+
+def hold_for_upload(path: Path, artifact_path: str | None) -> Path:
+    """A hard link to ``path`` (a copy where the file system has none) that the sender deletes once
+    uploaded. So the owner may delete ``path`` meanwhile (the trainer prunes old checkpoints), and a
+    file never sent (trial killed, server down at the end) stays on disk for a resumed run to send."""
+    folder = path.parent / UPLOADING
+    folder.mkdir(exist_ok=True)
+    held = Path(tempfile.mkdtemp(dir=folder)) / (artifact_path or "") / path.name
+    held.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(path, held)
+    except OSError:
+        shutil.copy2(path, held)
+    return held
+
+
+def held_uploads(folder: Path) -> list[tuple[Path, str | None]]:
+    """The files `hold_for_upload` holds beside ``folder``'s files, with their artifact paths."""
+    found = []
+    for each in sorted((folder / UPLOADING).glob("*")):
+        for file in sorted(f for f in each.rglob("*") if f.is_file()):
+            artifact_path = file.parent.relative_to(each).as_posix()
+            found.append((file, None if artifact_path == "." else artifact_path))
+    return found
+
+
+def release_upload(held: Path) -> None:
+    """Delete an uploaded file held by `hold_for_upload`, and the folders made for it."""
+    held.unlink(missing_ok=True)
+    for folder in held.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: other files are still held
+            return
+        if folder.name == UPLOADING:
+            return
 
 
 def git_commit() -> str:
@@ -168,6 +210,9 @@ class Tracker:
             raise
         if journal is not None:
             tracker._open_journal(Path(journal), resume_step if resume_run_id else None)
+            if resume_run_id:  # files the killed run's sender never sent: send them now
+                for held, artifact_path in held_uploads(Path(journal).parent):
+                    tracker._outbox.put(("artifact", str(held), artifact_path))
         return tracker
 
     def _open_journal(self, path: Path, resume_step: int | None) -> None:
@@ -207,7 +252,8 @@ class Tracker:
         self._outbox.put(("image", np.asarray(image).copy(), key, step))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._outbox.put(("artifact", str(path), artifact_path))
+        """Upload ``path`` later; the caller may delete or replace it at once (see `hold_for_upload`)."""
+        self._outbox.put(("artifact", str(hold_for_upload(Path(path), artifact_path)), artifact_path))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self._outbox.put(("tags", {k: str(v) for k, v in tags.items()}))
@@ -417,6 +463,7 @@ class Sender:
             self.client.log_image(self.run_id, item[1], key=item[2], step=item[3])
         elif item[0] == "artifact":
             self.client.log_artifact(self.run_id, item[1], item[2])
+            release_upload(Path(item[1]))
         else:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in item[1].items()])
 

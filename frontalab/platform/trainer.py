@@ -234,7 +234,10 @@ class Trial:
             "metrics": self.state.metrics,
         }, path)
         self.state.checkpoint = str(path)
-        self.tracker.log_artifact(path, "checkpoints")
+        self.tracker.log_artifact(path, "checkpoints")  # holds its own link until uploaded
+        if self.cfg.train.keep_checkpoints:
+            for old in sorted(self.checkpoint_dir.glob("step-*.pt"))[:-self.cfg.train.keep_checkpoints]:
+                old.unlink()
         return path
 
     def _load(self, path: Path) -> Optional[str]:

@@ -139,8 +139,11 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
         else:
             tune.report(values)
 
-    run_trial(cfg, resume=resume, report=report, checkpoint_dir=local, tracker_factory=open_tracker,
-              encoder=assets.get("encoder"), landmark_net=assets.get("landmark_net"))
+    try:
+        run_trial(cfg, resume=resume, report=report, checkpoint_dir=local, tracker_factory=open_tracker,
+                  encoder=assets.get("encoder"), landmark_net=assets.get("landmark_net"))
+    finally:  # Tune's storage and the MLflow run hold the checkpoints: the node's disk must not fill
+        shutil.rmtree(local, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the driver
