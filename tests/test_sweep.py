@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -221,6 +222,8 @@ def test_multi_node_sweep_runs_trials_on_both_nodes(multi_node_sweep, cluster, e
         assert {"train/g/total", "val/identity_distance/dlib-resnet/mean"} <= keys
         assert sample_steps(endpoints, child["info"]["run_id"]) >= {0, 10, 20}
         assert_every_step_once(endpoints, child, 20, 5)
+        # Its checkpoints are in Tune's storage and MLflow: none stays on the node's disk.
+        assert not list(Path(tempfile.gettempdir()).glob(f"trial-{tags(child)['frontalab.trial_id']}-*"))
 
 
 @pytest.mark.slow  # ~100 s
