@@ -15,7 +15,7 @@ import pytest
 import requests
 import torch
 
-from conftest import SMALL_DATASET_SETTINGS, run_cli, service_overrides
+from conftest import SMALL_DATASET_SETTINGS, free_port, run_cli, service_overrides
 from frontalab.platform.trainer import latest_checkpoint
 
 STEPS = 200
@@ -155,6 +155,40 @@ def test_files_a_killed_run_never_sent_are_sent_when_it_resumes(embedded_service
     assert not (folder / UPLOADING).exists()
     assert client.download_artifacts(run_id, "checkpoints/step-000050.pt", str(tmp_path)) and \
         (tmp_path / "step-000050.pt").read_bytes() == b"weights at step 50"
+
+
+@pytest.mark.parametrize("bucket_reachable", [True, False])
+def test_large_files_go_straight_to_the_bucket_or_else_through_the_server(embedded_services, tmp_path, monkeypatch,
+                                                                          capfd, bucket_reachable):
+    """From 5 MB a file is uploaded in parts to URLs the server presigns. Where this node cannot
+    reach the bucket (here: a dead proxy for all but the tracking server), the server proxies it."""
+    from mlflow import MlflowClient
+
+    from frontalab.platform import services
+    from frontalab.platform.tracking import Tracker
+
+    cfg, endpoints = embedded_services
+    for key, value in services.client_env(cfg).items():
+        monkeypatch.setenv(key, value)
+    if not bucket_reachable:  # the server by name, the bucket's URLs by address: only those use the proxy
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", endpoints.mlflow.replace("127.0.0.1", "localhost"))
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+        monkeypatch.setenv("NO_PROXY", "localhost")
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment(f"test-upload-{time.time_ns()}")).info.run_id
+    body = os.urandom(6 * 2**20)  # one 10 MB part, yet under boto3's 8 MB multipart threshold
+    (tmp_path / "weights.pt").write_bytes(body)
+
+    tracker = Tracker.open(experiment="unused", resume_run_id=run_id, system_metrics=False)
+    tracker.log_artifact(tmp_path / "weights.pt", "checkpoints")
+    assert tracker.finish(timeout=120)
+    monkeypatch.delenv("HTTP_PROXY", raising=False)  # the test itself reads the bucket
+    key = next(k for k in objects_of_run(cfg, run_id) if k.endswith("checkpoints/weights.pt"))
+    stored = services.s3_client(cfg).get_object(Bucket=cfg.bucket, Key=key)
+    assert stored["Body"].read() == body
+    # S3 tags a multipart object's ETag with its part count; the server's own upload is one PUT.
+    assert stored["ETag"].strip('"').endswith("-1") == bucket_reachable
+    assert ("direct upload to the bucket failed" in capfd.readouterr().err) != bucket_reachable
 
 
 def test_held_files_outlive_their_originals_until_released(tmp_path):

@@ -46,6 +46,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")  # land on the training-runs view
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+# Files from 5 MB (S3's smallest part) go straight to the bucket, through multipart URLs the
+# tracking server presigns; proxied, each checkpoint's bytes would cost the server as much
+# CPU again as the store. A server that cannot presign answers so, and MLflow proxies instead.
+DIRECT_UPLOAD_ENV = {"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
+                     "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(5 * 2**20)}
 SENDER_START_TIMEOUT = 120  # seconds for the sender process to import MLflow and connect
 
 
@@ -134,7 +139,8 @@ def _start_sender() -> tuple[subprocess.Popen, Connection]:
     """The sender process and our end of its socket; it waits for its settings."""
     ours, theirs = socket.socketpair()
     package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = {**DIRECT_UPLOAD_ENV, **os.environ,  # the user's settings win
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     # A session of its own: Ctrl-C in the terminal interrupts the trial, which then finishes
     # its run through the sender; the sender must not die of the same SIGINT. Its output
     # (MLflow prints run links) goes to stderr: the trial's stdout may be a JSON result.
@@ -462,10 +468,27 @@ class Sender:
         if item[0] == "image":
             self.client.log_image(self.run_id, item[1], key=item[2], step=item[3])
         elif item[0] == "artifact":
-            self.client.log_artifact(self.run_id, item[1], item[2])
+            try:
+                self.client.log_artifact(self.run_id, item[1], item[2])
+            except Exception as err:
+                if os.environ.get("MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD") != "true" or not self._server_up():
+                    raise  # retried by `run`
+                # The presigned URLs name the bucket's endpoint as the server sees it, which
+                # this node may not reach: through the server, now and from now on.
+                log.warning("run %s: direct upload to the bucket failed (%s); uploading through the "
+                            "tracking server instead", self.run_id, str(err)[:200])
+                os.environ["MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD"] = "false"
+                self.client.log_artifact(self.run_id, item[1], item[2])
             release_upload(Path(item[1]))
         else:
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in item[1].items()])
+
+    def _server_up(self) -> bool:
+        try:
+            self.client.get_run(self.run_id)
+            return True
+        except Exception:
+            return False
 
     def _send_pending(self) -> None:
         """Send everything taken in so far, oldest first; raises if the server fails (nothing is lost)."""
