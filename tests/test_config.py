@@ -111,6 +111,17 @@ def test_sweep_files_hold_the_issue_search_spaces():
     assert load_sweep(files["cole"])[1].model.decoder == "cole"
 
 
+def test_pbt_exploits_only_at_checkpoints():
+    """PBT copies another trial's latest checkpoint at each perturbation: it must be that moment's."""
+    from frontalab.config import load_sweep
+
+    quick = SWEEP_FILES[[p.stem for p in SWEEP_FILES].index("quick")]  # checkpoint every 50
+    pbt = ["scheduler.name=pbt", "scheduler.mutations={loss.texture: {loguniform: [0.1, 10]}}"]
+    assert load_sweep(quick, [*pbt, "scheduler.perturbation_interval=100"])[0].scheduler.perturbation_interval == 100
+    with pytest.raises(ConfigError, match=r"scheduler\.perturbation_interval.*\(75\).*checkpoint_every \(50\)"):
+        load_sweep(quick, [*pbt, "scheduler.perturbation_interval=75"])
+
+
 def test_command_tag_masks_credentials_in_urls(monkeypatch):
     from frontalab.platform.tracking import command_line
 
