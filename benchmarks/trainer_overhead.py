@@ -3,8 +3,8 @@
 1. Logging on / off: two identical trials (same seed, so the same batches and work) in this
    process, one with the MLflow tracker against the embedded server and one with tracking
    disabled, trained in alternating blocks of ``train.val_every`` steps (on, off, off, on, ...),
-   at the default logging cadence (metrics every 10 steps; validation, a sample grid and a
-   checkpoint every 50) unless overridden.
+   at the default logging cadence (metrics every 10 steps; validation and a sample grid every
+   50; a checkpoint, 25 MB uploaded, every 250) unless overridden.
    Wall time on a shared VM drifts by ±10% between runs, more than the effect measured; blocks
    seconds apart, in one process with one heap and one set of threads, drift together. Single
    blocks still vary (an A/A run, both arms untracked, does too): the bootstrap interval says
