@@ -115,7 +115,7 @@ def test_pbt_exploits_only_at_checkpoints():
     """PBT copies another trial's latest checkpoint at each perturbation: it must be that moment's."""
     from frontalab.config import load_sweep
 
-    quick = SWEEP_FILES[[p.stem for p in SWEEP_FILES].index("quick")]  # checkpoint every 50
+    quick = {p.stem: p for p in SWEEP_FILES}["quick"]  # checkpoint every 50
     pbt = ["scheduler.name=pbt", "scheduler.mutations={loss.texture: {loguniform: [0.1, 10]}}"]
     assert load_sweep(quick, [*pbt, "scheduler.perturbation_interval=100"])[0].scheduler.perturbation_interval == 100
     with pytest.raises(ConfigError, match=r"scheduler\.perturbation_interval.*\(75\).*checkpoint_every \(50\)"):
