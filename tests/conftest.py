@@ -136,6 +136,16 @@ def embedded_services(tmp_path_factory):
         services.down(cfg, quiet=True)
 
 
+@pytest.fixture
+def services_env(embedded_services, monkeypatch):
+    """`embedded_services`, with this process's client environment (MLflow, S3) pointing at them."""
+    from frontalab.platform import services
+
+    for key, value in services.client_env(embedded_services[0]).items():
+        monkeypatch.setenv(key, value)
+    return embedded_services
+
+
 # ---------------------------------------------------------------- a small prepared dataset
 
 

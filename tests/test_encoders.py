@@ -320,15 +320,13 @@ def test_facenet_loads_a_weights_file(tmp_path):
     assert torch.equal(net.net.last_linear.weight, source.last_linear.weight)
 
 
-def test_facenet_weights_from_s3(tmp_path, monkeypatch, embedded_services):
+def test_facenet_weights_from_s3(tmp_path, monkeypatch, services_env):
     """s3:// weights from the real embedded S3: fetched once into the cache, then reused."""
     from facenet_pytorch import InceptionResnetV1
 
-    from frontalab.platform import services, storage
+    from frontalab.platform import storage
 
-    cfg, _ = embedded_services
-    for key, value in services.client_env(cfg).items():
-        monkeypatch.setenv(key, value)
+    cfg, _ = services_env
     monkeypatch.setenv("FRONTALAB_CACHE", str(tmp_path / "cache"))
     buf = io.BytesIO()
     source = InceptionResnetV1(pretrained=None, classify=False)

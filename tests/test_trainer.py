@@ -19,6 +19,7 @@ from conftest import SMALL_DATASET_SETTINGS, free_port, run_cli, service_overrid
 from frontalab.platform.trainer import latest_checkpoint
 
 STEPS = 200
+ALL_CHECKPOINTS = [f"step-{s:06d}.pt" for s in range(50, STEPS + 1, 50)]  # train_args checkpoints every 50
 
 
 def train_args(dataset: Path, cfg, ckpt: Path, *extra: str) -> list[str]:
@@ -75,7 +76,7 @@ def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(referenc
     steps = {step for key_step in found if key_step for key, step in [key_step] if key == "samples"}
     assert len(steps) >= 3, steps
     # Every checkpoint lands in the bucket; the disk keeps the newest two (train.keep_checkpoints).
-    assert checkpoints_in_run(cfg, run_id) == [f"step-{s:06d}.pt" for s in range(50, STEPS + 1, 50)]
+    assert checkpoints_in_run(cfg, run_id) == ALL_CHECKPOINTS
     assert sorted(p.name for p in ckpt.glob("step-*.pt")) == ["step-000150.pt", f"step-{STEPS:06d}.pt"]
     assert any("/images/samples" in k for k in objects_of_run(cfg, run_id))
 
@@ -111,7 +112,7 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
     assert history(endpoints, run_id, "val/abs_yaw") == list(range(0, STEPS + 1, 50))
     assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
     # Every checkpoint is in the run's artifacts; only the newest two stay on disk, nothing held.
-    assert checkpoints_in_run(cfg, run_id) == [f"step-{s:06d}.pt" for s in range(50, STEPS + 1, 50)]
+    assert checkpoints_in_run(cfg, run_id) == ALL_CHECKPOINTS
     assert sorted(p.name for p in ckpt.iterdir()) == ["metrics.jsonl", "step-000150.pt", f"step-{STEPS:06d}.pt"]
 
 
@@ -128,17 +129,14 @@ def checkpoints_in_run(cfg, run_id: str) -> list[str]:
     return sorted(Path(k).name for k in objects_of_run(cfg, run_id) if "/artifacts/checkpoints/" in k)
 
 
-def test_files_a_killed_run_never_sent_are_sent_when_it_resumes(embedded_services, tmp_path, monkeypatch):
+def test_files_a_killed_run_never_sent_are_sent_when_it_resumes(services_env, tmp_path):
     """A checkpoint logged just before the trial was killed is still held beside the checkpoints,
     though the trainer pruned its own copy; the resumed run uploads it, and lets it go."""
     from mlflow import MlflowClient
 
-    from frontalab.platform import services
     from frontalab.platform.tracking import UPLOADING, Tracker, hold_for_upload
 
-    cfg, endpoints = embedded_services
-    for key, value in services.client_env(cfg).items():
-        monkeypatch.setenv(key, value)
+    cfg, endpoints = services_env
     folder = tmp_path / "ckpt"
     folder.mkdir()
     never_sent = folder / "step-000050.pt"
@@ -158,7 +156,7 @@ def test_files_a_killed_run_never_sent_are_sent_when_it_resumes(embedded_service
 
 
 @pytest.mark.parametrize("bucket_reachable", [True, False])
-def test_large_files_go_straight_to_the_bucket_or_else_through_the_server(embedded_services, tmp_path, monkeypatch,
+def test_large_files_go_straight_to_the_bucket_or_else_through_the_server(services_env, tmp_path, monkeypatch,
                                                                           capfd, bucket_reachable):
     """From 5 MB a file is uploaded in parts to URLs the server presigns. Where this node cannot
     reach the bucket (here: a dead proxy for all but the tracking server), the server proxies it."""
@@ -167,9 +165,7 @@ def test_large_files_go_straight_to_the_bucket_or_else_through_the_server(embedd
     from frontalab.platform import services
     from frontalab.platform.tracking import Tracker
 
-    cfg, endpoints = embedded_services
-    for key, value in services.client_env(cfg).items():
-        monkeypatch.setenv(key, value)
+    cfg, endpoints = services_env
     if not bucket_reachable:  # the server by name, the bucket's URLs by address: only those use the proxy
         monkeypatch.setenv("MLFLOW_TRACKING_URI", endpoints.mlflow.replace("127.0.0.1", "localhost"))
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
