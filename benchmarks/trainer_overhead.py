@@ -1,27 +1,30 @@
 """What tracking and cached features cost one trial, as ratios measured in this run.
 
 1. Logging on / off: two identical trials (same seed, so the same batches and work) in this
-   process, one with the MLflow tracker against the embedded server and one with tracking
-   disabled, trained in alternating blocks of ``train.val_every`` steps (on, off, off, on, ...),
-   at the default logging cadence (metrics every 10 steps; validation and a sample grid every
-   50; a checkpoint, 25 MB uploaded, every 250) unless overridden.
-   Wall time on a shared VM drifts by ±10% between runs, more than the effect measured; blocks
-   seconds apart, in one process with one heap and one set of threads, drift together. Single
-   blocks still vary (an A/A run, both arms untracked, does too): the bootstrap interval says
-   how far a ratio can be trusted.
+   process, each with an MLflow tracker against the embedded server, trained in alternating
+   blocks of ``train.val_every`` steps at the default logging cadence (metrics every 10 steps;
+   validation and a sample grid every 50; a checkpoint, 25 MB uploaded, every 250) unless
+   overridden. In each block both trials train the same steps, one tracked and one with its
+   tracker swapped for the untracked one; the roles swap every two blocks and the order every
+   block (X on, Y off | Y off, X on | Y on, X off | X off, Y on | ...).
+   Why roles swap: two identical models in one process do not run equally fast (memory
+   placement, the shared cache of a VM; an A/A run differs by a few %, consistently within a
+   run), so a fixed tracked object would add its bias to the ratio. Wall time on a shared VM
+   drifts by ±10% between runs, more than the effect measured; blocks seconds apart, in one
+   process with one heap and one set of threads, drift together. The bootstrap interval over
+   the paired blocks says how far a ratio can be trusted.
    - A block runs from mid-interval to mid-interval (steps 25-75, 75-125, ...), so the
      validation's metrics, sample grid and checkpoint are sent while the tracked trial trains
      on, as in a real run. The tracked block ends with a flush, counted in its time, so no
      send spills into the untracked block.
    - Printed: the median of the paired block ratios (step time), the ratio of the blocks'
-     total times with a bootstrap interval, and the whole-trial ratio (the warm-up block with
-     the first validation, and the end-of-run checkpoint upload, included).
-   - CPU seconds of the sender process and of the embedded services (MLflow, S3) during
+     total times with a bootstrap interval, and the wait for each run's end (``finish``).
+   - CPU seconds of the sender processes and of the embedded services (MLflow, S3) during
      tracked and untracked blocks: the first is the logging's own work, the second the
-     background noise (system-metrics sampling) that reaches the untracked blocks.
+     background noise (system-metrics sampling, both senders sample) that reaches both arms.
    - ``--services-apart`` emulates a cluster, where the tracking server and S3 run on other
      machines: their threads are pinned to the last CPU, and this process (training and its
-     sender) to the others, with one training thread fewer. Without it, on a small machine the
+     senders) to the others, with one training thread fewer. Without it, on a small machine the
      services' work for the tracked trial (storing a 25 MB checkpoint costs SeaweedFS ~0.35
      CPU-seconds) competes with the training threads.
 2. Cached / recomputed input features: two trials built side by side, one reading the
@@ -49,6 +52,7 @@ from typing import Iterator
 from frontalab.config import load_config
 from frontalab.paths import faces_dir
 from frontalab.platform import services
+from frontalab.platform.tracking import NullTracker
 from frontalab.platform.trainer import Trial, mlflow_tracker_factory
 
 BENCH_DIR = Path(tempfile.gettempdir()) / "frontalab-bench"  # kept between runs: the FaceNet-features dataset
@@ -130,48 +134,63 @@ def logging_overhead(data: str, blocks: int, overrides: list[str]) -> None:
     every = load_config(None, overrides).train.val_every
     half = every // 2
     steps = half + blocks * every
-    arms = {"on": make_trial(data, steps, *overrides),
-            "off": make_trial(data, steps, *overrides, "tracking.enabled=false")}
+    trials = [make_trial(data, steps, *overrides) for _ in range(2)]
+    trackers, untracked = [trial.tracker for trial in trials], NullTracker()
     sender, procs = sender_processes(), service_processes()
-    seconds = {arm: [] for arm in arms}
-    cpu = {arm: {"sender": 0.0, "services": 0.0, "trial": 0.0, "stolen": 0.0} for arm in arms}
+    seconds = {arm: [] for arm in ("on", "off")}
+    cpu = {arm: {"sender": 0.0, "services": 0.0, "trial": 0.0, "stolen": 0.0} for arm in seconds}
 
-    def block(arm: str, until: int) -> None:
+    def block(index: int, arm: str, until: int) -> None:
+        trial = trials[index]
+        trial.tracker = trackers[index] if arm == "on" else untracked
         before = cpu_seconds(sender), cpu_seconds(procs), time.process_time(), stolen_seconds()
         start = time.perf_counter()
-        arms[arm].run(until=until)
-        arms[arm].tracker.flush()
+        trial.run(until=until)
+        trial.tracker.flush()
         seconds[arm].append(time.perf_counter() - start)
         for key, was, now in zip(("sender", "services", "trial", "stolen"), before,
                                  (cpu_seconds(sender), cpu_seconds(procs), time.process_time(), stolen_seconds())):
             cpu[arm][key] += now - was
 
-    for arm in arms:  # warm-up: the first validation, allocator and oneDNN primitives
-        block(arm, half)
+    for index in range(2):  # warm-up, tracked: the run's first validation, allocator and oneDNN primitives
+        block(index, "on", half)
+    seconds["on"].clear()
+    cpu = {arm: dict.fromkeys(counts, 0.0) for arm, counts in cpu.items()}
+
+    def tracked_in(b: int) -> int:  # X (0) is tracked in blocks 0, 1, 4, 5, ...; Y (1) in 2, 3, 6, 7, ...
+        return (b // 2) % 2
+
     for b in range(blocks):
         until = half + (b + 1) * every
-        for arm in (("on", "off") if b % 2 == 0 else ("off", "on")):
-            block(arm, until)
-            print(f"  block {b + 1}/{blocks} (steps {until - every}-{until}) {arm:3s}: {seconds[arm][-1]:.2f} s",
-                  flush=True)
+        order = [(tracked_in(b), "on"), (1 - tracked_in(b), "off")]
+        for index, arm in (order if b % 2 == 0 else order[::-1]):
+            block(index, arm, until)
+            print(f"  block {b + 1}/{blocks} (steps {until - every}-{until}) {'XY'[index]} {arm:3s}: "
+                  f"{seconds[arm][-1]:.2f} s", flush=True)
+    for trial, tracker in zip(trials, trackers):
+        trial.tracker = tracker
     end = time.perf_counter()
-    arms["on"].tracker.finish()
-    finish = time.perf_counter() - end
+    for tracker in trackers:
+        tracker.finish()
+    finish = (time.perf_counter() - end) / len(trackers)
 
-    on, off = seconds["on"][1:], seconds["off"][1:]  # the paired blocks, warm-up left out
+    on, off = seconds["on"], seconds["off"]
     paired = [a / b for a, b in zip(on, off)]
     print(f"logging on  : {statistics.median(on):.2f} s per block of {every} steps (median), "
-          f"then {finish:.2f} s to finish the run")
+          f"then {finish:.2f} s to finish each run")
     print(f"logging off : {statistics.median(off):.2f} s per block")
     print(f"step-time ratio on/off: {statistics.median(paired):.3f} (median of {blocks} paired blocks; "
           f"per block {', '.join(f'{p:.3f}' for p in paired)})")
     low, high = bootstrap_interval(on, off)
     print(f"  ratio of total block times: {sum(on) / sum(off):.3f} (95% bootstrap interval over the paired blocks "
-          f"{low:.3f}-{high:.3f}); whole trial (warm-up, end-of-run checkpoint upload and finish included): "
-          f"{(sum(seconds['on']) + finish) / sum(seconds['off']):.3f}")
+          f"{low:.3f}-{high:.3f})")
+    for i in range(2):  # each trial's own tracked vs untracked blocks: the bias the role swap cancels
+        mine_on = sum(on[b] for b in range(blocks) if tracked_in(b) == i)
+        mine_off = sum(off[b] for b in range(blocks) if tracked_in(b) != i)
+        print(f"  trial {'XY'[i]} alone: {mine_on / mine_off:.3f}")
     trial_cpu = cpu["off"]["trial"]
-    print(f"CPU seconds: the trial process {cpu['on']['trial']:.1f} tracked, {trial_cpu:.1f} untracked; "
-          f"the MLflow sender process {cpu['on']['sender']:.2f} during tracked blocks "
+    print(f"CPU seconds: the trial process {cpu['on']['trial']:.1f} in tracked blocks, {trial_cpu:.1f} in untracked "
+          f"ones; the MLflow senders {cpu['on']['sender']:.2f} during tracked blocks "
           f"(= {100 * cpu['on']['sender'] / trial_cpu:.1f}% of the trial's CPU), "
           f"{cpu['off']['sender']:.2f} during untracked ones (system-metrics sampling)")
     print(f"  embedded MLflow + S3: {cpu['on']['services']:.2f} during tracked blocks, "
