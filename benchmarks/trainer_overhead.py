@@ -22,6 +22,9 @@
    - CPU seconds of the sender processes and of the embedded services (MLflow, S3) during
      tracked and untracked blocks: the first is the logging's own work, the second the
      background noise (system-metrics sampling, both senders sample) that reaches both arms.
+     Their difference between tracked and untracked blocks, the logging's own work, is also
+     printed as a share of the untracked blocks' time: the ratio to expect where no core is
+     spare, so that each of its CPU-seconds stalls the lock-stepped training threads.
    - ``--services-apart`` emulates a cluster, where the tracking server and S3 run on other
      machines: their threads are pinned to the last CPU, and this process (training and its
      senders) to the others, with one training thread fewer. Without it, on a small machine the
@@ -197,6 +200,10 @@ def logging_overhead(data: str, blocks: int, overrides: list[str]) -> None:
           f"{cpu['off']['services']:.2f} during untracked ones")
     print(f"  stolen by the hypervisor (all CPUs): {cpu['on']['stolen']:.2f} during tracked blocks, "
           f"{cpu['off']['stolen']:.2f} during untracked ones")
+    work = sum(cpu["on"][key] - cpu["off"][key] for key in ("sender", "services"))
+    print(f"the logging's own work (senders and services, tracked minus untracked blocks): {work:.2f} CPU-seconds "
+          f"= {100 * work / sum(off):.1f}% of the untracked blocks' time: what it adds on a machine without a spare "
+          f"core, where each of its CPU-seconds stalls the training threads, which step in lock-step")
 
 
 def facenet_dataset(photos: int) -> tuple[str, str]:
