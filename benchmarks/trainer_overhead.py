@@ -20,11 +20,11 @@
    - Printed: the median of the paired block ratios (step time), the ratio of the blocks'
      total times with a bootstrap interval, and the wait for each run's end (``finish``).
    - CPU seconds of the sender processes and of the embedded services (MLflow, S3) during
-     tracked and untracked blocks: the first is the logging's own work, the second the
-     background noise (system-metrics sampling, both senders sample) that reaches both arms.
-     Their difference between tracked and untracked blocks, the logging's own work, is also
-     printed as a share of the untracked blocks' time: the ratio to expect where no core is
-     spare, so that each of its CPU-seconds stalls the lock-stepped training threads.
+     tracked and untracked blocks. What they use in untracked blocks is background that reaches
+     both arms (system-metrics sampling: both senders sample); their excess in tracked blocks is
+     the logging's own work, also printed as a share of the untracked blocks' time: the ratio to
+     expect where no core is spare, so that each of its CPU-seconds stalls the lock-stepped
+     training threads.
    - ``--services-apart`` emulates a cluster, where the tracking server and S3 run on other
      machines: their threads are pinned to the last CPU, and this process (training and its
      senders) to the others, with one training thread fewer. Without it, on a small machine the
@@ -158,7 +158,8 @@ def logging_overhead(data: str, blocks: int, overrides: list[str]) -> None:
     for index in range(2):  # warm-up, tracked: the run's first validation, allocator and oneDNN primitives
         block(index, "on", half)
     seconds["on"].clear()
-    cpu = {arm: dict.fromkeys(counts, 0.0) for arm, counts in cpu.items()}
+    for counts in cpu.values():
+        counts.update(dict.fromkeys(counts, 0.0))
 
     def tracked_in(b: int) -> int:  # X (0) is tracked in blocks 0, 1, 4, 5, ...; Y (1) in 2, 3, 6, 7, ...
         return (b // 2) % 2
