@@ -250,7 +250,8 @@ def cached_speedup(data: str, encoder: str, steps: int, overrides: list[str]) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="s3://frontalab/datasets/demo")
-    ap.add_argument("--blocks", type=int, default=16, help="paired blocks of train.val_every steps, logging on/off")
+    ap.add_argument("--blocks", type=int, default=16,
+                    help="paired blocks of train.val_every steps, logging on/off; a multiple of 4 (a full cycle of roles)")
     ap.add_argument("--steps", type=int, default=60, help="alternating steps of the cached-features comparison")
     ap.add_argument("--encoders", default="dlib-resnet,facenet-vggface2",
                     help="encoders of the cached-features comparison, comma-separated")
@@ -259,6 +260,9 @@ def main() -> None:
     ap.add_argument("--skip-logging", action="store_true", help="only the cached-features comparison")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="trial config for both arms, e.g. train.workers=1")
     args = ap.parse_args()
+    if args.blocks <= 0 or args.blocks % 4:
+        ap.error(f"--blocks must be a positive multiple of 4, so that each trial is tracked as often as not "
+                 f"and in both orders; got {args.blocks}")
     cfg = load_config()
     services.up(cfg.services, quiet=True)
     os.environ.update(services.client_env(cfg.services))
