@@ -115,7 +115,7 @@ class TrackingConfig:
     run_name: str = _f("", doc="MLflow run name; default: MLflow's")
     system_metrics: bool = _f(True, doc="CPU/memory/GPU metrics of the machine running the trial")
     buffer_limit: int = _f(100000, lo=100, doc="metric points held in memory while the server is unreachable; more spill to disk")
-    send_interval: float = _f(2.0, lo=0, hi=60, doc="seconds the background sender gathers points before a round of requests")
+    send_interval: float = _f(10.0, lo=0, hi=60, doc="seconds the background sender gathers points before a round of requests (each round costs the server per request, not per point)")
 
 
 @dataclass

@@ -176,7 +176,7 @@ class Tracker:
     def open(cls, *, experiment: str, run_name: str = "", params: dict[str, Any] | None = None,
              tags: dict[str, str] | None = None, resume_run_id: str | None = None,
              parent_run_id: str | None = None, system_metrics: bool = True,
-             buffer_limit: int = 100000, send_interval: float = 2.0,
+             buffer_limit: int = 100000, send_interval: float = 10.0,
              journal: Path | None = None, resume_step: int = 0) -> "Tracker":
         import mlflow
         from mlflow import MlflowClient
