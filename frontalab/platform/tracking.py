@@ -35,6 +35,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from frontalab.config import TrackingConfig
 from frontalab.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
 DIRECT_UPLOAD_ENV = {"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
                      "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(5 * 2**20)}
 SENDER_START_TIMEOUT = 120  # seconds for the sender process to import MLflow and connect
+_DEFAULTS = TrackingConfig()  # `Tracker.open`'s defaults are the config's
 
 
 _IMAGE_FILE = re.compile(r"^(?P<key>.+)[+%]step[+%](?P<step>\d+)[+%]timestamp[+%]")
@@ -175,8 +177,8 @@ class Tracker:
     @classmethod
     def open(cls, *, experiment: str, run_name: str = "", params: dict[str, Any] | None = None,
              tags: dict[str, str] | None = None, resume_run_id: str | None = None,
-             parent_run_id: str | None = None, system_metrics: bool = True,
-             buffer_limit: int = 100000, send_interval: float = 10.0,
+             parent_run_id: str | None = None, system_metrics: bool = _DEFAULTS.system_metrics,
+             buffer_limit: int = _DEFAULTS.buffer_limit, send_interval: float = _DEFAULTS.send_interval,
              journal: Path | None = None, resume_step: int = 0) -> "Tracker":
         import mlflow
         from mlflow import MlflowClient
