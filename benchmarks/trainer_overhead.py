@@ -32,9 +32,10 @@
      CPU-seconds) competes with the training threads.
 2. Cached / recomputed input features: two trials built side by side, one reading the
    encoder's input features from the dataset and one running the encoder on every batch,
-   stepped alternately ``--steps`` times each; the ratio of their median step times. Measured for each encoder in
-   ``--encoders``, with its ceiling: the identity loss runs the same encoder forward and backward on the outputs
-   in every step, so even with the rest of the step free the saving is bounded. FaceNet (the thesis's encoder) has no weights offline: its arm builds the
+   stepped alternately ``--steps`` times each; the ratio of their median step times. Measured for
+   each encoder in ``--encoders``, with its ceiling: the identity loss runs the same encoder forward
+   and backward on the outputs in every step, so even were the rest of the step free, the saving
+   would be bounded. FaceNet (the thesis's encoder) has no weights offline: its arm builds the
    same network with random weights saved to a file, prepares 64 UTKFace photos with it,
    and trains on them. The compute is identical, the embeddings meaningless.
 
