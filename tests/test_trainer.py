@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
     # The sender (a session of its own) stops at once: a late send could duplicate a resumed step.
     sender.wait(timeout=10)
     killed_run_id = torch.load(ckpt / "step-000100.pt", weights_only=False)["run_id"]
+    assert not list(Path(tempfile.gettempdir()).glob(f"mlflow-{killed_run_id[:8]}-*")), "the sender left its spool"
 
     out = run_cli("train", *args, "--resume")
     run_id = run_of(out.stdout)

@@ -392,6 +392,8 @@ class Sender:
                 # The trial process is gone without finishing: it was killed. Send nothing more:
                 # its journal holds every point, and a resumed run sends those that never
                 # arrived, while anything sent from here after that could duplicate a step.
+                # Nothing reads the spool after this process: it goes too.
+                shutil.rmtree(self._spool, ignore_errors=True)
                 os._exit(0)
 
     # ------------------------------------------------------------------ taking items in
