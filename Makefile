@@ -24,16 +24,18 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
-# The main job: services, a prepared face set, the quick CPU sweep, its champion, frontal faces.
+# The main job: services, a prepared face set, the quick CPU sweep fine-tuning the packaged thesis champion,
+# its best trial promoted, and frontal faces of eight LFW people no model was trained on.
 demo: $(STAMP)
 	$(BIN)/frontalab up
 	$(BIN)/frontalab prepare --source "$$($(BIN)/frontalab faces)" --out s3://frontalab/datasets/demo --limit 800
 	$(BIN)/frontalab sweep sweeps/quick.yaml --name $(DEMO)
-	$(BIN)/frontalab promote $(DEMO)
-	$(BIN)/frontalab frontalize --model models:/frontalizer@champion \
-	    $$(ls -d "$$($(BIN)/frontalab faces)"/* | tail -n 8) outputs/$(DEMO)
-	@echo "frontal faces: outputs/$(DEMO)"
-	@echo "MLflow UI: $$($(BIN)/frontalab status --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["mlflow"])')"
+	mkdir -p outputs/$(DEMO)
+	$(BIN)/frontalab promote $(DEMO) > outputs/$(DEMO)/promotion.json
+	$(BIN)/frontalab frontalize --model models:/frontalizer@champion --grid outputs/$(DEMO)/grid.png \
+	    $$(for person in $$(ls -d "$$($(BIN)/frontalab faces --people)"/*/ | tail -n 8); do ls "$$person"* | head -n 1; done) \
+	    outputs/$(DEMO) > outputs/$(DEMO)/frontalize.json
+	@$(PY) tools/demo_summary.py outputs/$(DEMO)
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(PY) $$f || exit 1; done

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 from frontalab.config import ConfigError, load_config, to_yaml
 
+GRID_ROWS = 16  # photo | frontal face rows in `frontalize --grid`
+
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
@@ -153,9 +155,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from frontalab.platform.registry import promote
 
-    use_services(_load(args))
+    cfg = _load(args)
+    use_services(cfg)
     with contextlib.redirect_stdout(sys.stderr):
-        result = promote(args.sweep, metric=args.metric, mode=args.mode, name=args.name)
+        result = promote(args.sweep, metric=args.metric, mode=args.mode, name=args.name,
+                         min_face_share=cfg.promote.min_face_share)
     print(json.dumps(result, indent=1))
     return 0
 
@@ -212,8 +216,13 @@ def _photos(paths: list[str]) -> list[Path]:
 def cmd_frontalize(args: argparse.Namespace) -> int:
     import base64
 
-    import mlflow.pyfunc
+    import numpy as np
     import pandas as pd
+    from PIL import Image
+
+    from frontalab.data.decode import Skip, decode
+    from frontalab.data.teacher import LandmarkTeacher, read_output
+    from frontalab.platform.inference import load_predictor, side_by_side
 
     use_services(_load(args), needed=args.model.startswith(("models:/", "runs:/")))
     inputs, out = _photos(args.inputs), Path(args.out)
@@ -221,23 +230,40 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
         raise ConfigError("no photos among the inputs")
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.redirect_stdout(sys.stderr):
-        model = mlflow.pyfunc.load_model(args.model)
-    written, missing = [], []
+        try:
+            predict = load_predictor(args.model)
+        except ValueError as err:  # an unknown pretrained:NAME
+            raise ConfigError(str(err)) from None
+    teacher = LandmarkTeacher()  # the detector that screens inputs also checks each output for a face
+    written, missing, faceless, pairs = [], [], [], []
     for photo in inputs:
-        result = model.predict(pd.DataFrame({"image": [photo.read_bytes()]}))
+        result = predict(pd.DataFrame({"image": [photo.read_bytes()]}))
         if result["face_found"][0]:
             target = out / f"{photo.stem}.png"
             target.write_bytes(base64.b64decode(result["image"][0]))
             written.append(str(target))
+            face = np.asarray(Image.open(target).convert("RGB"))
+            if not read_output(teacher, face)[2]:
+                faceless.append(str(target))
+            if args.grid and len(pairs) < GRID_ROWS:
+                with contextlib.suppress(Skip):
+                    pairs.append((decode(photo.read_bytes())[0], face))
         else:
             missing.append(str(photo))
             print(f"frontalab frontalize: no face found in {photo}", file=sys.stderr)
-    print(json.dumps({"model": args.model, "written": len(written), "no_face": missing, "out": str(out)}, indent=1))
+    summary = {"model": args.model, "written": len(written), "no_face": missing, "out": str(out),
+               "outputs_with_a_face": len(written) - len(faceless), "outputs_without_a_face": faceless}
+    if args.grid and pairs:
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(side_by_side(pairs)).save(args.grid)
+        summary["grid"] = str(args.grid)
+    print(json.dumps(summary, indent=1))
     return 0 if written else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from frontalab.platform.evaluate import HEADLINE, RUN_ID, evaluate
+    from frontalab.platform.evaluate import HEADLINE, evaluate
+    from frontalab.platform.sources import RUN_ID
 
     flags = {"model": args.model, "faces": args.faces, "encoder": args.encoder, "out": args.out, "label": args.label,
              "max_people": args.max_people}
@@ -254,9 +280,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_faces(args: argparse.Namespace) -> int:
-    from frontalab.data.faces import demo_source
+    from frontalab.data.faces import demo_source, identity_source
 
-    print(demo_source())
+    print(identity_source() if args.people else demo_source())
     return 0
 
 
@@ -298,14 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="sweep name (default: the file's name)")
     p = add("promote", cmd_promote, "register the best finished trial of a sweep as the model's champion")
     p.add_argument("sweep", help="the sweep's name")
-    p.add_argument("--metric", help="compare by this metric (default: the sweep's)")
-    p.add_argument("--mode", choices=("min", "max"), help="default: the sweep's")
+    p.add_argument("--metric", help="compare by this metric (default: val/frontalization_score)")
+    p.add_argument("--mode", choices=("min", "max"), help="default: max for the frontalization score, else min")
     p.add_argument("--name", default="frontalizer", help="registered model name (default: frontalizer)")
     _config_args(p)
     p = add("frontalize", cmd_frontalize, "turn photos into frontal faces with a registered model")
-    p.add_argument("--model", default="models:/frontalizer@champion", help="models:/NAME@ALIAS, runs:/…, or a model folder")
+    p.add_argument("--model", default="models:/frontalizer@champion",
+                   help="models:/NAME@ALIAS, runs:/…, a model folder, or a packaged champion: pretrained:thesis, "
+                        "pretrained:cole (no services, nothing to train)")
     p.add_argument("inputs", nargs="+", metavar="IN", help="photos or folders of photos")
     p.add_argument("out", metavar="OUT", help="folder for the frontal faces (PNG)")
+    p.add_argument("--grid", metavar="FILE", help=f"also write a picture of (input | output) rows for the first "
+                                                  f"{GRID_ROWS} photos")
     p.add_argument("--set", dest="items", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. the services: --set services.mlflow_port=5001")
     p = add("evaluate", cmd_evaluate, "identity, normalisation, verification and pose of a model's outputs on "
@@ -319,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-people", type=int, help="seeded sample of this many people (evaluate.max_people; 0 = all)")
     p.add_argument("--json", metavar="FILE", help="also write the headline numbers to FILE")
     _config_args(p)
-    add("faces", cmd_faces, "print the demo's photo folder: $FRONTALAB_FACES, else LFW downloaded into the cache")
+    p = add("faces", cmd_faces, "print the demo's photo folder: $FRONTALAB_FACES, else LFW downloaded into the cache")
+    p.add_argument("--people", action="store_true",
+                   help="the folder-per-person photos instead (LFW: evaluation, and faces no model trained on)")
     p = add("cluster", cmd_cluster, "start/stop/show a local Ray cluster: a head + N worker nodes on 127.0.0.1 (tests, demos)")
     p.add_argument("action", choices=("up", "down", "status"))
     p.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from frontalab.metrics import SELECTION_METRIC, SELECTION_MODE
+
 
 class ConfigError(ValueError):
     """A config value that cannot be used; the message names the key."""
@@ -38,7 +40,11 @@ class ModelConfig:
     out_size: int = _f(320, choices=(64, 128, 160, 320), doc="output side in pixels; decoder depth and width follow from it")
     mask: bool = _f(True, doc="thesis attention-mask branch (F_O = M*F_N + (1-M)*1)")
     norm: str = _f("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
+    width: int = _f(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 px "
+                                       "its widths are 48..6 channels, too few for detail)")
     cole_hidden: int = _f(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
+    cole_channels: int = _f(256, lo=8, doc="channels of Cole's texture volume (the paper: 256 at S/4), halved by "
+                                          "each transposed conv; its FC layer holds cole_hidden x (S/4)^2 x this")
 
 
 ENCODER_NAMES = ("dlib-resnet", "facenet-vggface2", "facenet-casia")
@@ -65,6 +71,22 @@ class LossConfig:
                             doc="where the output's 14 texture landmarks come from: the landmark student on the "
                                 "output (thesis), or the canonical template (the output is read as already frontal; "
                                 "no warp of the output, so early noise cannot mislead the correspondence)")
+    texture_region: str = _f("mask", choices=("mask", "face"),
+                             doc="which pixels the texture term compares: weighted by the learned mask (eq. 3.1), or "
+                                 "over the canonical face region (the landmark hull with a forehead, fixed in the "
+                                 "canonical frame), so the mask cannot shrink the term")
+    mask_target: str = _f("zero", choices=("zero", "face"),
+                          doc="what the mask term pulls the mask towards: zero (eq. 3.8, mean(M^p)) or the canonical "
+                              "face region (mean(|M - R|^p)): the mask holds the face and drops the background")
+    identity_chip: str = _f("student", choices=("student", "canonical"),
+                            doc="where the output's encoder chip is cut: at the landmark student's points on the "
+                                "output, or at the canonical points (the output is read as frontal, so it must put "
+                                "a face exactly there)")
+    encoder_blur: float = _f(0.0, lo=0, hi=8, doc="Gaussian sigma (output pixels) applied to what the encoder's "
+                                                 "terms see: the encoder's gradients carry high frequencies that "
+                                                 "print as stripes on a small output (seen at 64 px with 0)")
+    perceptual: float = _f(0.0, lo=0, doc="L1 between the frozen encoder's feature maps of the output and of the "
+                                          "input warped to the canonical frame, both cut at the canonical chip")
     alpha_geo: float = _f(160.0, lo=0, doc="landmark geometry: 1 - cosine of L1 distance matrices (eq. 3.3)")
     sym: float = _f(1.0, lo=0, doc="left/right symmetry about the vertical midline (eq. 3.4)")
     tilt: float = _f(1.0, lo=0, doc="left/right pairs at equal height (eq. 3.5)")
@@ -85,9 +107,14 @@ class TrainConfig:
     g_steps_per_d: int = _f(4, lo=1, doc="generator updates per discriminator update (thesis: 4)")
     lr_g: float = _f(2e-4, lo=0, hi=1)
     lr_d: float = _f(2e-4, lo=0, hi=1)
+    lr_schedule: str = _f("constant", choices=("constant", "cosine"),
+                          doc="constant (the thesis), or cosine from lr_g / lr_d down to zero at train.steps")
     beta1: float = _f(0.5, lo=0, hi=1)
     beta2: float = _f(0.999, lo=0, hi=1)
     grad_clip: float = _f(0.0, lo=0, doc="max gradient norm; 0 disables clipping")
+    init_from: str = _f("", doc="fine-tune: start the decoder (weights and feature statistics) from pretrained:NAME, "
+                                "a checkpoint file (local or s3://), a run id or models:/NAME@ALIAS; the "
+                                "discriminator and the optimisers start afresh. --resume takes precedence")
     device: str = _f("auto", pattern=r"auto|cpu|mps|cuda(:\d+)?", doc="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     precision: str = _f("fp32", choices=("fp32", "bf16"), doc="bf16 enables autocast")
     channels_last: bool = _f(False)
@@ -137,6 +164,9 @@ class PrepareConfig:
     val_fraction: float = _f(0.1, lo=0, hi=0.9, doc="validation share, by identity when labelled, else by content hash")
     seed: int = _f(0, lo=0, doc="seed of the train/validation split")
     jpeg_quality: int = _f(95, lo=50, hi=100)
+    grey_share: float = _f(0.0, lo=0, hi=1, doc="turn this share of the photos grey (3 equal channels) before anything "
+                                               "else, chosen by content hash: a model trained on colour photos "
+                                               "then also meets grey ones, such as LFW's")
     batch_size: int = _f(32, lo=1, doc="images per map_batches call")
     concurrency: int = _f(0, lo=0, doc="actors per stage; 0 = the cluster's CPUs")
     morphs: int = _f(0, lo=0, doc="Cole §5.1: this many random morphs between nearest training faces, as extra "
@@ -163,6 +193,14 @@ class EvaluateConfig:
     label: str = _f("", doc="name of this evaluation in reports (e.g. champion, no_adversarial); default: the model")
     experiment: str = _f("frontalab-evaluations", doc="MLflow experiment of evaluation runs")
     track: bool = _f(True, doc="log the evaluation as an MLflow run linked to the model")
+
+
+@dataclass
+class PromoteConfig:
+    """`frontalab promote`: which trial of a sweep may become the champion."""
+    min_face_share: float = _f(0.9, lo=0, hi=1, doc="a trial whose last val/face_detected_share is below this is "
+                                                    "never promoted (outputs without a face can still score well "
+                                                    "on identity alone)")
 
 
 @dataclass
@@ -206,6 +244,7 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     landmarks: LandmarksConfig = field(default_factory=LandmarksConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
 
 
@@ -355,8 +394,9 @@ class SweepConfig:
     base_config: str = _f("", doc="a trial config YAML, relative to the sweep file")
     base: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "trial config values (nested) on top of base_config"})
     search: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "config key -> {choice|grid|uniform|loguniform|randint: ...}"})
-    metric: str = _f("val/identity_distance/dlib-resnet/mean", doc="the metric trials are compared by")
-    mode: str = _f("min", choices=("min", "max"))
+    metric: str = _f(SELECTION_METRIC, doc="the metric trials are compared by (default: the frontalization score, "
+                                           "zero for trials without faces or with outputs all alike)")
+    mode: str = _f(SELECTION_MODE, choices=("min", "max"))
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_samples: int = _f(1, lo=1, doc="samples of the search space (each grid point is sampled this often)")
     max_concurrent: int = _f(0, lo=0, doc="trials at once; 0 = as many as resources allow")

@@ -1,5 +1,6 @@
 """Config composition and validation, through the library and through the CLI (exit status 2)."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from frontalab.config import ConfigError, config_hash, flatten, load_config
+from frontalab.metrics import SELECTION_METRIC
 
 
 def run_cli(*args):
@@ -97,18 +99,23 @@ def test_sweep_files_hold_the_issue_search_spaces():
     from frontalab.config import load_sweep
 
     files = {p.stem: p for p in SWEEP_FILES}
-    assert {"quick", "thesis", "ablation", "cole", "cpu_quality"} <= set(files)
+    assert {"quick", "thesis", "ablation", "cole", "cpu_thesis", "cpu_cole", "cpu_ablation"} <= set(files)
     thesis, trial = load_sweep(files["thesis"])
     assert trial.model.out_size == 320 and thesis.scheduler.name == "asha" and thesis.resources.gpu == 0.5
     assert {k: list(v["grid"]) for k, v in thesis.search.items()} == {
         "loss.alpha_geo": [16, 160, 1600], "loss.texture": [0.1, 1, 10], "loss.mask_p": [1, 2],
         "train.g_steps_per_d": [1, 2, 4, 8]}
-    for name in ("ablation", "cpu_quality"):
+    for name in ("ablation", "cpu_ablation"):
         arms = load_sweep(files[name])[0].search["arm"]["grid"]
         assert [a["name"] for a in arms] == ["full", "no_adversarial", "no_adversarial_no_mask"]
     quick, trial = load_sweep(files["quick"])
-    assert trial.model.out_size == 64 and quick.num_samples == 6 and quick.scheduler.name == "asha"
+    grid = [len(spec["grid"]) for spec in quick.search.values()]
+    assert trial.model.out_size == 64 and quick.num_samples * math.prod(grid) == 6 and quick.scheduler.name == "asha"
+    assert trial.train.init_from == "pretrained:thesis" and set(quick.search) == {"loss.texture", "train.g_steps_per_d"}
     assert load_sweep(files["cole"])[1].model.decoder == "cole"
+    assert load_sweep(files["cpu_cole"])[1].model.decoder == "cole"
+    for name in ("quick", "thesis", "ablation", "cole", "cpu_thesis", "cpu_cole", "cpu_ablation"):
+        assert load_sweep(files[name])[0].metric == SELECTION_METRIC  # no sweep ranks by identity alone
 
 
 def test_pbt_exploits_only_at_checkpoints():

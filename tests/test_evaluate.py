@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from frontalab.config import ConfigError
+from frontalab.data.teacher import canonical_box, read_output
 from frontalab.platform import evaluate as ev
 
 
@@ -140,8 +141,8 @@ def test_mirrored_face_gives_mirrored_yaw(teacher, faces_root):
         face = _output_like(teacher, photo)
         if face is None:
             continue
-        yaw, pitch, _ = ev.pose_and_mouth(teacher, *ev.read_output(teacher, face)[:2])
-        m_yaw, m_pitch, _ = ev.pose_and_mouth(teacher, *ev.read_output(teacher, np.ascontiguousarray(face[:, ::-1]))[:2])
+        yaw, pitch, _ = ev.pose_and_mouth(teacher, *read_output(teacher, face)[:2])
+        m_yaw, m_pitch, _ = ev.pose_and_mouth(teacher, *read_output(teacher, np.ascontiguousarray(face[:, ::-1]))[:2])
         yaws.append(yaw)
         mirrored.append(m_yaw)
         pitch_gap.append(abs(pitch - m_pitch))
@@ -157,10 +158,10 @@ def test_mirrored_face_gives_mirrored_yaw(teacher, faces_root):
 def test_outputs_are_read_in_the_detected_box_else_the_canonical_one(teacher, faces_root):
     faces = [_output_like(teacher, p) for p in sorted((faces_root / "lfw-gray").glob("*/*.jpg"))[:30]]
     faces = [f for f in faces if f is not None]
-    found = [ev.read_output(teacher, f)[2] for f in faces]
+    found = [read_output(teacher, f)[2] for f in faces]
     assert np.mean(found) >= 0.9  # real faces framed as outputs are found at 4x
-    view, box, detected = ev.read_output(teacher, np.full((64, 64, 3), 128, np.uint8))  # no face
-    assert not detected and box == ev.canonical_box(256) and view.shape == (256, 256, 3)
+    view, box, detected = read_output(teacher, np.full((64, 64, 3), 128, np.uint8))  # no face
+    assert not detected and box == canonical_box(256) and view.shape == (256, 256, 3)
 
 
 def test_people_selection(tmp_path):
@@ -242,7 +243,7 @@ def test_evaluate_rejects_what_is_not_a_model(lfw_subset, tmp_path):
 
     out = run_cli("evaluate", "--model", str(tmp_path / "nothing.pt"), "--faces", str(lfw_subset),
                   "evaluate.track=false", check=False)
-    assert out.returncode == 2 and "neither models:/" in out.stderr
+    assert out.returncode == 2 and "neither pretrained:NAME, models:/" in out.stderr
 
 
 def test_input_baseline_keeps_identity_far_better_than_an_untrained_model(lfw_subset, tmp_path):

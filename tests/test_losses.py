@@ -8,7 +8,8 @@ from frontalab.losses.composite import weighted_sum
 from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss
 from frontalab.losses.landmark import expression_loss, geometry_loss, symmetry_loss, tilt_loss
 from frontalab.losses.mask import mask_loss, total_variation
-from frontalab.losses.texture import texture_loss
+from frontalab.losses.perceptual import perceptual_loss
+from frontalab.losses.texture import canonical_inputs, texture_loss
 from frontalab.models import landmarks as lm
 
 
@@ -95,16 +96,77 @@ def test_texture_loss_is_zero_for_identical_faces_and_masked():
     img = torch.rand(2, 3, 32, 32, generator=g)
     pts = random_face(7)
     canonical = random_face(8, n=1)[0]
-    assert texture_loss(img, pts, img, pts, canonical).item() == pytest.approx(0, abs=1e-5)
+    target = canonical_inputs(img, pts, canonical, 32)
+    assert texture_loss(target, img, pts, canonical).item() == pytest.approx(0, abs=1e-5)
     other = torch.rand(2, 3, 32, 32, generator=g)
-    assert texture_loss(img, pts, other, pts, canonical).item() > 0.1
+    assert texture_loss(target, other, pts, canonical).item() > 0.1
     zero_mask = torch.zeros(2, 1, 32, 32)
-    assert texture_loss(img, pts, other, pts, canonical, mask=zero_mask).item() == 0
+    assert texture_loss(target, other, pts, canonical, mask=zero_mask).item() == 0
     # Inputs of another size are compared at the output's size.
     ys, xs = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     smooth = torch.stack([torch.sin(3 * xs), torch.cos(2 * ys), xs * ys])[None].expand(2, -1, -1, -1)
     small = torch.nn.functional.interpolate(smooth, size=(32, 32), mode="bilinear", align_corners=False, antialias=True)
-    assert texture_loss(smooth, pts, small, pts, canonical).item() < 0.01
+    assert texture_loss(canonical_inputs(smooth, pts, canonical, 32), small, pts, canonical).item() < 0.01
+
+
+def test_texture_over_a_region_is_the_mean_error_inside_it_whatever_the_mask():
+    target = torch.zeros(2, 3, 8, 8)
+    output = torch.zeros(2, 3, 8, 8)
+    output[..., :4] = 1.0  # wrong by 1 on the left half, right on the right half
+    region = torch.zeros(8, 8)
+    region[:, :4] = 1.0
+    canonical = random_face(8, n=1)[0]
+    assert texture_loss(target, output, None, canonical, region=region).item() == pytest.approx(1.0)
+    region = torch.zeros(8, 8)
+    region[:, 4:] = 1.0
+    assert texture_loss(target, output, None, canonical, region=region).item() == pytest.approx(0.0)
+    with pytest.raises(ValueError):
+        texture_loss(target, output, None, canonical, mask=torch.ones(2, 1, 8, 8), region=region)
+
+
+def test_mask_term_towards_the_face_region_is_zero_at_the_region_and_eq_3_8_without_it():
+    region = lm.face_region(lm.mean_face(), 32)
+    assert mask_loss(region[None, None], p=1, target=region).item() == pytest.approx(
+        total_variation(region[None, None]).item(), abs=1e-6)
+    zero = torch.zeros(1, 1, 32, 32)
+    # Pulled to the region, an empty mask costs the region's area; pulled to zero (eq. 3.8) it is free.
+    assert mask_loss(zero, p=1, target=region).item() == pytest.approx(region.mean().item(), abs=1e-6)
+    assert mask_loss(zero, p=1).item() == 0
+
+
+def test_face_region_covers_the_landmarks_and_a_forehead_and_nothing_else():
+    face = lm.mean_face()
+    region = lm.face_region(face, 64)
+    px = lm.to_pixels(face, 64).round().long()
+    inner = [30, 33, 36, 39, 42, 45, 48, 51, 54, 57, 62]  # nose, eyes, mouth
+    assert all(region[y, x] == 1 for x, y in px[inner].tolist())
+    brow_y = int(px[[19, 24], 1].min())
+    assert region[brow_y - 3, 32] == 1  # the forehead above the brows
+    assert region[0, 32] == 0 and region[32, 0] == 0 and region[63, 32] == 0  # hair, ears' side, below the chin
+    assert 0.2 < region.mean() < 0.5
+
+
+def test_the_encoders_blur_removes_stripes_and_keeps_smooth_faces():
+    """Encoder gradients printed 2-px stripes on 64 px outputs; the blur (its own adjoint) low-passes them."""
+    from frontalab.losses.objectives import seen_by_encoder
+
+    x = torch.arange(32.0)
+    stripes = ((-1.0) ** x).expand(1, 3, 32, 32)  # columns alternate +1 / -1
+    smooth = torch.sin(x / 5).expand(1, 3, 32, 32)
+    assert torch.equal(seen_by_encoder(stripes, 0.0), stripes)
+    assert seen_by_encoder(stripes, 1.0)[..., 8:24].abs().max() < 0.02
+    assert (seen_by_encoder(smooth, 1.0) - smooth)[..., 8:24].abs().max() < 0.02
+    assert seen_by_encoder(torch.full((1, 3, 16, 16), 0.3), 1.0).sub(0.3).abs().max() < 1e-6
+
+
+def test_perceptual_loss_is_zero_for_equal_maps_and_scale_free_per_layer():
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(2, 4, 8, 8, generator=g), 100 * torch.rand(2, 8, 4, 4, generator=g)]
+    assert perceptual_loss(maps, maps).item() == 0
+    # Each layer is measured relative to its target's magnitude: a 10% error counts 0.1 at any scale.
+    assert perceptual_loss([1.1 * m for m in maps], maps).item() == pytest.approx(0.1, rel=1e-5)
+    with pytest.raises(ValueError):
+        perceptual_loss(maps, maps[:1])
 
 
 def test_weighted_sum_skips_zero_weight_terms():
@@ -129,3 +191,17 @@ def test_packaged_mean_face_is_symmetric_level_and_neutral():
     assert symmetry_loss(face).item() < 1e-6 and tilt_loss(face).item() < 1e-6
     assert expression_loss(face).item() < 1e-6
     assert torch.allclose(lm.mirror(face), face, atol=1e-6)
+
+
+def test_cole_terms_have_their_known_values():
+    from frontalab.losses.cole import COLE_SIDE, cole_identity_loss, cole_landmark_loss, cole_texture_loss
+
+    face = random_face(3)
+    # One pixel of Cole's 224 px images on every coordinate: an MSE of exactly 1.
+    assert cole_landmark_loss(face + 1 / COLE_SIDE, face).item() == pytest.approx(1.0, rel=1e-4)
+    assert cole_landmark_loss(face, face).item() == 0
+    a = torch.zeros(2, 3, 4, 4)
+    assert cole_texture_loss(a + 0.5, a).item() == pytest.approx(0.5)
+    e = torch.randn(4, 128, generator=torch.Generator().manual_seed(0))
+    assert cole_identity_loss(e, 3 * e).item() == pytest.approx(-1.0, abs=1e-6)
+    assert cole_identity_loss(e, -e).item() == pytest.approx(1.0, abs=1e-6)

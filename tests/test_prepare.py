@@ -154,3 +154,25 @@ def test_frontal_only_keeps_frontal_faces(tmp_path):
                   for f in (tmp_path / "frontal").glob("shard-*.parquet"))
     kept = t[t.status == "kept"]
     assert (kept.yaw.abs() <= 5).all() and kept.pitch.between(-60, 0).all()
+
+
+def test_grey_share_turns_a_fixed_share_of_photos_grey_by_content():
+    import pandas as pd
+
+    from frontalab.data.prepare import decode_stage
+
+    batch = pd.DataFrame({"uri": [str(p) for p in utk(40)]})
+    colour = decode_stage(batch, min_side=32)
+    grey = decode_stage(batch, min_side=32, grey_share=0.5, seed=0)
+
+    def is_grey(row) -> bool:
+        rgb = np.frombuffer(row["rgb"], np.uint8).reshape(row["height"], row["width"], 3)
+        return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+    assert not any(is_grey(r) for _, r in colour.iterrows())
+    turned = [is_grey(r) for _, r in grey.iterrows()]
+    assert 10 <= sum(turned) <= 30  # about half of 40
+    assert all(("grey" in c) == t for c, t in zip(grey["conversion"], turned))
+    again = decode_stage(batch, min_side=32, grey_share=0.5, seed=0)
+    assert [is_grey(r) for _, r in again.iterrows()] == turned  # the same photos every time
+    assert all(is_grey(r) for _, r in decode_stage(batch[:5], min_side=32, grey_share=1.0).iterrows())

@@ -99,13 +99,13 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
     assert not (ckpt / f"step-{STEPS:06d}.pt").exists()
     # The sender (a session of its own) stops at once: a late send could duplicate a resumed step.
     sender.wait(timeout=10)
-    killed_run_id = torch.load(ckpt / "step-000100.pt", weights_only=False)["run_id"]
+    killed_run_id = torch.load(ckpt / "step-000100.pt", weights_only=True)["run_id"]
     assert not list(Path(tempfile.gettempdir()).glob(f"mlflow-{killed_run_id[:8]}-*")), "the sender left its spool"
 
     out = run_cli("train", *args, "--resume")
     run_id = run_of(out.stdout)
-    ref = torch.load(ref_ckpt / f"step-{STEPS:06d}.pt", weights_only=False)
-    got = torch.load(ckpt / f"step-{STEPS:06d}.pt", weights_only=False)
+    ref = torch.load(ref_ckpt / f"step-{STEPS:06d}.pt", weights_only=True)
+    got = torch.load(ckpt / f"step-{STEPS:06d}.pt", weights_only=True)
     assert got["run_id"] == killed_run_id == run_id
     for part in ("G", "D"):
         worst = max((ref[part][k].float() - got[part][k].float()).abs().max().item() for k in ref[part])
@@ -245,7 +245,7 @@ def test_interrupted_run_ends_killed_with_every_logged_step(small_dataset, embed
     journal = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     logged = sorted(step for key, _, _, step in journal if key == "train/g/total")
     assert logged[0] == 10 and logged[-1] >= 20
-    run_id = torch.load(latest_checkpoint(ckpt), weights_only=False)["run_id"]
+    run_id = torch.load(latest_checkpoint(ckpt), weights_only=True)["run_id"]
     assert history(endpoints, run_id, "train/g/total") == logged
     run = rest(endpoints, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "KILLED"
@@ -449,3 +449,31 @@ def test_facenet_trial_feeds_its_encoder_as_prepare_did(small_source, tmp_path):
     trial._encode_inputs(batch)
     assert (batch["features"] - cached).abs().max() < 1.5e-3
     assert trial.train_step()["train/g/identity"] >= 0
+
+
+def test_init_from_starts_the_decoder_from_another_models_weights_and_refuses_another_architecture(
+        small_dataset, tmp_path):
+    from frontalab.config import ConfigError
+
+    source = make_trial(small_dataset, "loss.adversarial=0", "train.steps=2", "train.val_every=2",
+                        f"train.checkpoint_dir={tmp_path / 'source'}")
+    source.run()
+    checkpoint = source.state.checkpoint
+    tuned = make_trial(small_dataset, "loss.adversarial=0", f"train.init_from={checkpoint}", "train.seed=1")
+    for name, value in source.G.state_dict().items():
+        assert torch.equal(tuned.G.state_dict()[name], value), name  # weights and feature statistics
+    assert tuned.state.step == 0  # a fresh run: its own steps, optimisers and discriminator
+    fresh = make_trial(small_dataset, "loss.adversarial=0", "train.seed=1")
+    assert not torch.equal(fresh.G.fc[0].weight, tuned.G.fc[0].weight)
+    with pytest.raises(ConfigError, match=r"model\.width: 1 there, 2 here"):
+        make_trial(small_dataset, "loss.adversarial=0", "model.width=2", f"train.init_from={checkpoint}")
+    with pytest.raises(ConfigError, match="pretrained:nobody"):
+        make_trial(small_dataset, "train.init_from=pretrained:nobody")
+
+
+def test_cosine_schedule_reaches_zero_at_the_last_step_and_survives_a_resume(small_dataset, tmp_path):
+    trial = make_trial(small_dataset, "loss.adversarial=0", "train.lr_schedule=cosine", "train.steps=4",
+                       "train.lr_g=0.001")
+    rates = [trial.train_step()["train/lr_g"] for _ in range(4)]
+    assert rates[0] == pytest.approx(0.001) and rates[2] == pytest.approx(0.0005)
+    assert rates == sorted(rates, reverse=True) and rates[-1] < rates[0] / 5

@@ -2,10 +2,10 @@
 except the optional analysis in --notes, which is included verbatim and marked as such).
 
 For each label (the latest FINISHED evaluation run with that `frontalab.label`): the headline numbers
-against the targets of issue 8, the report's plots and input/output pairs (copied next to RESULTS.md),
+against the faces issue's gates (for the shipped champions) and targets, the report's plots and input/output pairs (copied next to RESULTS.md),
 the training curves and compute of the run that made the checkpoint, and the exact commands.
 
-    python tools/make_results.py [--labels champion,full,no_adversarial,no_adversarial_no_mask]
+    python tools/make_results.py [--labels pretrained-thesis,pretrained-cole,full,...] [--champions ...]
                                  [--notes docs/results_notes.md] [--out docs/RESULTS.md]
 """
 
@@ -25,11 +25,13 @@ from frontalab.cli import use_services
 from frontalab.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
-# issue 8's targets: (key, comparison, bound, unit)
+# The faces issue's gates (a shipped champion must meet them) and targets: (key, comparison, bound, unit).
+GATES = (("output_face_detected", ">=", 0.95, "share"), ("different_people_spread", ">=", 0.7, "ratio"),
+         ("auc_outputs", ">=", 0.95, "ratio"))
 TARGETS = (("identity_within_threshold", ">=", 0.95, "share"), ("normalized_share", ">=", 0.80, "share"),
-           ("mean_abs_yaw", "<=", 5.0, "deg"))
-CURVES = ("val/identity_distance/dlib-resnet/mean", "val/identity_within_threshold/dlib-resnet", "val/abs_yaw",
-          "train/g/total")
+           ("mean_abs_yaw", "<=", 5.0, "deg"), ("mean_mouth_opening", "<", "inputs_mean_mouth_opening", "ratio"))
+CURVES = ("val/frontalization_score", "val/face_detected_share", "val/different_people_spread",
+          "val/identity_distance/dlib-resnet/mean", "train/g/total")
 REPORT_FILES = ("pairs.png", "identity_distance.png", "pair_distances.png", "roc.png", "yaw.png", "metrics.json")
 
 
@@ -78,17 +80,29 @@ def plot_curves(client, sources: dict[str, object], threshold: float, out: Path)
 
 
 def verdict(value: float, op: str, bound: float, unit: str) -> str:
-    met = value >= bound if op == ">=" else value <= bound
-    shown = (lambda v: f"{v:.1%}") if unit == "share" else (lambda v: f"{v:.1f}°")
+    met = {">=": value >= bound, "<=": value <= bound, "<": value < bound}[op]
+    shown = {"share": lambda v: f"{v:.1%}", "deg": lambda v: f"{v:.1f}°", "ratio": lambda v: f"{v:.3f}"}[unit]
     if met:
         return f"met ({shown(value)} {op} {shown(bound)})"
     gap = bound - value if op == ">=" else value - bound
-    return f"**missed by {gap * 100:.1f} points**" if unit == "share" else f"**missed by {gap:.1f}°**"
+    missed = {"share": f"{gap * 100:.1f} points", "deg": f"{gap:.1f}°", "ratio": f"{gap:.3f}"}[unit]
+    return f"**missed by {missed}** ({shown(value)})"
+
+
+def verdicts(m: dict, checks) -> list[str]:
+    """One verdict per check; a bound given as a key is that key's value (the inputs' own number)."""
+    return [verdict(m[k], op, m[b] if isinstance(b, str) else b, u) for k, op, b, u in checks]
+
+
+def header(checks) -> str:
+    return " | ".join(f"{k} {op} {b if isinstance(b, str) else f'{b:g}'}" for k, op, b, _ in checks)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--labels", default="champion,full,no_adversarial,no_adversarial_no_mask")
+    ap.add_argument("--labels", default="pretrained-thesis,pretrained-cole,full,no_adversarial,no_adversarial_no_mask,"
+                                        "input-64")
+    ap.add_argument("--champions", default="pretrained-thesis,pretrained-cole", help="labels the gates apply to")
     ap.add_argument("--experiment", default="frontalab-evaluations")
     ap.add_argument("--notes", default=str(REPO / "docs" / "results_notes.md"), help="hand-written analysis, included verbatim")
     ap.add_argument("--out", default=str(REPO / "docs" / "RESULTS.md"))
@@ -103,6 +117,7 @@ def main() -> None:
     if exp is None:
         raise SystemExit(f"no MLflow experiment {args.experiment!r}: run `frontalab evaluate` first")
     labels = [s for s in args.labels.split(",") if s]
+    champions = [s for s in args.champions.split(",") if s in labels]
     evals = {label: latest_evaluation(client, exp.experiment_id, label) for label in labels}
     metrics = {label: fetch_report(client, run, assets / label) for label, run in evals.items()}
     sources = {label: client.get_run(run.data.tags["source_run"]) for label, run in evals.items()
@@ -126,15 +141,16 @@ def main() -> None:
                      f"{m['auc_outputs']:.3f} / {m['auc_inputs']:.3f} | {m['mean_abs_yaw']:.1f}° / "
                      f"{m['inputs_mean_abs_yaw']:.1f}° | {m['output_face_detected']:.1%} | "
                      f"{m['different_people_spread']:.2f} | {m['n_faces']} / {m['n_people']} |")
-    lines += ["", "## Targets", "", "| model | " + " | ".join(f"{k} {op} {b:g}" for k, op, b, _ in TARGETS) + " |",
-              "|---|" + "---|" * len(TARGETS)]
+    lines += ["", f"## Gates (the shipped champions: {', '.join(champions)})", "", f"| model | {header(GATES)} |",
+              "|---|" + "---|" * len(GATES)]
+    lines += [f"| {label} | " + " | ".join(verdicts(metrics[label], GATES)) + " |" for label in champions]
+    lines += ["", "## Targets", "", f"| model | {header(TARGETS)} |", "|---|" + "---|" * len(TARGETS)]
     for label, m in metrics.items():
         # A target "met" by outputs that are not faces (a collapsed mask: a white image) is no success.
         caveat = (f" (but a face is detected in only {m['output_face_detected']:.0%} of the outputs)"
                   if m["output_face_detected"] < 0.5 else "")
-        lines.append(f"| {label} | " + " | ".join(verdict(m[k], op, b, u) + (caveat if verdict(m[k], op, b, u)
-                                                                            .startswith("met") else "")
-                                              for k, op, b, u in TARGETS) + " |")
+        lines.append(f"| {label} | " + " | ".join(v + (caveat if v.startswith("met") else "")
+                                              for v in verdicts(m, TARGETS)) + " |")
     lines += ["", "Identity distance input to output (mean / median / p95), pose and expression:", "",
               "| model | distance mean / median / p95 | abs pitch out / in | mouth opening out / in |", "|---|---|---|---|"]
     for label, m in metrics.items():
@@ -152,14 +168,16 @@ def main() -> None:
                   f"![pair distances](results/{label}/pair_distances.png) ![yaw](results/{label}/yaw.png)", ""]
 
     lines += ["## Training", "", "![training curves](results/training_curves.png)", "",
-              "| model | run | sweep | steps x batch | out size | identity / adversarial / mask weights | wall time |",
-              "|---|---|---|---|---|---|---|"]
+              "| model | run | sweep | decoder | steps x batch | out size | loss weights | wall time |",
+              "|---|---|---|---|---|---|---|---|"]
     for label, run in sources.items():
         p = run.data.params
+        keys = (("loss.cole.texture", "loss.cole.landmark", "loss.cole.identity") if p.get("model.decoder") == "cole"
+                else ("loss.texture", "loss.identity", "loss.perceptual", "loss.adversarial", "loss.mask"))
+        weights = ", ".join(f"{k.split('.')[-1]} {p.get(k)}" for k in keys)
         lines.append(f"| {label} | `{run.info.run_id}` | {run.data.tags.get('frontalab.sweep', '-')} | "
-                     f"{p.get('train.steps')} x {p.get('train.batch_size')} | {p.get('model.out_size')} | "
-                     f"{p.get('loss.identity')} / {p.get('loss.adversarial')} / {p.get('loss.mask')} | "
-                     f"{minutes(run):.0f} min |")
+                     f"{p.get('model.decoder')} | {p.get('train.steps')} x {p.get('train.batch_size')} | "
+                     f"{p.get('model.out_size')} | {weights} | {minutes(run):.0f} min |")
     sweeps = {run.data.tags.get("frontalab.sweep") for run in sources.values()} - {None}
     lines += ["", "## Compute and commands", "",
               f"- Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), no GPU; "

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
-from frontalab.config import ConfigError
+from frontalab.config import ConfigError, PrepareConfig
 from frontalab.data import decode as dec
 from frontalab.platform import storage
 
@@ -41,7 +42,8 @@ DLIB_CHIP = 150  # dlib's recognition network input: get_face_chip(size=150, pad
 
 # Settings that change the rows; a resumed run must use the same ones.
 CONTENT_KEYS = ("size", "face_ratio", "encoders", "frontal_only", "max_yaw", "min_pitch", "max_pitch",
-                "multiple_faces", "min_side", "limit", "shard_size", "val_fraction", "seed", "jpeg_quality")
+                "multiple_faces", "min_side", "limit", "shard_size", "val_fraction", "seed", "jpeg_quality",
+                "grey_share")
 # Settings of the morph shards; they name the shards, so other values make other shards.
 MORPH_KEYS = ("morphs", "morph_neighbours", "morph_lambda")
 
@@ -91,8 +93,14 @@ def _empty_columns(n: int) -> dict[str, Any]:
             "yaw": [np.nan] * n, "pitch": [np.nan] * n, "roll": [np.nan] * n, "faces": [0] * n}
 
 
-def decode_stage(batch: pd.DataFrame, min_side: int) -> pd.DataFrame:
-    """Read and decode each photo; skipped rows keep their reason and carry no pixels."""
+def greyed(sha256: str, seed: int, share: float) -> bool:
+    """Whether the photo with this content hash is turned grey (``prepare.grey_share``): fixed per photo and seed."""
+    return share > 0 and _unit_hash(f"grey:{seed}:{sha256}") < share
+
+
+def decode_stage(batch: pd.DataFrame, min_side: int, grey_share: float = 0.0, seed: int = 0) -> pd.DataFrame:
+    """Read and decode each photo (a ``grey_share`` of them turned grey, as 3 equal channels); skipped rows
+    keep their reason and carry no pixels."""
     cols = _empty_columns(len(batch))
     pixels, shapes = [], []
     for i, uri in enumerate(batch["uri"]):
@@ -105,6 +113,9 @@ def decode_stage(batch: pd.DataFrame, min_side: int) -> pd.DataFrame:
             cols["sha256"][i] = hashlib.sha256(data).hexdigest()
             try:
                 rgb, conversion = dec.decode(data, min_side)
+                if greyed(cols["sha256"][i], seed, grey_share):
+                    rgb = np.repeat(np.asarray(Image.fromarray(rgb).convert("L"))[..., None], 3, axis=2)
+                    conversion = f"{conversion}+grey" if conversion else "grey"
                 cols["conversion"][i] = conversion or ""
             except dec.Skip as skip:
                 cols["status"][i], cols["detail"][i] = skip.reason, str(skip)[:200]
@@ -149,8 +160,6 @@ class AlignStage:
         row["landmarks"] = points_to_crop(points, scale, shift).tobytes()
         row["landmarks5"] = points_to_crop(points5, scale, shift).tobytes()
         buf = io.BytesIO()
-        from PIL import Image
-
         Image.fromarray(face).save(buf, format="JPEG", quality=self.s["jpeg_quality"])
         row["image"] = buf.getvalue()
         row["crop_raw"] = face.tobytes()
@@ -226,7 +235,8 @@ def _check_settings(out: str, settings: dict[str, Any]) -> None:
     uri = storage.join(out, SETTINGS)
     if storage.exists(uri):
         before = json.loads(storage.read_bytes(uri))
-        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        # A setting added since that dataset was written had its default value there.
+        changed = sorted(k for k in settings if before.get(k, getattr(PrepareConfig(), k)) != settings[k])
         if changed:
             raise ConfigError(
                 f"{out} was prepared with other settings ({', '.join(f'prepare.{k}' for k in changed)}); "
@@ -273,7 +283,8 @@ def run_pipeline(todo: list[dict[str, Any]], settings: dict[str, Any], out: str,
     align_actors = settings.get("concurrency") or max(1, cpus - 1)
     bs = settings["batch_size"]
     ds = (ray.data.from_items(todo)
-          .map_batches(decode_stage, fn_kwargs={"min_side": settings["min_side"]}, batch_format="pandas",
+          .map_batches(decode_stage, fn_kwargs={"min_side": settings["min_side"], "grey_share": settings["grey_share"],
+                                                "seed": settings["seed"]}, batch_format="pandas",
                        batch_size=bs, num_cpus=0.25)
           .map_batches(AlignStage, fn_constructor_args=(settings,), batch_format="pandas", batch_size=bs,
                        compute=ray.data.ActorPoolStrategy(size=align_actors),
@@ -325,8 +336,6 @@ def add_morphs(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any])
     points = np.stack([np.frombuffer(b, np.float32).reshape(68, 2) for b in train["landmarks"]])
     mean = points.mean(0)
     # Distances on small textures: the crops at 64 px, warped to the mean geometry, 32x32 grey.
-    from PIL import Image
-
     small = 64
     textures = []
     for lo in tqdm(range(0, len(train), 256), desc="morphs: textures", unit="batch", file=sys.stderr):

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from frontalab.models import landmarks as lm
 from frontalab.models.dlib_models import SHAPE_PREDICTOR_5, SHAPE_PREDICTOR_68, model_path
+
+OUTPUT_UPSCALE = 4  # the teacher finds faces and landmarks more reliably on a 256 px view of a 64 px output
 
 
 @dataclass(frozen=True)
@@ -112,3 +115,24 @@ def head_pose(points68: np.ndarray, image_size: tuple[int, int]) -> tuple[float,
     pitch = np.degrees(np.arctan2(rotation[2, 1], rotation[2, 2]))
     roll = np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0]))
     return float(yaw), float(-pitch), float(roll)
+
+
+# ---------------------------------------------------------------- generated faces
+
+
+def canonical_box(size: int) -> Box:
+    """Where the decoder puts the face: the packaged frontal template's extent in a side-``size`` image."""
+    points = lm.to_pixels(lm.mean_face(), size).numpy()
+    (left, top), (right, bottom) = points.min(0), points.max(0)
+    return Box(float(left), float(top), float(right), float(bottom))
+
+
+def read_output(teacher: LandmarkTeacher, face: np.ndarray) -> tuple[np.ndarray, Box, bool]:
+    """A generated face upscaled for the teacher, the box its landmarks are read in, and whether the
+    teacher's detector found a face there (else the box is where the decoder puts the face)."""
+    import cv2
+
+    side = face.shape[0] * OUTPUT_UPSCALE
+    view = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
+    box, _ = teacher.central_face(view)
+    return (view, box, True) if box is not None else (view, canonical_box(side), False)

@@ -22,7 +22,8 @@ from frontalab.losses.cole import cole_identity_loss, cole_landmark_loss, cole_t
 from frontalab.losses.composite import WeightedLoss, weighted_sum
 from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss
 from frontalab.losses.mask import mask_loss
-from frontalab.losses.texture import texture_loss
+from frontalab.losses.perceptual import perceptual_loss
+from frontalab.losses.texture import canonical_inputs, texture_loss
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import encoder_input
 from frontalab.models.warp import sparse_image_warp
@@ -41,44 +42,99 @@ def embed_faces(encoder: nn.Module, images: torch.Tensor, points: torch.Tensor) 
     return encoder.embed(encoder_input(encoder, (images + 1) / 2, points))
 
 
+def seen_by_encoder(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Faces as the encoder's loss terms see them: Gaussian-blurred by ``sigma`` pixels (``loss.encoder_blur``;
+    0 = as they are). The blur's adjoint is the blur, so it also low-passes the encoder's gradients."""
+    from kornia.filters import gaussian_blur2d
+
+    if sigma <= 0:
+        return images
+    radius = max(1, int(3 * sigma + 0.5))
+    return gaussian_blur2d(images, (2 * radius + 1, 2 * radius + 1), (sigma, sigma), border_type="reflect")
+
+
+def encoder_pass(encoder: nn.Module, images: torch.Tensor, points: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(feature maps, embedding) of faces in [-1, 1] cut at ``points``, from one pass through the encoder."""
+    maps = encoder.feature_maps(encoder_input(encoder, (images + 1) / 2, points))
+    return maps, encoder.embed_from_features(encoder.pool(maps[-1]))
+
+
 class ThesisObjective:
-    """Wang 2019 §3.5: texture, landmark (geo/sym/tilt/expr), mask, identity and LSGAN terms."""
+    """Wang 2019 §3.5: texture, landmark (geo/sym/tilt/expr), mask, identity and LSGAN terms.
+
+    Options that depart from the thesis (config keys; evidence in docs/RESULTS.md): the texture term over
+    the canonical face region instead of the learned mask (``texture_region``), a mask term that holds the
+    mask to that region (``mask_target``), the identity chip cut at the canonical points
+    (``identity_chip``), and a perceptual term from the encoder's feature maps (``perceptual``).
+    """
 
     def __init__(self, generator: nn.Module, discriminator: Optional[nn.Module], encoder: nn.Module,
                  landmark_net: nn.Module, weights: DictConfig, canonical: torch.Tensor):
         self.G, self.D, self.encoder, self.landmark_net = generator, discriminator, encoder, landmark_net
         self.w, self.canonical = weights, canonical
+        self._regions: dict[int, torch.Tensor] = {}
         if weights.adversarial > 0 and discriminator is None:
             raise ValueError("loss.adversarial > 0 needs a discriminator")
+
+    def region(self, size: int) -> torch.Tensor:
+        """The canonical face region ``(size, size)``: where a frontal face's pixels are."""
+        if size not in self._regions:
+            self._regions[size] = lm.face_region(self.canonical.cpu(), size).to(self.canonical.device)
+        return self._regions[size]
 
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
         out = self.G(batch["features"])
         points = self.landmark_net(out.composite)
         l_in = batch["landmarks"]
+        size = out.composite.shape[-1]
+        region = self.region(size)
+        canonical = self.canonical.expand_as(points)
+        w = self.w
         cached: dict[str, Any] = {}
 
-        def output_embedding() -> torch.Tensor:
-            if "emb" not in cached:
-                cached["emb"] = embed_faces(self.encoder, out.composite, points)
-            return cached["emb"]
+        def once(key: str, make):
+            if key not in cached:
+                cached[key] = make()
+            return cached[key]
 
-        w = self.w
+        def target() -> torch.Tensor:  # I*, no gradient needed: it is data
+            with torch.no_grad():
+                return canonical_inputs(batch["image"], l_in, self.canonical, size)
+
+        def output_pass(chip: str):
+            at = canonical if chip == "canonical" else points
+            return once(f"out-{chip}", lambda: encoder_pass(self.encoder, seen_by_encoder(out.composite, w.encoder_blur), at))
+
+        def identity_embedding() -> torch.Tensor:
+            return output_pass(w.identity_chip)[1]
+
+        def perceptual() -> torch.Tensor:
+            seen = once("target", target)
+            if out.mask is not None:  # the target as the composite shows it: the face region on white
+                seen = region * seen + (1 - region)
+            with torch.no_grad():
+                target_maps, _ = encoder_pass(self.encoder, seen_by_encoder(seen, w.encoder_blur), canonical)
+            return perceptual_loss(output_pass("canonical")[0], target_maps)
+
+        mask_for_texture = out.mask if w.texture_region == "mask" else None
         terms = {
             # The mask tells the texture term where the face is (thesis: it "guides the learning of colour").
-            "texture": lambda: texture_loss(batch["image"], l_in, out.noisy,
-                                            points if w.texture_frame == "student" else None, self.canonical, out.mask),
+            "texture": lambda: texture_loss(once("target", target), out.noisy,
+                                            points if w.texture_frame == "student" else None, self.canonical,
+                                            mask=mask_for_texture, region=region if w.texture_region == "face" else None),
             "geo": lambda: lml.geometry_loss(l_in, points),
             "sym": lambda: lml.symmetry_loss(points),
             "tilt": lambda: lml.tilt_loss(points),
             "expr": lambda: lml.expression_loss(points),
-            "mask": lambda: mask_loss(out.mask, w.mask_p),
-            "identity": lambda: identity_cosine_loss(batch["embedding"], output_embedding()),
-            "identity_l2": lambda: identity_l2_loss(batch["embedding"], output_embedding()),
+            "mask": lambda: mask_loss(out.mask, w.mask_p, region if w.mask_target == "face" else None),
+            "identity": lambda: identity_cosine_loss(batch["embedding"], identity_embedding()),
+            "identity_l2": lambda: identity_l2_loss(batch["embedding"], identity_embedding()),
+            "perceptual": perceptual,
             "adversarial": lambda: generator_adversarial_loss(self.D(out.noisy)),
         }
         weights = {"texture": w.texture, "geo": w.alpha_geo, "sym": w.sym, "tilt": w.tilt, "expr": w.expr,
                    "mask": w.mask if out.mask is not None else 0.0, "identity": w.identity,
-                   "identity_l2": w.identity_l2, "adversarial": w.adversarial}
+                   "identity_l2": w.identity_l2, "perceptual": w.perceptual, "adversarial": w.adversarial}
         loss = weighted_sum(weights, terms)
         return GeneratorPass(loss, out.composite, out.noisy, out.mask, points)
 
@@ -107,8 +163,8 @@ class ColeObjective:
         terms = {
             "cole_texture": lambda: cole_texture_loss(out.texture, target),
             "cole_landmark": lambda: cole_landmark_loss(out.landmarks, batch["landmarks"]),
-            "cole_identity": lambda: cole_identity_loss(batch["embedding"],
-                                                        embed_faces(self.encoder, out.composite, out.landmarks)),
+            "cole_identity": lambda: cole_identity_loss(batch["embedding"], embed_faces(
+                self.encoder, seen_by_encoder(out.composite, self.w.encoder_blur), out.landmarks)),
         }
         weights = {"cole_texture": self.w.cole.texture, "cole_landmark": self.w.cole.landmark,
                    "cole_identity": self.w.cole.identity}

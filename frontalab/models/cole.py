@@ -7,7 +7,7 @@ mean face and warped from the mean landmarks to the predicted ones (§4).
 
 At S = 224 that is 56x56x256 -> 112x112x128 -> 224x224x64 -> 224x224x32 -> RGB: the paper
 names both "224x224x32" and "256/2^i channels after the i-th transposed conv", which
-only agree with the last transposed conv at stride 1.
+only agree with the last transposed conv at stride 1. ``channels`` scales the 256 (a CPU recipe uses fewer).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class ColeOutput(NamedTuple):
 
 
 class ColeDecoder(nn.Module):
-    def __init__(self, in_features: int, mean_landmarks: torch.Tensor, out_size: int = 224, hidden: int = 256):
+    def __init__(self, in_features: int, mean_landmarks: torch.Tensor, out_size: int = 224, hidden: int = 256,
+                 channels: int = 256):
         super().__init__()
         if out_size % 4:
             raise ValueError(f"Cole decoder needs out_size divisible by 4, got {out_size}")
@@ -42,20 +43,21 @@ class ColeDecoder(nn.Module):
         # Start at the mean face: predict offsets from it, zero at initialisation.
         nn.init.zeros_(self.landmark_mlp[-1].weight)
         nn.init.zeros_(self.landmark_mlp[-1].bias)
-        self.base = out_size // 4
-        self.texture_fc = nn.Sequential(nn.Linear(hidden, self.base * self.base * 256), nn.ReLU(inplace=True))
+        self.base, self.channels = out_size // 4, channels
+        c = channels
+        self.texture_fc = nn.Sequential(nn.Linear(hidden, self.base * self.base * c), nn.ReLU(inplace=True))
         self.texture_cnn = nn.Sequential(
-            nn.ConvTranspose2d(256, 128, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(128, 64, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(64, 32, 5, stride=1, padding=2), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 3, 1), nn.Tanh(),
+            nn.ConvTranspose2d(c, c // 2, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c // 2, c // 4, 5, stride=2, padding=2, output_padding=1), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(c // 4, c // 8, 5, stride=1, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(c // 8, 3, 1), nn.Tanh(),
         )
 
     def forward(self, features: torch.Tensor) -> ColeOutput:
         h = self.features(self.standardize(features))
         offsets = self.landmark_mlp(h).view(-1, lm.NUM_LANDMARKS, 2)
         points = self.mean_landmarks + offsets
-        texture = self.texture_cnn(self.texture_fc(h).view(-1, 256, self.base, self.base))
+        texture = self.texture_cnn(self.texture_fc(h).view(-1, self.channels, self.base, self.base))
         mean_px = lm.to_pixels(self.mean_landmarks, self.out_size).expand_as(points)
         image = sparse_image_warp(texture, source_points=mean_px, dest_points=lm.to_pixels(points, self.out_size))
         return ColeOutput(texture, points, image)

@@ -369,11 +369,19 @@ class DlibResNet(nn.Module):
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images * 255.0 - self.mean) / 256.0
 
+    def trunk(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The feature map at the end of each resolution (35, 17, 8, 4, 2 px at 150 px), the last one pooled
+        into `features`."""
+        x = self.pool1(F.relu(self.bn1(self.conv1(self.normalize(images)))))
+        maps = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i + 1 == len(self.blocks) or self.blocks[i + 1].conv1.stride != (1, 1):
+                maps.append(x)
+        return maps
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images)
-        x = self.pool1(F.relu(self.bn1(self.conv1(x))))
-        x = self.blocks(x)
-        return x.mean(dim=(2, 3))
+        return self.trunk(images)[-1].mean(dim=(2, 3))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(images))

@@ -95,6 +95,15 @@ class FaceEncoder(nn.Module):
         """The embedding layer alone: ``(N, feature_dim)`` -> ``(N, embedding_dim)``."""
         raise NotImplementedError
 
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The trunk's feature maps from fine to coarse, the last one pooled into `features`: what a
+        perceptual term compares, with the embedding from the same pass."""
+        raise NotImplementedError
+
+    def pool(self, last_map: torch.Tensor) -> torch.Tensor:
+        """`features` from the last of `feature_maps`."""
+        return last_map.mean(dim=(2, 3))
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Identity embeddings ``(N, embedding_dim)``."""
         return self.embed_from_features(self.features(images))
@@ -168,6 +177,9 @@ class DlibResNetEncoder(FaceEncoder):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.net.features(self._check(images))
 
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.trunk(self._check(images))
+
     def embed_from_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.fc(features)
 
@@ -203,12 +215,24 @@ class FaceNetEncoder(FaceEncoder):
             self.net.load_state_dict(state_dict, strict=True)
         self._freeze()
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    # The trunk's outputs compared by a perceptual term: one per resolution (77, 17, 8, 3 px at 160 px).
+    _MAPS = ("conv2d_2b", "repeat_1", "repeat_2", "block8")
+
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         # facenet-pytorch's fixed_image_standardization, which its MTCNN crops are fed with.
         x = (self._check(images) * 255.0 - 127.5) / 128.0
-        for name in self._TRUNK:
+        maps = []
+        for name in self._TRUNK[:-1]:  # avgpool_1a is `pool`
             x = getattr(self.net, name)(x)
-        return x.flatten(1)
+            if name in self._MAPS:
+                maps.append(x)
+        return maps
+
+    def pool(self, last_map: torch.Tensor) -> torch.Tensor:
+        return self.net.avgpool_1a(last_map).flatten(1)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.feature_maps(images)[-1])
 
     def embed_from_features(self, features: torch.Tensor) -> torch.Tensor:
         # Dropout is skipped: eval mode makes it the identity anyway.

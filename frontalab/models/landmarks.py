@@ -91,3 +91,33 @@ def mean_face() -> torch.Tensor:
 
     data = json.loads(files("frontalab.models").joinpath("mean_face_68.json").read_text())
     return torch.tensor(data["points"], dtype=torch.float32)
+
+
+# The face's outline: the jaw from ear to ear, then the eyebrows back from the image-right end.
+JAW: tuple[int, ...] = tuple(range(0, 17))
+BROWS_RIGHT_TO_LEFT: tuple[int, ...] = tuple(range(26, 16, -1))
+
+
+def face_outline(points: torch.Tensor, forehead: float = 0.25) -> torch.Tensor:
+    """The face's outline ``(..., 27, 2)``: the jaw, then the eyebrows raised by ``forehead`` times the
+    nose-bridge-to-chin height, so the region holds a forehead and not only the landmarks' hull."""
+    lift = forehead * (points[..., 8, 1] - points[..., 27, 1])
+    brows = points[..., list(BROWS_RIGHT_TO_LEFT), :].clone()
+    brows[..., 1] = brows[..., 1] - lift[..., None]
+    return torch.cat([points[..., list(JAW), :], brows], dim=-2)
+
+
+def face_region(points: torch.Tensor, size: int, supersample: int = 4) -> torch.Tensor:
+    """A side-``size`` image ``(size, size)`` in [0, 1]: 1 inside the face outline of normalised ``(68, 2)``
+    landmarks, 0 outside, with antialiased edges (the share of ``supersample``² sub-pixels inside)."""
+    outline = face_outline(points.float())
+    fine = size * supersample
+    centres = (torch.arange(fine, dtype=torch.float32) + 0.5) / fine
+    y, x = torch.meshgrid(centres, centres, indexing="ij")
+    # Even-odd rule: a point is inside when a ray to its right crosses the outline an odd number of times.
+    ax, ay = (c[:, None, None] for c in outline.unbind(-1))
+    bx, by = (c[:, None, None] for c in outline.roll(-1, dims=0).unbind(-1))
+    dy = torch.where(by == ay, torch.full_like(by, 1e-12), by - ay)  # horizontal edges never cross
+    crosses = ((ay > y) != (by > y)) & (x < ax + (y - ay) * (bx - ax) / dy)
+    inside = (crosses.sum(0) % 2).float()
+    return torch.nn.functional.avg_pool2d(inside[None, None], supersample)[0, 0]

@@ -2,7 +2,8 @@
 
 Decoder: encoder features (standardised, see features.py) -> two FC layers -> a W x W x K volume -> n stages of
 (two residual blocks, one x2 upsampling conv that halves the channels) -> tanh. At 320 px:
-4800 -> 5x5x192 -> 10x10x96 -> ... -> 320x320x3. An attention-mask branch of the same
+4800 -> 5x5x192 -> 10x10x96 -> ... -> 320x320x3. ``width`` multiplies every width but the RGB
+output's: at 64 px the thesis' widths are 48 -> 24 -> 12 -> 6 channels, too few for a face's detail. An attention-mask branch of the same
 design starts from the out_size/4 tensor (80x80x12 at 320 px) and ends in a conv to one
 channel; the output composites the "noisy" face onto white: F_O = M*F_N + (1-M)*1.
 """
@@ -60,14 +61,14 @@ class ResidualBlock(nn.Module):
 
 
 class Stage(nn.Sequential):
-    """Two residual blocks, then a x2 upsampling conv from ``c`` to ``c // 2`` channels.
+    """Two residual blocks, then a x2 upsampling conv from ``c`` to ``c // 2`` channels (3 in a branch's
+    last stage, which ends raw: tanh or a 1-channel conv follows it).
 
     Nearest upsampling followed by a 3x3 conv avoids the checkerboard of transposed convs.
-    The last stage of a branch ends raw (tanh or a 1-channel conv follows it).
     """
 
     def __init__(self, channels: int, norm: str, last: bool):
-        out = channels // 2
+        out = 3 if last else channels // 2
         layers: list[nn.Module] = [
             ResidualBlock(channels, norm), ResidualBlock(channels, norm),
             nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 3, padding=1),
@@ -78,11 +79,12 @@ class Stage(nn.Sequential):
 
 
 class ThesisDecoder(nn.Module):
-    def __init__(self, in_features: int, out_size: int = 320, mask: bool = True, norm: str = "batch"):
+    def __init__(self, in_features: int, out_size: int = 320, mask: bool = True, norm: str = "batch", width: int = 1):
         super().__init__()
         self.out_size = out_size
         self.side, depth = decoder_geometry(out_size)
-        self.channels = 3 * 2**depth
+        # Table 3.1 at width 1: the channels halve at every stage and the last one ends at RGB.
+        self.channels = 3 * 2**depth * width
         volume = self.side * self.side * self.channels
         self.standardize = FeatureStandardizer(in_features)
         self.fc = nn.Sequential(nn.Linear(in_features, volume), nn.ReLU(inplace=True),

@@ -32,12 +32,13 @@ import torch
 from omegaconf import DictConfig
 
 from frontalab.config import ConfigError
-from frontalab.data.teacher import Box, LandmarkTeacher, head_pose
+from frontalab.data.teacher import Box, LandmarkTeacher, head_pose, read_output
+from frontalab.metrics import different_people_spread
 from frontalab.models import landmarks as lm
 
 HEADLINE = ("identity_within_threshold", "normalized_share", "auc_outputs", "auc_inputs", "mean_abs_yaw",
+            "output_face_detected", "different_people_spread", "mean_mouth_opening", "inputs_mean_mouth_opening",
             "n_faces", "n_people")
-OUTPUT_UPSCALE = 4  # the teacher finds landmarks more reliably on a 256 px view of a 64 px output
 GRID_PAIRS = 16
 
 
@@ -122,24 +123,6 @@ def mouth_opening(points68: np.ndarray) -> float:
     return float(gap / np.linalg.norm(points68[right] - points68[left]))
 
 
-def canonical_box(size: int) -> Box:
-    """Where the decoder puts the face: the packaged frontal template's extent in a side-``size`` image."""
-    points = lm.to_pixels(lm.mean_face(), size).numpy()
-    (left, top), (right, bottom) = points.min(0), points.max(0)
-    return Box(float(left), float(top), float(right), float(bottom))
-
-
-def read_output(teacher: LandmarkTeacher, face: np.ndarray) -> tuple[np.ndarray, Box, bool]:
-    """A generated face upscaled for the teacher, the box its landmarks are read in, and whether the
-    teacher's detector found a face there (else the box is where the decoder puts the face)."""
-    import cv2
-
-    side = face.shape[0] * OUTPUT_UPSCALE
-    view = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
-    box, _ = teacher.central_face(view)
-    return (view, box, True) if box is not None else (view, canonical_box(side), False)
-
-
 def pose_and_mouth(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box) -> tuple[float, float, float]:
     """(yaw, pitch, mouth opening) of the face in ``box`` from the teacher's 68 points; NaN pose when
     no pose fits the points (the averages skip it)."""
@@ -184,7 +167,6 @@ class ModelUnderTest:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")
 INPUT_BASELINE = re.compile(r"input:(\d+)")
 
 
@@ -216,14 +198,16 @@ def model_outputs(f, batch: list[tuple[np.ndarray, Box, np.ndarray]]) -> np.ndar
 
 
 def load_model(spec: str) -> ModelUnderTest:
-    """A registered model version (models:/NAME@ALIAS, models:/NAME/VERSION), a run id, a checkpoint,
-    or the no-frontalization baseline ``input:SIZE``."""
+    """A packaged champion (pretrained:NAME), a registered model version (models:/NAME@ALIAS,
+    models:/NAME/VERSION), a run id, a checkpoint, or the no-frontalization baseline ``input:SIZE``."""
     from frontalab.platform.inference import Frontalizer
+    from frontalab.platform.sources import checkpoint_file
 
     if match := INPUT_BASELINE.fullmatch(spec):
         return ModelUnderTest(InputAsOutput(int(match[1])), spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        frontalizer = Frontalizer(checkpoint_file(spec, Path(tmp)))
     if spec.startswith("models:/"):
-        import mlflow.pyfunc
         from mlflow import MlflowClient
 
         name, _, ref = spec[len("models:/"):].partition("@")
@@ -233,22 +217,8 @@ def load_model(spec: str) -> ModelUnderTest:
         else:
             name, _, number = name.partition("/")
             version = client.get_model_version(name, number)
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
-        return ModelUnderTest(model.unwrap_python_model().frontalizer, spec, name, str(version.version),
+        return ModelUnderTest(frontalizer, spec, name, str(version.version),
                               version.tags.get("run_id", version.run_id or ""), dict(version.tags))
-    if RUN_ID.fullmatch(spec):
-        from mlflow import MlflowClient
-
-        from frontalab.platform.registry import latest_checkpoint_artifact
-
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = latest_checkpoint_artifact(MlflowClient(), spec, Path(tmp))
-            return ModelUnderTest(Frontalizer(checkpoint), spec, source_run=spec)
-    from frontalab.platform import storage
-
-    if not storage.is_s3(spec) and not Path(spec).is_file():
-        raise ConfigError(f"evaluate.model: {spec!r} is neither models:/…, a run id, nor a checkpoint file")
-    frontalizer = Frontalizer(storage.cached(spec) if storage.is_s3(spec) else spec)
     return ModelUnderTest(frontalizer, spec, source_run=frontalizer.run_id)
 
 
@@ -362,7 +332,7 @@ def summarise(faces: Faces, threshold: float, seed: int) -> tuple[dict[str, Any]
         "inputs_mean_mouth_opening": float(pose_in[:, 2].mean()),
         # Outputs all alike would be "normalised" and make pose read as frontal: how far apart do
         # different people's outputs stay, relative to their inputs? (1 = as distinct as the photos)
-        "different_people_spread": float(d_out[~same].mean() / d_in[~same].mean()),
+        "different_people_spread": different_people_spread(emb_in, emb_out, pairs[~same]),
         "same_pairs": int(same.sum()),
         "different_pairs": int((~same).sum()),
     }

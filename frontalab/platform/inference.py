@@ -29,9 +29,9 @@ class Frontalizer:
     def __init__(self, checkpoint: str | Path, encoder: Optional[torch.nn.Module] = None, device: str = "cpu"):
         from frontalab.data.teacher import LandmarkTeacher
         from frontalab.models.encoders import build_encoder
-        from frontalab.platform.trainer import build_generator
+        from frontalab.platform.trainer import build_generator, load_checkpoint
 
-        ckpt = torch.load(checkpoint, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(checkpoint, device)
         self.cfg = OmegaConf.create(ckpt["config"])
         if encoder is None:
             options = {"weights": self.cfg.encoder.weights} if self.cfg.encoder.weights else {}
@@ -94,6 +94,30 @@ def _photo(item: Any) -> np.ndarray:
         item = base64.b64decode(item)
     rgb, _ = decode(bytes(item), min_side=16)
     return rgb
+
+
+def load_predictor(spec: str):
+    """``predict(DataFrame) -> DataFrame`` for a model spec: a packaged champion (pretrained:NAME) runs
+    in-process, with no services; anything else (models:/…, runs:/…, a model folder) through MLflow's
+    pyfunc loader, exactly as `mlflow models serve` runs it."""
+    from frontalab.models import pretrained
+
+    if pretrained.is_pretrained(spec):
+        model = FrontalizerModel()
+        model.frontalizer = Frontalizer(pretrained.checkpoint_path(spec))
+        return lambda frame: model.predict(None, frame)
+    return mlflow.pyfunc.load_model(spec).predict
+
+
+def side_by_side(pairs: list[tuple[np.ndarray, np.ndarray]], side: int = 128) -> np.ndarray:
+    """(input photo | frontal face) rows, each image centre-cropped square and resized to ``side``: uint8 HxWx3."""
+    def square(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        top, left = (h - min(h, w)) // 2, (w - min(h, w)) // 2
+        crop = Image.fromarray(rgb[top:top + min(h, w), left:left + min(h, w)])
+        return np.asarray(crop.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))
+
+    return np.concatenate([np.concatenate([square(a), square(b)], axis=1) for a, b in pairs], axis=0)
 
 
 class FrontalizerModel(mlflow.pyfunc.PythonModel):

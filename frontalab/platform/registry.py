@@ -8,6 +8,7 @@ and the git commit, so any output can be traced back to the data and code that m
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any, Optional
 import torch
 
 from frontalab.config import ConfigError
-from frontalab.platform.tune import SWEEP_TAG, TRIAL_TAG
+from frontalab.metrics import FACE_SHARE_METRIC, SELECTION_METRIC, SELECTION_MODE
+from frontalab.platform.sources import latest_checkpoint_artifact
+from frontalab.platform.tune import SWEEP_TAG, TRIAL_TAG, runs_table_url
 
 CHAMPION, PREVIOUS = "champion", "previous"
 LANDMARK_MODEL = "landmarks68"
@@ -24,32 +27,40 @@ ASSETS_EXPERIMENT = "frontalab-assets"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # frontalab/, shipped as the model's code
 
 
-def best_trial_run(client, sweep: str, metric: Optional[str], mode: Optional[str]):
-    """(run, metric, mode) of the best FINISHED trial of ``sweep`` that reported ``metric``."""
+def best_trial_run(client, sweep: str, metric: Optional[str], mode: Optional[str], min_face_share: float = 0.0):
+    """(run, metric, mode) of the best FINISHED trial of ``sweep`` that reported ``metric`` (default: the
+    frontalization score) and whose last face share is at least ``min_face_share``; a ConfigError naming the
+    best trial and its share when none qualifies."""
     exp = client.get_experiment_by_name(f"sweep-{sweep}")
     if exp is None:
         raise ConfigError(f"no sweep named {sweep!r} (no MLflow experiment sweep-{sweep})")
-    parents = client.search_runs([exp.experiment_id], filter_string="tags.`frontalab.role` = 'sweep'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
-    parent_tags = parents[0].data.tags if parents else {}
-    metric = metric or parent_tags.get("metric") or "val/identity_distance/dlib-resnet/mean"
-    mode = mode or parent_tags.get("mode") or "min"
+    metric = metric or SELECTION_METRIC
+    mode = mode or (SELECTION_MODE if metric == SELECTION_METRIC else "min")
     runs = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=5000)
     scored = [r for r in runs if TRIAL_TAG in r.data.tags and metric in r.data.metrics]
     if not scored:
         raise ConfigError(f"sweep {sweep!r} has no finished trial that reported {metric!r}; nothing to promote")
-    best = (min if mode == "min" else max)(scored, key=lambda r: r.data.metrics[metric])
-    return best, metric, mode
+    scored.sort(key=lambda r: r.data.metrics[metric], reverse=mode == "max")
+
+    def face_share(run) -> float:
+        return run.data.metrics.get(FACE_SHARE_METRIC, 0.0)
+
+    eligible = [r for r in scored if face_share(r) >= min_face_share]
+    if not eligible:
+        best = scored[0]
+        raise ConfigError(f"sweep {sweep!r}: refusing to promote trial {best.data.tags.get(TRIAL_TAG)} (run "
+                          f"{best.info.run_id}), the best by {metric}: a face is detected in "
+                          f"{face_share(best):.0%} of its validation outputs, below promote.min_face_share="
+                          f"{min_face_share:g}, and no other trial reaches it")
+    for passed in scored[:scored.index(eligible[0])]:
+        print(f"promote: passing over trial {passed.data.tags.get(TRIAL_TAG)}: a face in only "
+              f"{face_share(passed):.0%} of its validation outputs (promote.min_face_share={min_face_share:g})",
+              file=sys.stderr)
+    return eligible[0], metric, mode
 
 
-def latest_checkpoint_artifact(client, run_id: str, into: Path) -> Path:
-    files = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".pt")]
-    if not files:
-        raise ConfigError(f"run {run_id} has no checkpoint artifact to promote")
-    return Path(client.download_artifacts(run_id, sorted(files)[-1], str(into)))
-
-
-def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None, name: str = "frontalizer") -> dict[str, Any]:
+def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None, name: str = "frontalizer",
+            min_face_share: float = 0.9) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
@@ -57,7 +68,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
     from frontalab.platform.tracking import command_line
 
     client = MlflowClient()
-    best, metric, mode = best_trial_run(client, sweep, metric, mode)
+    best, metric, mode = best_trial_run(client, sweep, metric, mode, min_face_share)
     tags = best.data.tags
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = latest_checkpoint_artifact(client, best.info.run_id, Path(tmp))
@@ -96,7 +107,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
     for key, value in lineage.items():
         client.set_model_version_tag(name, new_version, key, value)
     return {"name": name, "version": new_version, "alias": CHAMPION, "previous": previous,
-            "uri": f"models:/{name}@{CHAMPION}", **lineage}
+            "uri": f"models:/{name}@{CHAMPION}", "mlflow_ui": runs_table_url(best.info.experiment_id), **lineage}
 
 
 def ensure_landmark_model(weights: Path) -> str:

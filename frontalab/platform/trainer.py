@@ -13,10 +13,12 @@ uninterrupted run would have seen, and ends with the same parameters.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import signal
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,13 +29,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from frontalab.config import config_hash, flatten
+from frontalab.config import Config, ConfigError, config_hash, flatten
 from frontalab.data.dataset import FaceDataset
+from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
 from frontalab.losses.landmark import symmetry_loss
 from frontalab.losses.objectives import ColeObjective, ThesisObjective, embed_faces
+from frontalab.metrics import (FACE_SHARE_METRIC, SELECTION_METRIC, SPREAD_METRIC, all_pairs,
+                               different_people_spread, frontalization_score)
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import encoder_input
 from frontalab.paths import state_dir
+from frontalab.platform.sources import checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +91,10 @@ def build_generator(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
     from frontalab.models.thesis import ThesisDecoder
 
     if cfg.model.decoder == "cole":
-        return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden)
-    return ThesisDecoder(feature_dim, out_size=cfg.model.out_size, mask=cfg.model.mask, norm=cfg.model.norm)
+        return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden,
+                           channels=cfg.model.cole_channels)
+    return ThesisDecoder(feature_dim, out_size=cfg.model.out_size, mask=cfg.model.mask, norm=cfg.model.norm,
+                         width=cfg.model.width)
 
 
 def uses_discriminator(cfg: DictConfig) -> bool:
@@ -100,13 +108,22 @@ def default_checkpoint_dir(cfg: DictConfig) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and numbers, so a checkpoint loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+            "python": random.getstate()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's tensors and numbers; nothing in it is unpickled as code (``weights_only``)."""
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -173,6 +190,7 @@ class Trial:
             encoder = build_encoder(cfg.encoder.name, **options)
         self.encoder = encoder.to(self.device)
         self.landmark_net = (landmark_net or load_landmark_net(cfg.landmarks.weights or None)).to(self.device).eval()
+        self.teacher = LandmarkTeacher()  # its detector judges whether validation outputs hold a face
         for p in self.landmark_net.parameters():
             p.requires_grad_(False)
 
@@ -181,6 +199,8 @@ class Trial:
         random.seed(t.seed)
         self.G = build_generator(cfg, self.train_set.feature_dim)
         self.G.standardize.fit(self.train_set.features)
+        if t.init_from and resume_from is None:
+            self._init_from(t.init_from)
         self.G = self.G.to(self.device)
         self.D = None
         if uses_discriminator(cfg):
@@ -226,6 +246,19 @@ class Trial:
 
     # ---------------------------------------------------------------- checkpoints
 
+    def _init_from(self, spec: str) -> None:
+        """The decoder of another model, which must have this trial's architecture and encoder."""
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = load_checkpoint(checkpoint_file(spec, Path(tmp)))
+        source = OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])
+        differs = [f"model.{k}: {source.model[k]} there, {self.cfg.model[k]} here" for k in self.cfg.model
+                   if source.model[k] != self.cfg.model[k]]
+        if source.encoder.name != self.cfg.encoder.name:
+            differs.append(f"encoder.name: {source.encoder.name} there, {self.cfg.encoder.name} here")
+        if differs:
+            raise ConfigError(f"train.init_from={spec}: that model is not this trial's architecture ({'; '.join(differs)})")
+        self.G.load_state_dict(ckpt["G"])  # its feature statistics too: the weights were learnt with them
+
     def checkpoint(self) -> Path:
         path = self.checkpoint_dir / f"step-{self.state.step:06d}.pt"
         save_atomic({
@@ -245,7 +278,7 @@ class Trial:
         return path
 
     def _load(self, path: Path) -> Optional[str]:
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = load_checkpoint(path, self.device)
         if ckpt["dataset_hash"] != self.dataset_hash:
             raise ValueError(f"checkpoint {path} was trained on dataset {ckpt['dataset_hash']}, "
                              f"not {self.dataset_hash} ({self.cfg.data.path})")
@@ -274,8 +307,20 @@ class Trial:
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
 
+    def _set_learning_rates(self) -> None:
+        """The rates for the coming step, a function of the step alone (so a resumed run continues the schedule)."""
+        t = self.cfg.train
+        scale = 1.0
+        if t.lr_schedule == "cosine":
+            scale = 0.5 * (1 + math.cos(math.pi * min(self.state.step / t.steps, 1.0)))
+        for opt, lr in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr * scale
+
     def train_step(self) -> dict[str, float]:
         t = self.cfg.train
+        self._set_learning_rates()
         batch = collate(self.train_set, self.order.next(), self.device)
         if t.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -324,24 +369,31 @@ class Trial:
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], np.ndarray]:
-        from frontalab.data.teacher import head_pose
-
         self.G.eval()
         batch = self.val_batch
         out = self.G(batch["features"])
         composite = out.composite
         points = self.landmark_net(composite)
-        dist = self.encoder.distance(batch["embedding"], embed_faces(self.encoder, composite, points)).cpu().numpy()
+        embeddings = embed_faces(self.encoder, composite, points)
+        dist = self.encoder.distance(batch["embedding"], embeddings).cpu().numpy()
         name = self.encoder.name
         size = composite.shape[-1]
         yaws = [head_pose(p, (size, size))[0] for p in lm.to_pixels(points, size).cpu().numpy()]
+        faces = ((composite.float().clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+        face_share = float(np.mean([read_output(self.teacher, f)[2] for f in faces]))
+        spread = different_people_spread(batch["embedding"].cpu().numpy(), embeddings.cpu().numpy(),
+                                         all_pairs(len(faces)))
+        threshold = self.encoder.same_identity_threshold
         metrics = {
             f"val/identity_distance/{name}/mean": float(dist.mean()),
             f"val/identity_distance/{name}/median": float(np.median(dist)),
             f"val/identity_distance/{name}/p95": float(np.percentile(dist, 95)),
-            f"val/identity_within_threshold/{name}": float((dist < self.encoder.same_identity_threshold).mean()),
+            f"val/identity_within_threshold/{name}": float((dist < threshold).mean()),
             "val/abs_yaw": float(np.mean(np.abs(yaws))),
             "val/symmetry": float(symmetry_loss(points)),
+            FACE_SHARE_METRIC: face_share,
+            SPREAD_METRIC: spread,
+            SELECTION_METRIC: frontalization_score(face_share, spread, float(dist.mean()), threshold),
         }
         mask = getattr(out, "mask", None)
         if mask is not None:
@@ -399,7 +451,7 @@ def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = 
 
         if not cfg.tracking.enabled:
             return NullTracker()
-        params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("services.", "prepare."))}
+        params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("services.", "prepare.", "promote."))}
         version = ensure_landmark_model(Path(cfg.landmarks.weights or default_weights_path()))
         return Tracker.open(experiment=cfg.tracking.experiment, run_name=run_name or cfg.tracking.run_name,
                             params=params, tags={**tags, **(extra_tags or {}), f"{LANDMARK_MODEL}_version": version},

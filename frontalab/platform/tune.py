@@ -33,6 +33,11 @@ SWEEP_TAG = "frontalab.sweep"
 EXCLUDED_FROM_TRIALS = ("services.",)  # endpoints are the driver's business
 
 
+def runs_table_url(experiment_id: str) -> str:
+    """The MLflow UI's training-runs table of an experiment (a bare #/experiments/N opens the GenAI overview)."""
+    return f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def experiment_name(sweep: DictConfig) -> str:
     return f"sweep-{sweep.name}"
 
@@ -293,6 +298,6 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> 
         summary.update(best_trial=trial_id, best_run_id=best_run, best_metric=best.metrics.get(sweep.metric),
                        best_config=best.config)
     client.set_terminated(parent, status="FINISHED")
-    summary["mlflow_ui"] = f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{exp_id}"
+    summary["mlflow_ui"] = runs_table_url(exp_id)
     summary["parent_run_id"] = parent
     return summary

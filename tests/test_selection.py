@@ -1,0 +1,103 @@
+"""Model selection cannot pick a non-face: validation's frontalization score and `promote`'s face guard.
+
+The decoders below are stand-ins whose outputs we choose (white, one face for everyone, each person's
+own photo); everything downstream of them is the real validation: the landmark student, the encoder,
+dlib's detector on the outputs and the score.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_cli, service_overrides
+from frontalab.metrics import (FACE_SHARE_METRIC, SELECTION_METRIC, SPREAD_METRIC, all_pairs,
+                               different_people_spread, frontalization_score)
+from frontalab.models.thesis import DecoderOutput
+
+
+def test_score_is_zero_without_faces_or_without_differences_and_grows_with_each_factor():
+    assert frontalization_score(0.0, 1.0, 0.1, 0.6) == 0
+    assert frontalization_score(1.0, 0.0, 0.1, 0.6) == 0
+    good = frontalization_score(1.0, 0.9, 0.4, 0.6)
+    assert good > 0
+    assert frontalization_score(0.9, 0.9, 0.4, 0.6) < good  # fewer faces
+    assert frontalization_score(1.0, 0.5, 0.4, 0.6) < good  # less distinct people
+    assert frontalization_score(1.0, 0.9, 0.5, 0.6) < good  # further from the input's identity
+    assert frontalization_score(1.0, 3.0, 0.4, 0.6) == frontalization_score(1.0, 1.0, 0.4, 0.6)  # capped
+
+
+def test_spread_is_the_ratio_of_mean_pair_distances():
+    inputs = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]]).numpy()
+    assert different_people_spread(inputs, inputs / 2, all_pairs(3)) == pytest.approx(0.5)
+    assert different_people_spread(inputs, inputs[[0, 0, 0]], all_pairs(3)) == 0
+    assert all_pairs(3).tolist() == [[0, 1], [0, 2], [1, 2]]
+
+
+class ChosenOutputs(nn.Module):
+    """A decoder stand-in: for each validation face (found by its features) the image we choose."""
+
+    def __init__(self, features: torch.Tensor, images: torch.Tensor):
+        super().__init__()
+        self.features, self.images = features, images
+
+    def forward(self, features: torch.Tensor) -> DecoderOutput:
+        chosen = self.images[torch.cdist(features, self.features).argmin(1)]
+        return DecoderOutput(chosen, None, chosen)
+
+
+@pytest.fixture(scope="module")
+def validated(small_dataset):
+    """Validation metrics of three stand-in decoders on the same validation faces."""
+    from frontalab.config import load_config
+    from frontalab.platform.trainer import Trial, mlflow_tracker_factory
+
+    cfg = load_config(None, ["model.out_size=64", f"data.path={small_dataset}", "train.val_faces=8",
+                             "tracking.enabled=false", "loss.adversarial=0"])
+    trial = Trial(cfg, mlflow_tracker_factory())
+    batch = trial.val_batch
+    faces = batch["image"]
+    outputs = {"white": torch.ones_like(faces), "one face for all": faces[:1].expand_as(faces).clone(),
+               "each person's own face": faces}
+    results = {}
+    for name, images in outputs.items():
+        trial.G = ChosenOutputs(batch["features"], images)
+        results[name] = trial.validate()[0]
+    return results
+
+
+def test_white_or_identical_outputs_score_zero_and_below_distinct_faces(validated):
+    white, same, own = validated["white"], validated["one face for all"], validated["each person's own face"]
+    assert white[FACE_SHARE_METRIC] == 0 and white[SELECTION_METRIC] == 0
+    assert same[SPREAD_METRIC] == pytest.approx(0, abs=1e-6) and same[SELECTION_METRIC] == 0
+    assert same[FACE_SHARE_METRIC] in (0.0, 1.0)  # one image: its face is found everywhere or nowhere
+    assert own[FACE_SHARE_METRIC] >= 0.75 and own[SPREAD_METRIC] == pytest.approx(1.0, abs=0.2)
+    assert own[SELECTION_METRIC] > 0.3
+    assert own[SELECTION_METRIC] > max(white[SELECTION_METRIC], same[SELECTION_METRIC])
+
+
+def test_promote_refuses_a_sweep_whose_best_trial_makes_no_face(validated, embedded_services):
+    """The white trial's own validation numbers, logged as a finished trial of a sweep: exit 2, naming it."""
+    from mlflow import MlflowClient
+
+    cfg, endpoints = embedded_services
+    sweep = f"white-{uuid.uuid4().hex[:6]}"
+    client = MlflowClient(tracking_uri=endpoints.mlflow)
+    exp = client.create_experiment(f"sweep-{sweep}")
+    parent = client.create_run(exp, tags={"frontalab.role": "sweep", "frontalab.sweep": sweep})
+    child = client.create_run(exp, tags={"frontalab.trial_id": "white_00000", "mlflow.parentRunId": parent.info.run_id})
+    for key, value in validated["white"].items():
+        client.log_metric(child.info.run_id, key, value)
+    client.set_terminated(child.info.run_id, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    out = run_cli("promote", sweep, *service_overrides(cfg), check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "white_00000" in out.stderr and "0%" in out.stderr and "min_face_share" in out.stderr
+    assert "Traceback" not in out.stderr
+    # Ranked by identity alone it is still refused: the guard does not depend on the metric.
+    out = run_cli("promote", sweep, "--metric", "val/identity_distance/dlib-resnet/mean", "--mode", "min",
+                  *service_overrides(cfg), check=False)
+    assert out.returncode == 2 and "white_00000" in out.stderr, out.stderr[-2000:]
