@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from frontalab.config import load_config
-    from frontalab.platform import services
+    from frontalab import services
 
     tmp = None
     overrides = list(args.overrides)

@@ -57,9 +57,9 @@ from typing import Iterator
 from frontalab.config import load_config
 from frontalab.losses.objectives import embed_faces
 from frontalab.paths import faces_dir
-from frontalab.platform import services
-from frontalab.platform.tracking import NullTracker
-from frontalab.platform.trainer import Trial, mlflow_tracker_factory
+from frontalab import services
+from frontalab.tracking.tracker import NullTracker
+from frontalab.training.trial import Trial, mlflow_tracker_factory
 
 BENCH_DIR = Path(tempfile.gettempdir()) / "frontalab-bench"  # kept between runs: the FaceNet-features dataset
 CHECKPOINTS = tempfile.TemporaryDirectory(prefix="trainer-overhead-")  # deleted when the benchmark exits
@@ -99,7 +99,7 @@ def sender_processes() -> list:
     """The trial's MLflow sender (it also runs MLflow's system-metrics monitor): a child process."""
     import psutil
 
-    return [p for p in psutil.Process().children() if "frontalab.platform.tracking" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process().children() if "frontalab.tracking.sender" in " ".join(p.cmdline())]
 
 
 @contextmanager

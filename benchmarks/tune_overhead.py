@@ -81,7 +81,7 @@ def bare_config(data: str, steps: int):
 
 
 def bare(data: str, steps: int) -> dict:
-    from frontalab.platform.trainer import run_trial
+    from frontalab.training.trial import run_trial
 
     cfg = bare_config(data, steps)
     tracker = RecordingTracker()
@@ -98,7 +98,7 @@ def bare(data: str, steps: int) -> dict:
 def tuned(data: str, steps: int, name: str) -> dict:
     from mlflow import MlflowClient
 
-    from frontalab.platform.tune import run_sweep
+    from frontalab.sweep.tune import run_sweep
 
     t0 = time.time()
     with contextlib.redirect_stdout(sys.stderr):
@@ -122,8 +122,8 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", metavar="services.KEY=VALUE", help="which services to use")
     args = ap.parse_args()
 
-    from frontalab.platform import services
-    from frontalab.platform.cluster import connect
+    from frontalab import services
+    from frontalab.compute import connect
 
     cfg = load_config(None, args.overrides)
     services.up(cfg.services, quiet=True)
@@ -132,7 +132,7 @@ def main() -> None:
     connect(num_cpus=2)
     print(f"embedded Ray up in {time.time() - t:.1f} s (not counted)")
 
-    from frontalab.platform.trainer import Trial
+    from frontalab.training.trial import Trial
 
     with tempfile.TemporaryDirectory() as ckpt:  # warm this process's caches (imports, weights, data): not counted
         Trial(bare_config(args.data, args.steps), lambda **_: RecordingTracker(), checkpoint_dir=Path(ckpt))

@@ -1,4 +1,5 @@
-"""`frontalab` command line. Parsers are cheap; each command imports its heavy modules lazily.
+"""`frontalab` command line. Parsers are cheap; each command imports its heavy modules (torch, Ray, MLflow)
+lazily, so `frontalab config`, `status` and `--help` answer at once.
 
 Exit status: 0 success, 1 runtime failure, 2 bad usage or bad config (named key).
 """
@@ -6,13 +7,24 @@ Exit status: 0 success, 1 runtime failure, 2 bad usage or bad config (named key)
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from frontalab.config import ConfigError, load_config, to_yaml
+import numpy as np
+from PIL import Image
+
+from frontalab import services, storage
+from frontalab.config import ConfigError, load_config, load_sweep, to_yaml
+from frontalab.data.decode import IMAGE_SUFFIXES, Skip, decode
+from frontalab.data.faces import demo_source, identity_source
+from frontalab.paths import state_dir
+from frontalab.testing import LocalCluster
+from frontalab.training.sources import RUN_ID
 
 GRID_ROWS = 16  # photo | frontal face rows in `frontalize --grid`
 
@@ -34,8 +46,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from frontalab.platform import services
-
     cfg = _load(args).services
     try:
         endpoints = services.up(cfg)
@@ -47,8 +57,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from frontalab.platform import services
-
     cfg = _load(args).services
     try:
         services.down(cfg)
@@ -59,8 +67,6 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from frontalab.platform import services
-
     state = services.status(_load(args).services)
     if args.json:
         print(json.dumps(state))
@@ -71,24 +77,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def needs_s3(*uris: str) -> bool:
-    from frontalab.platform import storage
-
     return any(storage.is_s3(u) for u in uris if u)
 
 
 def use_services(cfg, needed: bool = True) -> None:
     """Start the services if ``needed`` (idempotent) and point this process at them."""
-    import os
-
-    from frontalab.platform import services
-
     if needed:
         services.up(cfg.services)
         os.environ.update(services.client_env(cfg.services))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from frontalab.data.prepare import prepare
+    from frontalab.data.prepare import prepare  # deferred: torch and Ray Data, seconds to import
 
     flags = {"source": args.source, "out": args.out, "size": args.size, "limit": args.limit,
              "encoders": f"[{args.encoders}]" if args.encoders else None,
@@ -105,7 +105,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from frontalab.platform.trainer import NonFiniteLoss, run_trial
+    from frontalab.training.trial import NonFiniteLoss, run_trial  # deferred: torch and the models, seconds
 
     cfg = _load(args)
     use_services(cfg, cfg.tracking.enabled or needs_s3(cfg.data.path))
@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_train_landmarks(args: argparse.Namespace) -> int:
-    from frontalab.platform.train_landmarks import train_landmarks
+    from frontalab.training.landmarks import train_landmarks  # deferred: torch, seconds to import
 
     cfg = _load(args)
     use_services(cfg, needs_s3(cfg.landmarks.data, cfg.landmarks.out))
@@ -136,8 +136,7 @@ def cmd_train_landmarks(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from frontalab.config import load_sweep
-    from frontalab.platform.tune import run_sweep
+    from frontalab.sweep.tune import run_sweep  # deferred: torch, Ray and MLflow, seconds to import
 
     services_overrides = [o for o in args.overrides if o.startswith("services.")]
     sweep_overrides = [o for o in args.overrides if not o.startswith("services.")]
@@ -153,7 +152,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from frontalab.platform.registry import promote
+    from frontalab.serving.promotion import promote  # deferred: torch and MLflow, seconds to import
 
     cfg = _load(args)
     use_services(cfg)
@@ -166,10 +165,6 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     """A local multi-node Ray cluster (head + N workers as `ray start` processes on 127.0.0.1)."""
-    from frontalab.paths import state_dir
-    from frontalab.platform import services
-    from frontalab.platform.cluster import LocalCluster
-
     cfg = _load(args)
     args.state_dir = args.state_dir or str(state_dir(cfg.services.state_dir) / "ray-cluster")
     existing = LocalCluster.load(args.state_dir)
@@ -200,8 +195,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def _photos(paths: list[str]) -> list[Path]:
-    from frontalab.data.decode import IMAGE_SUFFIXES
-
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -214,15 +207,12 @@ def _photos(paths: list[str]) -> list[Path]:
 
 
 def cmd_frontalize(args: argparse.Namespace) -> int:
-    import base64
-
-    import numpy as np
+    # deferred: pandas, torch and MLflow take seconds to import
     import pandas as pd
-    from PIL import Image
 
-    from frontalab.data.decode import Skip, decode
-    from frontalab.data.teacher import LandmarkTeacher, read_output
-    from frontalab.platform.inference import load_predictor, side_by_side
+    from frontalab.data.teacher import LandmarkTeacher, read_output  # deferred: dlib and torch
+    from frontalab.serving.frontalizer import side_by_side
+    from frontalab.serving.pyfunc import load_predictor
 
     use_services(_load(args), needed=args.model.startswith(("models:/", "runs:/")))
     inputs, out = _photos(args.inputs), Path(args.out)
@@ -262,8 +252,7 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from frontalab.platform.evaluate import HEADLINE, evaluate
-    from frontalab.platform.sources import RUN_ID
+    from frontalab.evaluation import HEADLINE, evaluate_model  # deferred: torch and matplotlib, seconds to import
 
     flags = {"model": args.model, "faces": args.faces, "encoder": args.encoder, "out": args.out, "label": args.label,
              "max_people": args.max_people}
@@ -272,7 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     e = cfg.evaluate
     use_services(cfg, e.track or e.model.startswith("models:/") or bool(RUN_ID.fullmatch(e.model)) or needs_s3(e.model))
     with contextlib.redirect_stdout(sys.stderr):
-        results = evaluate(cfg)
+        results = evaluate_model(cfg)
     if args.json:
         Path(args.json).write_text(json.dumps({k: results[k] for k in HEADLINE}, indent=1))
     print(json.dumps(results, indent=1))
@@ -280,8 +269,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_faces(args: argparse.Namespace) -> int:
-    from frontalab.data.faces import demo_source, identity_source
-
     print(identity_source() if args.people else demo_source())
     return 0
 

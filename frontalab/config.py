@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from frontalab.metrics import SELECTION_METRIC, SELECTION_MODE
+from frontalab.naming import ENCODER_NAMES, SELECTION_METRIC, SELECTION_MODE
 
 
 class ConfigError(ValueError):
@@ -45,9 +45,6 @@ class ModelConfig:
     cole_hidden: int = _f(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
     cole_channels: int = _f(256, lo=8, doc="channels of Cole's texture volume (the paper: 256 at S/4), halved by "
                                           "each transposed conv; its FC layer holds cole_hidden x (S/4)^2 x this")
-
-
-ENCODER_NAMES = ("dlib-resnet", "facenet-vggface2", "facenet-casia")
 
 
 @dataclass
@@ -85,8 +82,9 @@ class LossConfig:
     encoder_blur: float = _f(0.0, lo=0, hi=8, doc="Gaussian sigma (output pixels) applied to what the encoder's "
                                                  "terms see: the encoder's gradients carry high frequencies that "
                                                  "print as stripes on a small output (seen at 64 px with 0)")
-    perceptual: float = _f(0.0, lo=0, doc="L1 between the frozen encoder's feature maps of the output and of the "
-                                          "input warped to the canonical frame, both cut at the canonical chip")
+    perceptual: float = _f(0.0, lo=0,
+                           doc="L1 between the frozen encoder's feature maps of the output and of the input warped "
+                               "to the canonical frame, both cut at the canonical chip")
     alpha_geo: float = _f(160.0, lo=0, doc="landmark geometry: 1 - cosine of L1 distance matrices (eq. 3.3)")
     sym: float = _f(1.0, lo=0, doc="left/right symmetry about the vertical midline (eq. 3.4)")
     tilt: float = _f(1.0, lo=0, doc="left/right pairs at equal height (eq. 3.5)")
@@ -319,6 +317,14 @@ def check_consistency(cfg: DictConfig) -> None:
         raise ConfigError("config keys 'prepare.min_pitch' and 'prepare.max_pitch': min_pitch must not exceed max_pitch")
 
 
+def _with_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``cfg`` with dotlist ``key=value`` overrides merged in."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 base: dict | None = None) -> DictConfig:
     """Defaults, then the YAML file at `path` (if any), then the nested `base`, then dotlist overrides; validated."""
@@ -331,10 +337,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
             cfg = OmegaConf.merge(cfg, OmegaConf.load(p))
         if base:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = _with_overrides(cfg, overrides)
     except OmegaConfBaseException as err:
         raise _explain(err) from None
     validate(cfg)
@@ -458,10 +461,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictCon
     sweep = OmegaConf.structured(SweepConfig)
     try:
         sweep = OmegaConf.merge(sweep, OmegaConf.load(p))
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value")
-        sweep = OmegaConf.merge(sweep, OmegaConf.from_dotlist(list(overrides)))
+        sweep = _with_overrides(sweep, overrides)
     except OmegaConfBaseException as err:
         raise _explain_sweep(err) from None
     validate(sweep, SweepConfig)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# The metric the shipped sweep files and `promote` rank trials by (higher is better).
-SELECTION_METRIC = "val/frontalization_score"
-SELECTION_MODE = "max"
-FACE_SHARE_METRIC = "val/face_detected_share"
-SPREAD_METRIC = "val/different_people_spread"
+# The metrics' names live with every other name; re-exported here beside their functions.
+from frontalab.naming import FACE_SHARE_METRIC, SELECTION_METRIC, SELECTION_MODE, SPREAD_METRIC
+
+__all__ = ["FACE_SHARE_METRIC", "SELECTION_METRIC", "SELECTION_MODE", "SPREAD_METRIC", "all_pairs",
+           "different_people_spread", "frontalization_score"]
 
 
 def different_people_spread(inputs: np.ndarray, outputs: np.ndarray, pairs: np.ndarray) -> float:

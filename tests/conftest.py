@@ -120,7 +120,7 @@ def embedded_services(tmp_path_factory):
 
     Started once per test session and stopped at teardown; any test module may use it.
     """
-    from frontalab.platform import services
+    from frontalab import services
 
     cfg = services_config(tmp_path_factory.mktemp("services") / "state")
     t0 = time.monotonic()
@@ -139,7 +139,7 @@ def embedded_services(tmp_path_factory):
 @pytest.fixture
 def services_env(embedded_services, monkeypatch):
     """`embedded_services`, with this process's client environment (MLflow, S3) pointing at them."""
-    from frontalab.platform import services
+    from frontalab import services
 
     for key, value in services.client_env(embedded_services[0]).items():
         monkeypatch.setenv(key, value)

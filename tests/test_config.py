@@ -130,7 +130,7 @@ def test_pbt_exploits_only_at_checkpoints():
 
 
 def test_command_tag_masks_credentials_in_urls(monkeypatch):
-    from frontalab.platform.tracking import command_line
+    from frontalab.tracking.provenance import command_line
 
     monkeypatch.setattr(sys, "argv", ["/venv/bin/frontalab", "sweep", "sweeps/quick.yaml",
                                       "services.mlflow_uri=https://alice:s3cr3t@mlflow.example:5000"])

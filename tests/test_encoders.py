@@ -324,7 +324,7 @@ def test_facenet_weights_from_s3(tmp_path, monkeypatch, services_env):
     """s3:// weights from the real embedded S3: fetched once into the cache, then reused."""
     from facenet_pytorch import InceptionResnetV1
 
-    from frontalab.platform import storage
+    from frontalab import storage
 
     cfg, _ = services_env
     monkeypatch.setenv("FRONTALAB_CACHE", str(tmp_path / "cache"))

@@ -7,7 +7,7 @@ import pytest
 
 from frontalab.config import ConfigError
 from frontalab.data.teacher import canonical_box, read_output
-from frontalab.platform import evaluate as ev
+from frontalab import evaluation as ev
 
 
 def test_auc_known_answers():

@@ -29,7 +29,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from frontalab.config import ServicesConfig
-from frontalab.platform import services
+from frontalab import services
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "infra"

@@ -109,8 +109,8 @@ def test_checkpoints_from_before_standardisation_still_load(tmp_path):
     from omegaconf import OmegaConf
 
     from frontalab.config import load_config
-    from frontalab.platform.inference import Frontalizer
-    from frontalab.platform.trainer import build_generator
+    from frontalab.serving.frontalizer import Frontalizer
+    from frontalab.models.build import build_generator
 
     cfg = load_config(None, ["model.out_size=64"])
     state = {k: v for k, v in build_generator(cfg, 256).state_dict().items() if not k.startswith("standardize.")}

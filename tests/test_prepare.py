@@ -84,7 +84,7 @@ def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embed
 
     # --- the reader, from S3 through the local cache, in this process
     from frontalab.data.dataset import FaceDataset
-    from frontalab.platform import services
+    from frontalab import services
 
     os.environ.update(services.client_env(cfg))
     ds = FaceDataset(out, split=None, image_size=64)
@@ -101,7 +101,7 @@ def test_unreadable_s3_object_is_counted(embedded_services):
     import pandas as pd
 
     from frontalab.data.prepare import decode_stage
-    from frontalab.platform import services
+    from frontalab import services
 
     cfg, _ = embedded_services
     os.environ.update(services.client_env(cfg))

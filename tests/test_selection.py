@@ -53,7 +53,7 @@ class ChosenOutputs(nn.Module):
 def validated(small_dataset):
     """Validation metrics of three stand-in decoders on the same validation faces."""
     from frontalab.config import load_config
-    from frontalab.platform.trainer import Trial, mlflow_tracker_factory
+    from frontalab.training.trial import Trial, mlflow_tracker_factory
 
     cfg = load_config(None, ["model.out_size=64", f"data.path={small_dataset}", "train.val_faces=8",
                              "tracking.enabled=false", "loss.adversarial=0"])

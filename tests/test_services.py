@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, listening_ports, pid_alive, process_tree, service_overrides, services_config, wait_gone
-from frontalab.platform import services
+from frontalab import services
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -80,7 +80,7 @@ def history(endpoints, run_id: str, key: str) -> list[int]:
 
 
 def sample_steps(endpoints, run_id: str) -> set[int]:
-    from frontalab.platform.tracking import image_key_step
+    from frontalab.tracking.uploads import image_key_step
 
     files = rest(endpoints, "artifacts/list", run_id=run_id, path="images").get("files", [])
     found = [image_key_step(Path(f["path"]).name) for f in files]
@@ -138,7 +138,7 @@ def summary_of(stdout: str) -> dict:
 
 
 def s3_keys(cfg, prefix: str) -> list[str]:
-    from frontalab.platform import services
+    from frontalab import services
 
     s3 = services.s3_client(cfg)
     keys = []
@@ -150,7 +150,7 @@ def s3_keys(cfg, prefix: str) -> list[str]:
 def assert_no_credentials(cfg, prefix: str) -> list[str]:
     """Download every object under ``prefix`` (Tune's experiment state, trial state, checkpoints)
     and check that neither S3 key is in its bytes; returns the keys."""
-    from frontalab.platform import services
+    from frontalab import services
 
     creds = services.credentials(cfg)
     s3 = services.s3_client(cfg)
@@ -170,8 +170,8 @@ def assert_no_credentials(cfg, prefix: str) -> list[str]:
 @pytest.fixture(scope="module")
 def cluster(embedded_services, tmp_path_factory):
     """A Ray head (1 CPU) and one worker node (1 CPU): separate `ray start` processes on 127.0.0.1."""
-    from frontalab.platform import services
-    from frontalab.platform.cluster import LocalCluster
+    from frontalab import services
+    from frontalab.testing import LocalCluster
 
     cfg, _ = embedded_services
     t0 = time.monotonic()
@@ -254,7 +254,7 @@ def test_killed_worker_node_trial_resumes_from_checkpoint_on_a_live_node(cluster
             return None
 
         victim = wait_for("a trial on the worker node past its first checkpoint", worker_trial_past_checkpoint, 300)
-        from frontalab.platform.cluster import _cmdline
+        from frontalab.services.processes import cmdline as _cmdline
 
         names = sorted(Path(_cmdline(p)[0]).name if _cmdline(p) else "?" for p in cluster.pids("w1"))
         killed = cluster.kill_node("w1")
@@ -293,7 +293,7 @@ def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, 
     mark = uuid.uuid4().hex
     log = tmp_path / "first.log"
     proc = start_sweep(args, log, env={DRIVER_MARK: mark})
-    from frontalab.platform.cluster import kill_pids, pids_with_env
+    from frontalab.services.processes import kill_pids, pids_with_env
 
     try:
         def checkpointed():
@@ -379,7 +379,7 @@ def test_promote_frontalize_serve_and_champion_moves(multi_node_sweep, embedded_
     assert len(list(out_dir.glob("*.png"))) == 5
 
     # `mlflow models serve` on the same URI answers one face with one image.
-    from frontalab.platform import services
+    from frontalab import services
     from PIL import Image
 
     port = free_port()

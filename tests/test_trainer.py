@@ -17,7 +17,7 @@ import requests
 import torch
 
 from conftest import SMALL_DATASET_SETTINGS, free_port, run_cli, service_overrides
-from frontalab.platform.trainer import latest_checkpoint
+from frontalab.training.checkpoints import latest_checkpoint
 
 STEPS = 200
 ALL_CHECKPOINTS = [f"step-{s:06d}.pt" for s in range(50, STEPS + 1, 50)]  # train_args checkpoints every 50
@@ -71,7 +71,7 @@ def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(referenc
     assert params["loss.alpha_geo"] == "160.0" and params["train.g_steps_per_d"] == "4"
 
     images = rest(endpoints, "artifacts/list", run_id=run_id, path="images").get("files", [])
-    from frontalab.platform.tracking import image_key_step
+    from frontalab.tracking.uploads import image_key_step
 
     found = [image_key_step(Path(f["path"]).name) for f in images]
     steps = {step for key_step in found if key_step for key, step in [key_step] if key == "samples"}
@@ -120,7 +120,7 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
 
 def objects_of_run(cfg, run_id: str) -> list[str]:
     """The keys of the run's artifacts in the bucket."""
-    from frontalab.platform import services
+    from frontalab import services
 
     s3 = services.s3_client(cfg)
     return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=cfg.bucket, Prefix="mlflow/")
@@ -136,7 +136,8 @@ def test_files_a_killed_run_never_sent_are_sent_when_it_resumes(services_env, tm
     though the trainer pruned its own copy; the resumed run uploads it, and lets it go."""
     from mlflow import MlflowClient
 
-    from frontalab.platform.tracking import UPLOADING, Tracker, hold_for_upload
+    from frontalab.tracking.tracker import Tracker
+    from frontalab.tracking.uploads import UPLOADING, hold_for_upload
 
     cfg, endpoints = services_env
     folder = tmp_path / "ckpt"
@@ -164,8 +165,8 @@ def test_large_files_go_straight_to_the_bucket_or_else_through_the_server(servic
     reach the bucket (here: a dead proxy for all but the tracking server), the server proxies it."""
     from mlflow import MlflowClient
 
-    from frontalab.platform import services
-    from frontalab.platform.tracking import Tracker
+    from frontalab import services
+    from frontalab.tracking.tracker import Tracker
 
     cfg, endpoints = services_env
     if not bucket_reachable:  # the server by name, the bucket's URLs by address: only those use the proxy
@@ -190,7 +191,7 @@ def test_large_files_go_straight_to_the_bucket_or_else_through_the_server(servic
 
 
 def test_held_files_outlive_their_originals_until_released(tmp_path):
-    from frontalab.platform.tracking import UPLOADING, hold_for_upload, held_uploads, release_upload
+    from frontalab.tracking.uploads import UPLOADING, hold_for_upload, held_uploads, release_upload
 
     a, b = tmp_path / "a.pt", tmp_path / "b.txt"
     a.write_bytes(b"A")
@@ -211,7 +212,7 @@ def sender_of(pid: int):
     """The MLflow sender process of the trial process ``pid``."""
     import psutil
 
-    found = [p for p in psutil.Process(pid).children() if "frontalab.platform.tracking" in " ".join(p.cmdline())]
+    found = [p for p in psutil.Process(pid).children() if "frontalab.tracking.sender" in " ".join(p.cmdline())]
     assert len(found) == 1, found
     return found[0]
 
@@ -268,7 +269,7 @@ def test_dead_sender_is_reported_and_the_trial_finishes(small_dataset, embedded_
 
 @pytest.mark.slow  # 30 s of outage plus 300 steps: `make test-slow`
 def test_tracking_outage_loses_nothing(small_dataset, embedded_services, tmp_path):
-    from frontalab.platform import services
+    from frontalab import services
 
     cfg, endpoints = embedded_services
     ckpt = tmp_path / "ckpt"
@@ -315,7 +316,7 @@ def experiment_id(endpoints, name: str) -> str:
 def test_secret_key_appears_nowhere(reference_run, embedded_services, tmp_path):
     cfg, endpoints = embedded_services
     run_id, _, out = reference_run
-    from frontalab.platform import services
+    from frontalab import services
 
     secret = services.credentials(cfg).secret_key.encode()
     state = Path(cfg.state_dir)
@@ -337,7 +338,7 @@ def test_secret_key_appears_nowhere(reference_run, embedded_services, tmp_path):
 
 def make_trial(dataset: Path, *overrides: str):
     from frontalab.config import load_config
-    from frontalab.platform.trainer import Trial, mlflow_tracker_factory
+    from frontalab.training.trial import Trial, mlflow_tracker_factory
 
     cfg = load_config(None, ["model.out_size=64", f"data.path={dataset}", "train.batch_size=2", "train.val_faces=2",
                              "tracking.enabled=false", *overrides])
@@ -410,7 +411,7 @@ def test_recomputed_input_features_agree_with_the_cached_ones(small_dataset):
     """data.cached_features=false re-encodes each batch from its 64 px images: each face stays the
     same person (within the encoder's threshold) as its cached embedding, and closer to it than to
     other faces' cached embeddings on average."""
-    from frontalab.platform.trainer import collate
+    from frontalab.training.trial import collate
 
     trial = make_trial(small_dataset, "data.cached_features=false")
     batch = collate(trial.train_set, torch.arange(len(trial.train_set)), trial.device)
@@ -432,7 +433,7 @@ def test_facenet_trial_feeds_its_encoder_as_prepare_did(small_source, tmp_path):
     from facenet_pytorch import InceptionResnetV1
 
     from frontalab.config import load_config
-    from frontalab.platform.trainer import Trial, collate, mlflow_tracker_factory
+    from frontalab.training.trial import Trial, collate, mlflow_tracker_factory
 
     torch.manual_seed(0)
     weights = tmp_path / "facenet-random.pt"

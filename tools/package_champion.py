@@ -29,8 +29,8 @@ FOLDER = Path(__file__).resolve().parent.parent / "frontalab" / "models" / "cham
 
 
 def package(name: str, spec: str, recipe: str) -> dict:
-    from frontalab.platform.sources import checkpoint_file
-    from frontalab.platform.trainer import load_checkpoint
+    from frontalab.training.sources import checkpoint_file
+    from frontalab.training.checkpoints import load_checkpoint
 
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = load_checkpoint(checkpoint_file(spec, Path(tmp)))
@@ -70,7 +70,7 @@ def main() -> None:
     if args.model:
         if not args.recipe:
             ap.error("--model needs --recipe: the sidecar must say how the model was trained")
-        from frontalab.platform.sources import RUN_ID
+        from frontalab.training.sources import RUN_ID
 
         use_services(load_config(None, []), args.model.startswith(("models:/", "s3://")) or bool(RUN_ID.fullmatch(args.model)))
         print(json.dumps(package(args.name, args.model, args.recipe), indent=1))

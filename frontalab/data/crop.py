@@ -44,3 +44,13 @@ def crop(rgb: np.ndarray, box: Box, size: int) -> tuple[np.ndarray, float, np.nd
 def points_to_crop(points: np.ndarray, scale: float, shift: np.ndarray) -> np.ndarray:
     """Pixel points of the photo -> pixel points of the crop made by `crop`."""
     return (points * scale + shift).astype(np.float32)
+
+
+def encoder_chip(teacher, rgb: np.ndarray, box: Box, encoder) -> np.ndarray:
+    """The (s, s, 3) uint8 input of ``encoder`` for the face in ``box`` of a photo, by the encoder's
+    policy (`FaceEncoder.aligned_chip`): dlib's aligned chip, or the loose crop (default face ratio)
+    resampled straight to the encoder's side."""
+    if encoder.aligned_chip:
+        return teacher.chip(rgb, box, encoder.input_size)
+    face, _, _ = crop(rgb, loose_crop_box(teacher.landmarks68(rgb, box)), encoder.input_size)
+    return face

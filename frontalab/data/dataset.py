@@ -7,11 +7,14 @@ import json
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from frontalab.data.prepare import KEPT, MANIFEST
-from frontalab.platform import storage
+from frontalab import storage
+from frontalab.data.schema import KEPT, MANIFEST
+from frontalab.naming import DLIB_RESNET
 
 
 class IncompleteDataset(FileNotFoundError):
@@ -38,10 +41,8 @@ class FaceDataset(torch.utils.data.Dataset):
     Shards are read through the local S3 cache and decoded once, into memory, at ``image_size``.
     """
 
-    def __init__(self, uri: str, split: str | None = "train", encoder: str = "dlib-resnet",
+    def __init__(self, uri: str, split: str | None = "train", encoder: str = DLIB_RESNET,
                  image_size: int | None = None):
-        import pyarrow.parquet as pq
-
         self.uri, self.split, self.encoder = uri, split, encoder
         self.manifest = read_manifest(uri)
         if encoder not in self.manifest["encoders"]:
@@ -57,8 +58,6 @@ class FaceDataset(torch.utils.data.Dataset):
         rows = [r for r in rows if len(r)]
         if not rows:
             raise ValueError(f"{uri} has no kept faces in split {split!r}")
-        import pandas as pd
-
         df = pd.concat(rows).sort_values("index")
         self.index = torch.tensor(df["index"].to_numpy())
         self.images = torch.from_numpy(np.stack([self._decode(b) for b in df["image"]]))

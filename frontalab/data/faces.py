@@ -7,6 +7,8 @@ import tarfile
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from frontalab.paths import cache_dir, faces_dir
 
 LFW_URL = "https://vis-www.cs.umass.edu/lfw/lfw.tgz"
@@ -14,8 +16,6 @@ LFW_URL = "https://vis-www.cs.umass.edu/lfw/lfw.tgz"
 
 def download_lfw(url: str = LFW_URL) -> Path:
     """LFW (folder per person) in the user cache, downloaded with a progress bar on first use."""
-    from tqdm import tqdm
-
     target = cache_dir() / "lfw"
     if (target / ".complete").exists():
         return target / "lfw"

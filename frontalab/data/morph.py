@@ -21,7 +21,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
+from frontalab.data.schema import KEPT
+from frontalab.data.teacher import head_pose
 from frontalab.models.warp import sparse_image_warp
 
 TEXTURE_SIDE = 32  # the distance's texture map: grey, 32x32
@@ -34,8 +38,6 @@ def to_mean_geometry(images: torch.Tensor, landmarks: torch.Tensor, mean: torch.
 
 def texture_maps(images: torch.Tensor, landmarks: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     """``(N, 32*32)`` grey textures in [0, 1] for the distance (images in [0, 1])."""
-    import torch.nn.functional as F
-
     grey = to_mean_geometry(images, landmarks, mean).mean(1, keepdim=True)
     return F.adaptive_avg_pool2d(grey, TEXTURE_SIDE).flatten(1)
 
@@ -79,13 +81,6 @@ def morph_rows(train: pd.DataFrame, todo: pd.DataFrame, mean: np.ndarray, settin
                first_index: int, encoders: dict[str, Any], batch_size: int = 32) -> pd.DataFrame:
     """Rows shaped like prepared photos (kept, split train, no identity) for the planned morphs ``todo``
     of the training faces ``train`` (prepared rows: image JPEG, landmarks, landmarks5, sha256)."""
-    from PIL import Image
-
-    from frontalab.data.prepare import KEPT
-    from frontalab.data.teacher import head_pose
-    from frontalab.models.chip import face_chip
-    from frontalab.models.encoders import fit_input
-
     size = settings["size"]
     needed = sorted(set(todo["a"]) | set(todo["b"]))
     slot = {j: i for i, j in enumerate(needed)}
@@ -109,10 +104,7 @@ def morph_rows(train: pd.DataFrame, todo: pd.DataFrame, mean: np.ndarray, settin
             points5 = (1 - al[:, None, None]) * five[a] + al[:, None, None] * five[b]
             cached = {}
             for name, enc in encoders.items():
-                if name == "dlib-resnet":
-                    x = face_chip(pixels.clamp(0, 1), points5, size=enc.input_size, quantize=True)
-                else:
-                    x = fit_input(enc, pixels.clamp(0, 1))
+                x = enc.input_from_crop(pixels.clamp(0, 1), points5, quantize=True)
                 cached[name] = [t.numpy().astype(np.float32) for t in enc.encode(x)]
         rgb = (pixels.clamp(0, 1) * 255 + 0.5).byte().permute(0, 2, 3, 1).numpy()
         for i, (_, m) in enumerate(part.iterrows()):

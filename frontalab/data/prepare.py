@@ -28,34 +28,24 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
+from tqdm import tqdm
 
+from frontalab import storage
+from frontalab.compute import cluster_cpus, connect
 from frontalab.config import ConfigError, PrepareConfig
 from frontalab.data import decode as dec
-from frontalab.platform import storage
-
-MANIFEST = "manifest.json"
-SETTINGS = "_settings.json"
-KEPT = "kept"
-DLIB_CHIP = 150  # dlib's recognition network input: get_face_chip(size=150, padding=0.25)
-
-# Settings that change the rows; a resumed run must use the same ones.
-CONTENT_KEYS = ("size", "face_ratio", "encoders", "frontal_only", "max_yaw", "min_pitch", "max_pitch",
-                "multiple_faces", "min_side", "limit", "shard_size", "val_fraction", "seed", "jpeg_quality",
-                "grey_share")
-# Settings of the morph shards; they name the shards, so other values make other shards.
-MORPH_KEYS = ("morphs", "morph_neighbours", "morph_lambda")
-
-
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:05d}.parquet"
-
-
-def morph_shard_name(settings: dict[str, Any], shard: int) -> str:
-    key = json.dumps({k: settings[k] for k in (*MORPH_KEYS, "seed")}, sort_keys=True)
-    return f"morphs-{hashlib.sha256(key.encode()).hexdigest()[:8]}-{shard:05d}.parquet"
-
+from frontalab.data import morph
+from frontalab.data.crop import crop, loose_crop_box, points_to_crop
+from frontalab.data.schema import (CONTENT_KEYS, DLIB_CHIP, FORMAT, KEPT, MANIFEST, MORPH_KEYS, SETTINGS,
+                                   morph_shard_name, shard_name)
+from frontalab.data.teacher import LandmarkTeacher, head_pose
+from frontalab.models import landmarks as lm
+from frontalab.models.encoders import build_encoder, fit_input
 
 def _unit_hash(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / float(16**12)
@@ -132,15 +122,10 @@ class AlignStage:
     """Detect, pick one face, 68 + 5 landmarks, head pose, loose crop, encoder chips."""
 
     def __init__(self, settings: dict[str, Any]):
-        from frontalab.data.teacher import LandmarkTeacher
-
         self.s = settings
         self.teacher = LandmarkTeacher()
 
     def _one(self, rgb: np.ndarray, row: dict[str, Any]) -> None:
-        from frontalab.data.crop import crop, loose_crop_box, points_to_crop
-        from frontalab.data.teacher import head_pose
-
         box, found = self.teacher.central_face(rgb)
         row["faces"] = found
         if box is None:
@@ -183,32 +168,21 @@ class EncodeStage:
     """The frozen encoders' features and embeddings of each kept input face."""
 
     def __init__(self, settings: dict[str, Any]):
-        import torch
-
-        from frontalab.models.encoders import build_encoder
-
         torch.set_num_threads(1)
         self.s = settings
         self.encoders = {name: build_encoder(name) for name in settings["encoders"]}
 
     def _inputs(self, name: str, rows: list[dict[str, Any]]):
-        import torch
-
-        from frontalab.models.encoders import fit_input
-
         enc = self.encoders[name]
-        if name == "dlib-resnet":  # dlib's own aligned chip, exactly as its network expects
+        if enc.aligned_chip:  # dlib's own aligned chip of the photo, exactly as its network expects
             arr = np.stack([np.frombuffer(r["dlib_chip"], np.uint8).reshape(DLIB_CHIP, DLIB_CHIP, 3) for r in rows])
-            x = torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float() / 255
-        else:  # FaceNet takes the loose crop itself (thesis §3: a 160 px loose crop)
-            size = self.s["size"]
-            arr = np.stack([np.frombuffer(r["crop_raw"], np.uint8).reshape(size, size, 3) for r in rows])
-            x = fit_input(enc, torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float() / 255)
-        return x
+            return torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float() / 255
+        # the loose crop itself (thesis §3: a 160 px loose crop), as the encoder's policy takes crops
+        size = self.s["size"]
+        arr = np.stack([np.frombuffer(r["crop_raw"], np.uint8).reshape(size, size, 3) for r in rows])
+        return fit_input(enc, torch.from_numpy(arr.copy()).permute(0, 3, 1, 2).float() / 255)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        import torch
-
         rows = batch.to_dict("records")
         kept = [r for r in rows if r["status"] == KEPT]
         for name, enc in self.encoders.items():
@@ -258,24 +232,17 @@ def _write_shard(out: str, shard_id: int, parts: list[pd.DataFrame], settings: d
 
 def _write_parquet(uri: str, rows: pd.DataFrame) -> None:
     """One shard, atomically: a reader sees all of it or none."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), buf, compression="zstd")
     storage.write_bytes_atomic(uri, buf.getvalue())
 
 
 def _progress(total: int, initial: int):
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, unit="img", desc="prepare", dynamic_ncols=True, mininterval=1.0)
 
 
 def run_pipeline(todo: list[dict[str, Any]], settings: dict[str, Any], out: str, bar, counts: Counter) -> None:
-    import ray
-
-    from frontalab.platform.cluster import cluster_cpus
+    import ray  # deferred: Ray takes seconds to import; reading a dataset never needs it
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours shows kept / skipped, Ray's would only add noise
@@ -311,20 +278,11 @@ def _read_index(out: str, shard_id: int) -> pd.DataFrame:
 
 
 def _read_shard(out: str, name: str, columns: list[str]) -> pd.DataFrame:
-    import pyarrow.parquet as pq
-
     return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, name))), columns=columns).to_pandas()
 
 
 def add_morphs(out: str, inputs: list[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
     """Cole's random morphs of the training faces as extra shards (resumable like the photo shards)."""
-    import torch
-    from tqdm import tqdm
-
-    from frontalab.data import morph
-    from frontalab.models import landmarks as lm
-    from frontalab.models.encoders import build_encoder
-
     count, per_shard = settings["morphs"], settings["shard_size"]
     names = [morph_shard_name(settings, i) for i in range(-(-count // per_shard))]
     if all(storage.exists(storage.join(out, n)) for n in names):
@@ -372,7 +330,7 @@ def build_manifest(out: str, inputs: list[dict[str, Any]], settings: dict[str, A
         pts = np.stack([np.frombuffer(b, np.float32).reshape(68, 2) for b in kept["landmarks"]])
         mean_landmarks = ((pts + 0.5) / size).mean(0).round(5).tolist()
     return {
-        "format": "frontalab-faces/1",
+        "format": FORMAT,
         "input_count": len(inputs),
         "kept": int(len(kept)),
         "skipped": {k: int(v) for k, v in sorted(Counter(index.loc[index["status"] != KEPT, "status"]).items())},
@@ -401,8 +359,6 @@ def build_manifest(out: str, inputs: list[dict[str, Any]], settings: dict[str, A
 
 def prepare(cfg: DictConfig, address: str | None = None) -> dict[str, Any]:
     """Prepare ``cfg.prepare.source`` into ``cfg.prepare.out``; returns the manifest."""
-    from frontalab.platform.cluster import connect
-
     pc = cfg.prepare
     if not pc.source or not pc.out:
         raise ConfigError("prepare needs a source and an out (prepare.source=..., prepare.out=...)")

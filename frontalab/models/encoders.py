@@ -34,10 +34,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from frontalab import storage
+from frontalab.models import landmarks as lm
+from frontalab.models.chip import face_chip
+from frontalab.models.dlib_resnet import load_dlib_resnet
+from frontalab.naming import DLIB_RESNET, ENCODER_NAMES
 
 log = logging.getLogger(__name__)
 
-ENCODER_NAMES = ("dlib-resnet", "facenet-vggface2", "facenet-casia")
 WEIGHTS_ENV = "FRONTALAB_FACENET_WEIGHTS"
 
 # facenet-pytorch's own release files (the URLs its load_weights() uses); they are cached in
@@ -86,6 +90,17 @@ class FaceEncoder(nn.Module):
     embedding_dim: int
     same_identity_threshold: float
     distance_kind: str = "euclidean"
+    # What the encoder sees of a face, decided here once: dlib's aligned 5-point chip (True: dlib's
+    # network was trained on those), or the whole loose crop resized to its input (False: FaceNet,
+    # thesis §3). `input_from_crop` applies it to face crops; `frontalab.data.crop.encoder_chip` to photos.
+    aligned_chip: bool = False
+
+    def input_from_crop(self, faces: torch.Tensor, five: torch.Tensor, quantize: bool = False) -> torch.Tensor:
+        """What this encoder sees of square faces ``(N, 3, S, S)`` in [0, 1] whose 5 chip points are
+        ``five`` ``(N, 5, 2)`` (pixels), differentiably: the aligned chip, or the crop resized."""
+        if self.aligned_chip:
+            return face_chip(faces, five, size=self.input_size, quantize=quantize)
+        return fit_input(self, faces)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled pre-embedding features ``(N, feature_dim)``."""
@@ -157,13 +172,12 @@ class FaceEncoder(nn.Module):
 class DlibResNetEncoder(FaceEncoder):
     """dlib's face-recognition ResNet (dlib_face_recognition_resnet_model_v1) in torch."""
 
-    name = "dlib-resnet"
+    name = DLIB_RESNET
     same_identity_threshold = 0.6  # dlib's documented Euclidean threshold
+    aligned_chip = True
 
     def __init__(self, dat_path: str | Path | None = None, use_cache: bool = True):
         super().__init__()
-        from frontalab.models.dlib_resnet import load_dlib_resnet
-
         self.net = load_dlib_resnet(dat_path, use_cache=use_cache)
         self.input_size = self.net.input_size
         self.feature_dim = self.net.feature_dim
@@ -202,7 +216,7 @@ class FaceNetEncoder(FaceEncoder):
 
     def __init__(self, pretrained: str, state_dict: dict[str, torch.Tensor] | None):
         super().__init__()
-        from facenet_pytorch import InceptionResnetV1
+        from facenet_pytorch import InceptionResnetV1  # deferred: only FaceNet encoders need facenet-pytorch
 
         self.name = {"vggface2": "facenet-vggface2", "casia-webface": "facenet-casia"}[pretrained]
         self.same_identity_threshold = FACENET_THRESHOLD[pretrained]
@@ -287,8 +301,6 @@ def _download(url: str, dest: Path, timeout: float = 5.0) -> None:
 
 def _fetch_s3(uri: str) -> Path:
     """``s3://bucket/key`` through the local S3 cache (endpoint and credentials from the environment)."""
-    from frontalab.platform import storage
-
     try:
         return storage.cached(uri)
     except Exception as err:
@@ -316,7 +328,7 @@ def facenet_state_dict(pretrained: str, weights: str | None = None) -> dict[str,
             raise EncoderWeightsUnavailable(f"FaceNet weights file {path} (from {origin}) does not exist")
         return _load_state_dict(path)
 
-    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
+    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home  # deferred: FaceNet only
 
     url = FACENET_URLS[pretrained]
     cached = Path(get_torch_home()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
@@ -341,8 +353,6 @@ def facenet_state_dict(pretrained: str, weights: str | None = None) -> dict[str,
 def fit_input(encoder: FaceEncoder, images: torch.Tensor) -> torch.Tensor:
     """Square faces ``(N, 3, S, S)`` in [0, 1] resized to the encoder's input (antialiased, so a large
     crop does not alias): how FaceNet is fed a loose crop everywhere (data, morphs, inference)."""
-    import torch.nn.functional as F
-
     size = encoder.input_size
     if images.shape[-1] == size:
         return images
@@ -353,13 +363,7 @@ def encoder_input(encoder: FaceEncoder, faces: torch.Tensor, landmarks: torch.Te
     """What ``encoder`` sees of square faces ``(N, 3, S, S)`` in [0, 1] with their 68 landmarks
     (normalised), differentiably and as their input features were cached by `prepare`: dlib's
     aligned 5-point chip, or for FaceNet the whole (loose) crop resized to its input."""
-    from frontalab.models import landmarks as lm
-    from frontalab.models.chip import face_chip
-
-    if encoder.name == "dlib-resnet":
-        five = lm.to_pixels(landmarks[:, list(lm.FIVE_FROM_68)], faces.shape[-1])
-        return face_chip(faces, five, size=encoder.input_size)
-    return fit_input(encoder, faces)
+    return encoder.input_from_crop(faces, lm.to_pixels(landmarks[:, list(lm.FIVE_FROM_68)], faces.shape[-1]))
 
 
 def build_encoder(name: str, **options: Any) -> FaceEncoder:
@@ -369,7 +373,7 @@ def build_encoder(name: str, **options: Any) -> FaceEncoder:
     facenet-* options: ``weights`` (file path or s3:// URI), ``random_weights`` (tests only:
     random initialisation, same interface, meaningless embeddings).
     """
-    if name == "dlib-resnet":
+    if name == DLIB_RESNET:
         unknown = set(options) - {"weights", "dat_path", "use_cache"}
         if unknown:
             raise TypeError(f"unknown options for {name}: {sorted(unknown)}")

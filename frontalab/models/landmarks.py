@@ -9,6 +9,9 @@ are the image's outer edges, so pixel centre ``i`` of a side-``S`` image sits at
 
 from __future__ import annotations
 
+import json
+from importlib.resources import files
+
 import torch
 
 NUM_LANDMARKS = 68
@@ -86,9 +89,6 @@ def symmetric_mean(points: torch.Tensor) -> torch.Tensor:
 def mean_face() -> torch.Tensor:
     """The packaged frontal template ``(68, 2)``: the canonical landmarks of the texture loss and
     Cole's mean geometry when a dataset brings none (made by tools/make_mean_face.py)."""
-    import json
-    from importlib.resources import files
-
     data = json.loads(files("frontalab.models").joinpath("mean_face_68.json").read_text())
     return torch.tensor(data["points"], dtype=torch.float32)
 

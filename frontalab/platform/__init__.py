@@ -1,1 +1,1 @@
-"""Trainer, tracking, services, sweeps and registry."""
+"""Kept only for models registered before the package had layers (see `inference`). Nothing imports it."""

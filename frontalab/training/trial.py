@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import signal
 import sys
 import tempfile
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,13 +33,21 @@ from frontalab.config import Config, ConfigError, config_hash, flatten
 from frontalab.data.dataset import FaceDataset
 from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
 from frontalab.losses.landmark import symmetry_loss
-from frontalab.losses.objectives import ColeObjective, ThesisObjective, embed_faces
+from frontalab.losses.objectives import build_objective, embed_faces
 from frontalab.metrics import (FACE_SHARE_METRIC, SELECTION_METRIC, SPREAD_METRIC, all_pairs,
                                different_people_spread, frontalization_score)
 from frontalab.models import landmarks as lm
+from frontalab.models.build import build_generator, encoder_from_config, uses_discriminator
 from frontalab.models.encoders import encoder_input
-from frontalab.paths import state_dir
-from frontalab.platform.sources import checkpoint_file
+from frontalab.models.landmark_net import default_weights_path, load_landmark_net
+from frontalab.models.thesis import Discriminator
+from frontalab.naming import LANDMARK_MODEL, STOPPED_EARLY_TAG
+from frontalab.tracking.provenance import git_commit, host
+from frontalab.tracking.store import ensure_landmark_model
+from frontalab.tracking.tracker import NullTracker, Tracker
+from frontalab.training.checkpoints import (default_checkpoint_dir, latest_checkpoint, load_checkpoint, rng_state,
+                                            save_atomic, set_rng_state)
+from frontalab.training.sources import checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -86,58 +94,6 @@ def collate(dataset: FaceDataset, indices: torch.Tensor, device: torch.device) -
     return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
-def build_generator(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
-    from frontalab.models.cole import ColeDecoder
-    from frontalab.models.thesis import ThesisDecoder
-
-    if cfg.model.decoder == "cole":
-        return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden,
-                           channels=cfg.model.cole_channels)
-    return ThesisDecoder(feature_dim, out_size=cfg.model.out_size, mask=cfg.model.mask, norm=cfg.model.norm,
-                         width=cfg.model.width)
-
-
-def uses_discriminator(cfg: DictConfig) -> bool:
-    """Only the thesis model has a D, and an ablation without the adversarial term builds none."""
-    return cfg.model.decoder == "thesis" and cfg.loss.adversarial > 0
-
-
-def default_checkpoint_dir(cfg: DictConfig) -> Path:
-    """Deterministic per config (seed included), so `--resume` finds the interrupted run."""
-    return state_dir(cfg.services.state_dir) / "checkpoints" / config_hash(cfg)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every generator's state as tensors and numbers, so a checkpoint loads with ``weights_only=True``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-            "python": random.getstate()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint's tensors and numbers; nothing in it is unpickled as code (``weights_only``)."""
-    return torch.load(path, map_location=device, weights_only=True)
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def latest_checkpoint(folder: Path) -> Optional[Path]:
-    found = sorted(folder.glob("step-*.pt"))
-    return found[-1] if found else None
-
-
 def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
     """Rows of faces, one column per tensor (N, C, S, S) in [-1, 1] or a [0, 1] mask: uint8 HxWx3."""
     rows = []
@@ -165,9 +121,6 @@ class Trial:
     def __init__(self, cfg: DictConfig, tracker_factory: Callable[..., Any], report: Optional[Report] = None,
                  checkpoint_dir: Optional[Path] = None, resume_from: Optional[Path] = None,
                  encoder: Optional[torch.nn.Module] = None, landmark_net: Optional[torch.nn.Module] = None):
-        from frontalab.models.encoders import build_encoder
-        from frontalab.models.landmark_net import load_landmark_net
-
         self.cfg, self.report = cfg, report
         t = cfg.train
         if t.workers:
@@ -185,10 +138,7 @@ class Trial:
         self.dataset_hash = self.train_set.manifest["dataset_hash"]
 
         # Frozen networks may come prebuilt (a sweep ships them once through Ray's object store).
-        if encoder is None:
-            options = {"weights": cfg.encoder.weights} if cfg.encoder.weights else {}
-            encoder = build_encoder(cfg.encoder.name, **options)
-        self.encoder = encoder.to(self.device)
+        self.encoder = (encoder if encoder is not None else encoder_from_config(cfg)).to(self.device)
         self.landmark_net = (landmark_net or load_landmark_net(cfg.landmarks.weights or None)).to(self.device).eval()
         self.teacher = LandmarkTeacher()  # its detector judges whether validation outputs hold a face
         for p in self.landmark_net.parameters():
@@ -204,8 +154,6 @@ class Trial:
         self.G = self.G.to(self.device)
         self.D = None
         if uses_discriminator(cfg):
-            from frontalab.models.thesis import Discriminator
-
             self.D = Discriminator().to(self.device)
         if t.channels_last:
             self.G = self.G.to(memory_format=torch.channels_last)
@@ -214,10 +162,7 @@ class Trial:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=betas) if self.D is not None else None
         canonical = lm.mean_face().to(self.device)
-        if cfg.model.decoder == "cole":
-            self.objective = ColeObjective(self.G, self.encoder, cfg.loss)
-        else:
-            self.objective = ThesisObjective(self.G, self.D, self.encoder, self.landmark_net, cfg.loss, canonical)
+        self.objective = build_objective(cfg, self.G, self.D, self.encoder, self.landmark_net, canonical)
         self.order = BatchOrder(len(self.train_set), t.batch_size, t.seed)
         val_idx = torch.arange(min(t.val_faces, len(self.val_set)))
         self.val_batch = collate(self.val_set, val_idx, self.device)
@@ -234,8 +179,6 @@ class Trial:
     # ---------------------------------------------------------------- tracking helpers
 
     def _tags(self) -> dict[str, str]:
-        from frontalab.platform.tracking import git_commit, host
-
         return {"git_commit": git_commit(), "config_hash": config_hash(self.cfg), "dataset_hash": self.dataset_hash,
                 "encoder": self.encoder.name, "host": host(), "decoder": self.cfg.model.decoder}
 
@@ -442,13 +385,8 @@ class Trial:
 
 def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = "", extra_tags: dict | None = None):
     """A factory for `Trial` that opens (or resumes) the trial's MLflow run."""
-    from frontalab.platform.tracking import NullTracker, Tracker
-
     def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str],
                      journal: Optional[Path] = None, resume_step: int = 0):
-        from frontalab.models.landmark_net import default_weights_path
-        from frontalab.platform.registry import LANDMARK_MODEL, ensure_landmark_model
-
         if not cfg.tracking.enabled:
             return NullTracker()
         params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("services.", "prepare.", "promote."))}
@@ -497,7 +435,7 @@ def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[R
         # A scheduler (e.g. ASHA) stopped the trial early: its run ends normally.
         trial.state.status = "FINISHED"
         if trial.state.step < cfg.train.steps:
-            trial.tracker.set_tags({"frontalab.stopped_early_at": trial.state.step})
+            trial.tracker.set_tags({STOPPED_EARLY_TAG: trial.state.step})
         trial.tracker.finish("FINISHED")
         raise
     except KeyboardInterrupt:
@@ -513,6 +451,4 @@ def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[R
 
 
 def threading_main() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()

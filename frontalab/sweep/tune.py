@@ -13,8 +13,6 @@ experiment state in the bucket).
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import socket
 import sys
@@ -25,21 +23,21 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from frontalab.config import ConfigError, load_config, search_overrides
-from frontalab.platform import storage
+from frontalab import storage
+from frontalab.compute import connect
+from frontalab.config import ConfigError, load_config, load_sweep, search_overrides
+from frontalab.models.build import encoder_from_config
+from frontalab.models.landmark_net import load_landmark_net
+from frontalab.naming import SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, bundle_tag, sweep_experiment
+from frontalab.tracking import store
+from frontalab.tracking.provenance import command_line
+from frontalab.training.trial import mlflow_tracker_factory, run_trial
 
-TRIAL_TAG = "frontalab.trial_id"
-SWEEP_TAG = "frontalab.sweep"
 EXCLUDED_FROM_TRIALS = ("services.",)  # endpoints are the driver's business
 
 
-def runs_table_url(experiment_id: str) -> str:
-    """The MLflow UI's training-runs table of an experiment (a bare #/experiments/N opens the GenAI overview)."""
-    return f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
 def experiment_name(sweep: DictConfig) -> str:
-    return f"sweep-{sweep.name}"
+    return sweep_experiment(sweep.name)
 
 
 def tune_storage_path(storage_uri: str) -> str:
@@ -54,7 +52,7 @@ def tune_storage_path(storage_uri: str) -> str:
 
 
 def search_space(sweep: DictConfig) -> dict[str, Any]:
-    from ray import tune
+    from ray import tune  # deferred: Ray takes seconds to import
 
     def domain(spec: dict) -> Any:
         kind, values = next(iter(spec.items()))
@@ -66,7 +64,7 @@ def search_space(sweep: DictConfig) -> dict[str, Any]:
 
 
 def scheduler(sweep: DictConfig, trial_cfg: DictConfig):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining  # deferred: Ray
 
     s = sweep.scheduler
     if s.name == "asha":
@@ -83,32 +81,22 @@ def scheduler(sweep: DictConfig, trial_cfg: DictConfig):
 # ---------------------------------------------------------------- inside a trial (a Ray worker)
 
 
-def _find_child_run(client, experiment_id: str, trial_id: str) -> Optional[str]:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=5,
-                              order_by=["attributes.start_time ASC"])
-    return runs[0].info.run_id if runs else None
-
-
 def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, experiment: str, sweep: str,
                 assets: dict[str, Any]) -> None:
     """The function trainable: one trial, reporting to Tune, tracked in its own child run."""
+    # deferred: Ray takes seconds to import (this runs in the trial's worker, where it is loaded already)
     import ray
     from ray import tune
-
-    from frontalab.platform.tracking import experiment_id
-    from frontalab.platform.trainer import mlflow_tracker_factory, run_trial
 
     cfg = load_config(None, [*search_overrides(config), f"tracking.experiment={experiment}"], base=base)
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    run_id = _find_child_run(client, experiment_id(client, experiment), trial_id)
-    trial_tags = {TRIAL_TAG: trial_id, "frontalab.trial_name": ctx.get_trial_name(), SWEEP_TAG: sweep,
+    client = store.client()
+    run_id = store.find_child_run(client, store.experiment_id(client, experiment), trial_id)
+    trial_tags = {TRIAL_TAG: trial_id, TRIAL_NAME_TAG: ctx.get_trial_name(), SWEEP_TAG: sweep,
                   "ray.node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
                   # A named bundle (an ablation arm) is a tag, so the UI can group and compare by it.
-                  **{f"frontalab.{key}": value["name"] for key, value in config.items()
+                  **{bundle_tag(key): value["name"] for key, value in config.items()
                      if isinstance(value, dict) and "name" in value}}
 
     local = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-"))
@@ -162,17 +150,10 @@ class EndRunCallback:
         self.experiment = experiment
 
     def _end(self, trial, status: str) -> None:
-        from mlflow import MlflowClient
-
-        from frontalab.platform.tracking import experiment_id
-
-        client = MlflowClient()
-        run_id = _find_child_run(client, experiment_id(client, self.experiment), trial.trial_id)
-        if run_id and client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, status=status)
+        store.end_trial_run(self.experiment, trial.trial_id, status)
 
     def as_tune_callback(self):
-        from ray.tune import Callback
+        from ray.tune import Callback  # deferred: Ray takes seconds to import
 
         outer = self
 
@@ -186,50 +167,26 @@ class EndRunCallback:
         return _Callback()
 
 
-def _parent_run(client, experiment_id: str, sweep: DictConfig, resume: bool) -> str:
-    if resume:
-        runs = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep.name}' "
-                                  f"and tags.`frontalab.role` = 'sweep'", order_by=["attributes.start_time DESC"],
-                                  max_results=1)
-        if runs:
-            client.update_run(runs[0].info.run_id, status="RUNNING")
-            return runs[0].info.run_id
-    from frontalab.platform.tracking import command_line
-
-    run = client.create_run(experiment_id, run_name=sweep.name, tags={SWEEP_TAG: sweep.name, "frontalab.role": "sweep",
-                                                                       "frontalab.command": command_line()})
-    return run.info.run_id
-
-
 def _shared_assets(trial_cfg: DictConfig) -> dict[str, Any]:
     """The frozen encoder and landmark student, built once here and shipped through Ray's object store."""
-    from frontalab.models.encoders import build_encoder
-    from frontalab.models.landmark_net import load_landmark_net
-
-    options = {"weights": trial_cfg.encoder.weights} if trial_cfg.encoder.weights else {}
-    return {"encoder": build_encoder(trial_cfg.encoder.name, **options),
+    return {"encoder": encoder_from_config(trial_cfg),
             "landmark_net": load_landmark_net(trial_cfg.landmarks.weights or None)}
 
 
 def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] = None, resume: bool = False,
-              name: Optional[str] = None, services_cfg: Optional[DictConfig] = None) -> dict[str, Any]:
-    from mlflow import MlflowClient
-    from ray import tune
-
-    from frontalab.config import load_sweep
-    from frontalab.platform.cluster import connect
-    from frontalab.platform.tracking import experiment_id
+              name: Optional[str] = None) -> dict[str, Any]:
+    from ray import tune  # deferred: Ray takes seconds to import
 
     sweep, trial_cfg = load_sweep(sweep_file, overrides + ([f"name={name}"] if name else []))
-    client = MlflowClient()
+    client = store.client()
     exp_name = experiment_name(sweep)
-    exp_id = experiment_id(client, exp_name)
+    exp_id = store.experiment_id(client, exp_name)
     storage_path = tune_storage_path(sweep.storage)
     experiment_path = f"{sweep.storage.rstrip('/')}/{sweep.name}"
     if resume and not tune.Tuner.can_restore(tune_storage_path(experiment_path)):
         raise ConfigError(f"nothing to resume at {experiment_path}; run without --resume first")
-    parent = _parent_run(client, exp_id, sweep, resume)
-    _log_sweep_files(client, parent, sweep_file, sweep)
+    parent = store.sweep_parent_run(client, exp_id, sweep.name, resume, command_line())
+    store.log_sweep_files(client, parent, sweep_file, OmegaConf.to_yaml(sweep), OmegaConf.to_container(sweep.search))
 
     where = connect(address)
     print(f"sweep {sweep.name}: Ray {where}; MLflow experiment {exp_name}", file=sys.stderr)
@@ -256,19 +213,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
     return _summarise(client, parent, exp_id, sweep, results)
 
 
-def _log_sweep_files(client, parent: str, sweep_file: str, sweep: DictConfig) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        shutil.copy2(sweep_file, Path(tmp) / Path(sweep_file).name)
-        (Path(tmp) / "sweep.resolved.yaml").write_text(OmegaConf.to_yaml(sweep))
-        (Path(tmp) / "search_space.json").write_text(json.dumps(OmegaConf.to_container(sweep.search), indent=1))
-        client.log_artifacts(parent, tmp, "sweep")
-    if not client.get_run(parent).data.params:  # a resumed sweep already has it
-        client.log_param(parent, "sweep.file", Path(sweep_file).name)
-
-
 def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> dict[str, Any]:
-    from mlflow.entities import Metric, RunTag
-
     df = results.get_dataframe()
     rows = []
     for result in results:
@@ -277,27 +222,21 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> 
                      "step": (result.metrics or {}).get("step"), "error": str(result.error)[:200] if result.error else "",
                      **{k: v for k, v in (result.config or {}).items()}})
     summary: dict[str, Any] = {"sweep": sweep.name, "trials": len(rows), "errors": sum(1 for r in rows if r["error"])}
-    with tempfile.TemporaryDirectory() as tmp:
-        df.to_csv(Path(tmp) / "results.csv", index=False)
-        client.log_artifacts(parent, tmp, "results")
+    logged = None
     try:
         best = results.get_best_result(metric=sweep.metric, mode=sweep.mode)
     except RuntimeError:
         best = None
     if best is not None and best.metrics and sweep.metric in best.metrics:
         trial_id = best.metrics.get("trial_id")
-        best_run = _find_child_run(client, exp_id, trial_id)
+        best_run = store.find_child_run(client, exp_id, trial_id)
         metrics = {f"best/{k}": float(v) for k, v in best.metrics.items()
                    if isinstance(v, (int, float)) and (k.startswith(("val/", "train/")) or k == "step")}
-        import time
-
-        now = int(time.time() * 1000)
-        client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
-                         tags=[RunTag("best_trial", str(trial_id)), RunTag("best_run_id", str(best_run)),
-                               RunTag("metric", sweep.metric), RunTag("mode", sweep.mode)])
+        logged = {"metrics": metrics, "tags": {"best_trial": str(trial_id), "best_run_id": str(best_run),
+                                               "metric": sweep.metric, "mode": sweep.mode}}
         summary.update(best_trial=trial_id, best_run_id=best_run, best_metric=best.metrics.get(sweep.metric),
                        best_config=best.config)
-    client.set_terminated(parent, status="FINISHED")
-    summary["mlflow_ui"] = runs_table_url(exp_id)
+    store.log_sweep_results(client, parent, df, logged)
+    summary["mlflow_ui"] = store.runs_table_url(exp_id)
     summary["parent_run_id"] = parent
     return summary

@@ -16,8 +16,6 @@ The pure metric functions take arrays and have known answers (tests/test_evaluat
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 import sys
 import tempfile
@@ -30,97 +28,30 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
 from frontalab.config import ConfigError
+from frontalab.data.crop import crop, encoder_chip, loose_crop_box
+from frontalab.data.decode import IMAGE_SUFFIXES, UNREADABLE, Skip, decode
+from frontalab.data.faces import identity_source
 from frontalab.data.teacher import Box, LandmarkTeacher, head_pose, read_output
+from frontalab.evaluation.metrics import mouth_opening, normalized_share, pair_distances, roc_auc, verification_pairs
+from frontalab.evaluation.report import log_evaluation, write_report
 from frontalab.metrics import different_people_spread
-from frontalab.models import landmarks as lm
+from frontalab.models.encoders import build_encoder
+from frontalab.naming import DLIB_RESNET
+from frontalab.paths import state_dir
+from frontalab.serving.frontalizer import Frontalizer, to_tensor
+from frontalab.tracking import store
+from frontalab.tracking.provenance import command_line
+from frontalab.training.sources import checkpoint_file
 
 HEADLINE = ("identity_within_threshold", "normalized_share", "auc_outputs", "auc_inputs", "mean_abs_yaw",
             "output_face_detected", "different_people_spread", "mean_mouth_opening", "inputs_mean_mouth_opening",
             "n_faces", "n_people")
+
+
 GRID_PAIRS = 16
-
-
-# ---------------------------------------------------------------- metrics (pure)
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting half."""
-    from scipy.stats import rankdata
-
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC-AUC needs both positive and negative pairs")
-    ranks = rankdata(scores)  # average ranks for ties (Mann-Whitney U)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false-positive rates, true-positive rates), one point per distinct threshold from high to low
-    (tied scores move together, so the curve's area is `roc_auc`)."""
-    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    thresholds, group = np.unique(-scores, return_inverse=True)  # ascending -score = descending score
-    tp = np.bincount(group, weights=positive, minlength=len(thresholds))
-    fp = np.bincount(group, weights=~positive, minlength=len(thresholds))
-    tpr = np.concatenate([[0.0], np.cumsum(tp) / max(positive.sum(), 1)])
-    fpr = np.concatenate([[0.0], np.cumsum(fp) / max((~positive).sum(), 1)])
-    return fpr, tpr
-
-
-def verification_pairs(person: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """All same-person index pairs and as many random different-person pairs: ``(pairs (M, 2), same (M,))``."""
-    person = np.asarray(person)
-    same = []
-    for who in np.unique(person):
-        members = np.flatnonzero(person == who)
-        i, j = np.triu_indices(len(members), 1)
-        same += list(zip(members[i].tolist(), members[j].tolist()))
-    same.sort()
-    if not same or len(set(person.tolist())) < 2:
-        raise ValueError("verification needs a person with two faces and at least two people")
-    rng = np.random.default_rng(seed)
-    different: set[tuple[int, int]] = set()
-    possible = (len(person) ** 2 - sum(c ** 2 for c in Counter(person.tolist()).values())) // 2
-    while len(different) < min(len(same), possible):
-        i, j = sorted(rng.integers(0, len(person), 2).tolist())
-        if person[i] != person[j]:
-            different.add((i, j))
-    pairs = np.array(same + sorted(different))
-    return pairs, np.arange(len(pairs)) < len(same)
-
-
-def pair_distances(embeddings: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(embeddings[pairs[:, 0]] - embeddings[pairs[:, 1]], axis=1)
-
-
-def spread_per_person(embeddings: np.ndarray, person: np.ndarray) -> dict[Any, float]:
-    """Mean pairwise distance among each person's embeddings (people with >= 2 faces)."""
-    spread = {}
-    for who in sorted(set(np.asarray(person).tolist())):
-        e = embeddings[np.asarray(person) == who]
-        if len(e) >= 2:
-            d = np.linalg.norm(e[:, None] - e[None], axis=-1)
-            spread[who] = float(d[np.triu_indices(len(e), 1)].mean())
-    return spread
-
-
-def normalized_share(inputs: np.ndarray, outputs: np.ndarray, person: np.ndarray) -> float:
-    """The share of people whose outputs lie closer together than their inputs."""
-    before, after = spread_per_person(inputs, person), spread_per_person(outputs, person)
-    if not before:
-        raise ValueError("normalisation needs a person with two faces")
-    return float(np.mean([after[p] < before[p] for p in before]))
-
-
-def mouth_opening(points68: np.ndarray) -> float:
-    """Mean inner-lip gap over the outer-eye-corner distance: 0 for closed lips, scale-free."""
-    upper = [a for a, _ in lm.INNER_LIP_PAIRS]
-    lower = [b for _, b in lm.INNER_LIP_PAIRS]
-    gap = np.abs(points68[lower, 1] - points68[upper, 1]).mean()
-    left, right = lm.OUTER_EYE_CORNERS
-    return float(gap / np.linalg.norm(points68[right] - points68[left]))
 
 
 def pose_and_mouth(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box) -> tuple[float, float, float]:
@@ -134,13 +65,8 @@ def pose_and_mouth(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box) -> tuple
     return yaw, pitch, mouth_opening(points)
 
 
-# ---------------------------------------------------------------- inputs
-
-
 def select_people(root: Path, min_photos: int, max_per_person: int, max_people: int, seed: int) -> list[tuple[str, list[Path]]]:
     """People (sub-folders) with >= ``min_photos`` photos, each capped at the first ``max_per_person``."""
-    from frontalab.data.decode import IMAGE_SUFFIXES
-
     if not root.is_dir():
         raise ConfigError(f"evaluate.faces: {root} is not a folder")
     people = []
@@ -178,15 +104,11 @@ class InputAsOutput:
     """
 
     def __init__(self, size: int):
-        from frontalab.models.encoders import build_encoder
-
         self.size = size
         self.teacher = LandmarkTeacher()
-        self.encoder = build_encoder("dlib-resnet")
+        self.encoder = build_encoder(DLIB_RESNET)
 
     def crop(self, rgb: np.ndarray, box: Box) -> np.ndarray:
-        from frontalab.data.crop import crop, loose_crop_box
-
         return crop(rgb, loose_crop_box(self.teacher.landmarks68(rgb, box)), self.size)[0]
 
 
@@ -200,29 +122,15 @@ def model_outputs(f, batch: list[tuple[np.ndarray, Box, np.ndarray]]) -> np.ndar
 def load_model(spec: str) -> ModelUnderTest:
     """A packaged champion (pretrained:NAME), a registered model version (models:/NAME@ALIAS,
     models:/NAME/VERSION), a run id, a checkpoint, or the no-frontalization baseline ``input:SIZE``."""
-    from frontalab.platform.inference import Frontalizer
-    from frontalab.platform.sources import checkpoint_file
-
     if match := INPUT_BASELINE.fullmatch(spec):
         return ModelUnderTest(InputAsOutput(int(match[1])), spec)
     with tempfile.TemporaryDirectory() as tmp:
         frontalizer = Frontalizer(checkpoint_file(spec, Path(tmp)))
     if spec.startswith("models:/"):
-        from mlflow import MlflowClient
-
-        name, _, ref = spec[len("models:/"):].partition("@")
-        client = MlflowClient()
-        if ref:
-            version = client.get_model_version_by_alias(name, ref)
-        else:
-            name, _, number = name.partition("/")
-            version = client.get_model_version(name, number)
+        name, version = store.model_version(spec)
         return ModelUnderTest(frontalizer, spec, name, str(version.version),
                               version.tags.get("run_id", version.run_id or ""), dict(version.tags))
     return ModelUnderTest(frontalizer, spec, source_run=frontalizer.run_id)
-
-
-# ---------------------------------------------------------------- the evaluation
 
 
 @dataclass
@@ -238,19 +146,12 @@ class Faces:
 
 
 def _embed(encoder, chips: list[np.ndarray]) -> np.ndarray:
-    from frontalab.platform.inference import to_tensor
-
     with torch.no_grad():
         return encoder.embed(to_tensor(np.stack(chips)).to(next(encoder.parameters()).device)).cpu().numpy()
 
 
 def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[Path]]], batch_size: int,
               skipped: Counter) -> Faces:
-    from tqdm import tqdm
-
-    from frontalab.data.decode import UNREADABLE, Skip, decode
-    from frontalab.platform.inference import encoder_chip
-
     f = model.frontalizer
     teacher = f.teacher
     same_encoder = eval_encoder.name == f.encoder.name
@@ -341,128 +242,8 @@ def summarise(faces: Faces, threshold: float, seed: int) -> tuple[dict[str, Any]
     return results, arrays
 
 
-# ---------------------------------------------------------------- report
-
-
-def write_report(out: Path, results: dict[str, Any], arrays: dict[str, np.ndarray], faces: Faces,
-                 model: ModelUnderTest, encoder_name: str, command: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    from frontalab.platform.inference import to_tensor
-    from frontalab.platform.trainer import image_grid
-
-    out.mkdir(parents=True, exist_ok=True)
-    thr = results["threshold"]
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.hist(arrays["identity"], bins=40, color="tab:blue", alpha=0.8)
-    ax.axvline(thr, color="k", ls="--", label=f"same-identity threshold {thr:g}")
-    ax.set(xlabel=f"{encoder_name} distance, input to output", ylabel="faces",
-           title=f"{results['identity_within_threshold']:.1%} of outputs within the threshold")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "identity_distance.png", dpi=110)
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharex=True)
-    same = arrays["same"]
-    for ax, key, title in zip(axes, ("pair_in", "pair_out"), ("inputs", "outputs")):
-        d = arrays[key]
-        ax.hist(d[same], bins=40, alpha=0.6, label="same person")
-        ax.hist(d[~same], bins=40, alpha=0.6, label="different people")
-        ax.axvline(thr, color="k", ls="--")
-        ax.set(title=f"pair distances among {title}", xlabel=f"{encoder_name} distance")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "pair_distances.png", dpi=110)
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    for key, label in (("pair_in", "inputs"), ("pair_out", "outputs")):
-        fpr, tpr = roc_curve(-arrays[key], same)
-        ax.plot(fpr, tpr, label=f"{label}: AUC {roc_auc(-arrays[key], same):.3f}")
-    ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="verification")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(out / "roc.png", dpi=110)
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    bins = np.linspace(-45, 45, 46)
-    ax.hist(np.clip(arrays["yaw_in"], -45, 45), bins=bins, alpha=0.6, label="inputs")
-    ax.hist(np.clip(arrays["yaw_out"], -45, 45), bins=bins, alpha=0.6, label="outputs")
-    ax.set(xlabel="yaw (degrees, teacher landmarks)", ylabel="faces")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "yaw.png", dpi=110)
-    plt.close("all")
-
-    size = faces.grid[0][1].shape[0]
-    import cv2
-
-    inputs = to_tensor(np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i, _ in faces.grid])) * 2 - 1
-    outputs = to_tensor(np.stack([o for _, o in faces.grid])) * 2 - 1
-    half = (len(faces.grid) + 1) // 2
-    columns = [inputs[:half], outputs[:half]]
-    if len(faces.grid) > half:  # two pairs per row
-        pad = half - (len(faces.grid) - half)
-        fill = torch.ones(pad, 3, size, size)
-        columns += [torch.cat([inputs[half:], fill]), torch.cat([outputs[half:], fill])]
-    Image.fromarray(image_grid(columns)).save(out / "pairs.png")
-
-    (out / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
-    rows = [("outputs within the threshold of their input", f"{results['identity_within_threshold']:.1%}"),
-            ("people whose outputs are closer together than their inputs", f"{results['normalized_share']:.1%}"),
-            ("verification AUC, outputs / inputs", f"{results['auc_outputs']:.3f} / {results['auc_inputs']:.3f}"),
-            ("mean abs yaw, outputs / inputs (deg)", f"{results['mean_abs_yaw']:.1f} / {results['inputs_mean_abs_yaw']:.1f}"),
-            ("mean abs pitch, outputs / inputs (deg)",
-             f"{results['mean_abs_pitch']:.1f} / {results['inputs_mean_abs_pitch']:.1f}"),
-            ("outputs in which the teacher's detector finds a face", f"{results['output_face_detected']:.1%}"),
-            ("different people's output distance / input distance", f"{results['different_people_spread']:.2f}"),
-            ("mouth opening, outputs / inputs", f"{results['mean_mouth_opening']:.3f} / {results['inputs_mean_mouth_opening']:.3f}"),
-            ("identity distance mean / median / p95",
-             f"{results['identity_distance_mean']:.3f} / {results['identity_distance_median']:.3f} / "
-             f"{results['identity_distance_p95']:.3f}"),
-            ("faces / people (2+ faces) / same pairs", f"{results['n_faces']} / {results['n_people']} / {results['same_pairs']}")]
-    lines = [f"# Evaluation of `{model.uri}`", "",
-             f"Encoder: `{encoder_name}` (same-identity threshold {thr:g}). Command: `{command}`", "",
-             "| measure | value |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows], "",
-             f"Skipped photos: {json.dumps(results['skipped'])}", "",
-             "![input/output pairs](pairs.png)", "", "![identity](identity_distance.png)", "",
-             "![pairs](pair_distances.png) ![roc](roc.png)", "", "![yaw](yaw.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
-
-
-def log_evaluation(e: DictConfig, faces_root: Path, results: dict[str, Any], out: Path, model: ModelUnderTest,
-                   encoder_name: str, label: str, command: str) -> str:
-    """An MLflow run holding the numbers and the report, linked both ways to the model version."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    tags = {"frontalab.role": "evaluation", "frontalab.label": label, "frontalab.command": command,
-            "model_uri": model.uri, "model_name": model.name, "model_version": model.version,
-            "source_run": model.source_run, "encoder": encoder_name}
-    mlflow.set_experiment(e.experiment)
-    with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_name=f"eval-{label}", tags=tags) as run:
-        mlflow.log_params({"faces": str(faces_root), "encoder": encoder_name, "min_photos": e.min_photos,
-                           "max_photos_per_person": e.max_photos_per_person, "max_people": e.max_people,
-                           "seed": e.seed})
-        mlflow.log_metrics({f"eval/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))})
-        mlflow.log_artifacts(str(out), "report")
-    if model.name and model.version:
-        MlflowClient().set_model_version_tag(model.name, model.version, f"evaluation.{label}", run.info.run_id)
-    return run.info.run_id
-
-
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def evaluate_model(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.evaluate.model`` on ``cfg.evaluate.faces``; returns the results (+ report, run id)."""
-    from frontalab.data.faces import identity_source
-    from frontalab.models.encoders import build_encoder
-    from frontalab.paths import state_dir
-    from frontalab.platform.tracking import command_line
-
     e = cfg.evaluate
     faces_root = Path(e.faces) if e.faces else identity_source()
     people = select_people(faces_root, e.min_photos, e.max_photos_per_person, e.max_people, e.seed)

@@ -24,15 +24,16 @@ import sys
 import time
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from frontalab import storage
 from frontalab.config import ConfigError
 from frontalab.data.dataset import FaceDataset
 from frontalab.models import landmarks as lm
 from frontalab.models.landmark_net import LandmarkNet, default_weights_path, nme
-from frontalab.platform import storage
 
 EVAL_BATCH = 128
 
@@ -42,8 +43,6 @@ EVAL_BATCH = 128
 
 def identities(uri: str, manifest: dict[str, Any]) -> dict[int, str]:
     """Row index -> identity ('' for photos without one), read from the dataset's shards."""
-    import pyarrow.parquet as pq
-
     out: dict[int, str] = {}
     for shard in manifest["shards"]:
         t = pq.read_table(storage.cached(storage.join(uri, shard)), columns=["index", "identity"])
@@ -115,7 +114,7 @@ def similarity(n: int, gen: torch.Generator, scale: float = 0.1, degrees: float 
     return s * rot, t
 
 
-def warp(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def warp_similarity(x: torch.Tensor, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Resample images so that content at p moves to ``A (p - 0.5) + 0.5 + t``; bilinear, edges
     replicated (as the crops replicate them).
 
@@ -144,7 +143,7 @@ def augment(images: torch.Tensor, points: torch.Tensor, gen: torch.Generator) ->
     a, t = similarity(n, gen)
     points = (points - 0.5) @ a.transpose(1, 2) + 0.5 + t.unsqueeze(1)
     m, c = colour_matrix(images, gen)
-    x = warp(images.float(), a, t)
+    x = warp_similarity(images.float(), a, t)
     # Colour in [0, 1] units, then to [-1, 1]: x' = 2 (M x / 255 + c) - 1, clamped.
     x = torch.baddbmm(2 * c - 1, (2 / 255) * m, x.view(n, 3, -1)).clamp_(-1, 1)
     return x.view(n, 3, *images.shape[2:]), points
@@ -163,7 +162,7 @@ def predict(net: LandmarkNet, images: torch.Tensor, mirrored: bool = False) -> t
     return torch.cat(out)
 
 
-def evaluate(net: LandmarkNet, images: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
+def landmark_errors(net: LandmarkNet, images: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:
     """NME vs the teacher, NME of mirrored faces, and the mirror consistency of the student itself."""
     was_training = net.training
     net.eval()
@@ -295,9 +294,9 @@ def train_landmarks(cfg: DictConfig, command: str = "") -> dict[str, Any]:
     net.eval()
     metrics = {}
     if named.any():
-        metrics["val_lfw"] = evaluate(net, val.images[named], val.landmarks[named])
+        metrics["val_lfw"] = landmark_errors(net, val.images[named], val.landmarks[named])
     if (~named).any():
-        metrics["val_unlabelled"] = evaluate(net, val.images[~named], val.landmarks[~named])
+        metrics["val_unlabelled"] = landmark_errors(net, val.images[~named], val.landmarks[~named])
     save_weights(net, out)
     sidecar = {
         "weights": out,

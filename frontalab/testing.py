@@ -1,4 +1,5 @@
-"""Connect to Ray: embedded in this process by default, any cluster with ``--address``/``RAY_ADDRESS``.
+"""Test harness: a real multi-node Ray cluster on this machine (`LocalCluster`), for tests, demos and
+`frontalab cluster`; no production path uses it (`frontalab.compute` connects to any cluster).
 
 `LocalCluster` starts a real multi-node Ray cluster on this machine for tests and demos: a head
 and N worker nodes, each its own ``ray start`` on 127.0.0.1 with its own ports, CPUs and a custom
@@ -14,149 +15,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import random
 import re
+import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
+
+from frontalab.compute import STATE_FILE, TOKEN_FILE, local_cluster_dir, token_auth_env
+from frontalab.services.processes import alive, cmdline, kill_pids, pids_with_env, port_free, start_time
 
 MARKER_ENV = "FRONTALAB_RAY_NODE"
-STATE_FILE = "cluster.json"
 _WORKER_PORTS_PER_NODE = 40
-
-
-def connect(address: str | None = None, num_cpus: int | None = None) -> str:
-    """Initialise Ray once; returns a description of where it runs.
-
-    Embedded Ray binds to 127.0.0.1 and starts no dashboard. Workers inherit this process's
-    environment (S3 endpoint and credentials); on an external cluster they must have their
-    own, since passing secrets through ``runtime_env`` would store them in Ray's GCS.
-    """
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if ray.is_initialized():
-        return "already connected"
-    if address and "RAY_AUTH_MODE" not in os.environ:
-        local = LocalCluster.load()  # `frontalab cluster up` on this machine: use its token
-        if local is not None and local.address == address:
-            os.environ.update(local.driver_env())
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return f"cluster at {address}"
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-             _node_ip_address="127.0.0.1", configure_logging=True)
-    return "embedded"
-
-
-def cluster_cpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("CPU", 1))
-
-
-# ---------------------------------------------------------------- /proc helpers
-
-
-def _stat(pid: int) -> Optional[list[str]]:
-    """Fields of /proc/PID/stat from the state on (index 0 = state), or None."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2:].split()
-
-
-def pid_alive(pid: int) -> bool:
-    """A live process; a zombie counts as gone."""
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
-
-
-def _start_time(pid: int) -> Optional[int]:
-    st = _stat(pid)
-    return int(st[19]) if st else None
-
-
-def _environ_value(pid: int, name: str) -> Optional[str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return None
-    prefix = name.encode() + b"="
-    for item in raw.split(b"\0"):
-        if item.startswith(prefix):
-            return item[len(prefix):].decode(errors="replace")
-    return None
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def pids_with_env(name: str, value: str | None = None, prefix: str | None = None) -> dict[int, str]:
-    """Live processes whose environment has ``name`` (equal to ``value``, or starting with
-    ``prefix``): pid -> the variable's value. This process is never included."""
-    found: dict[int, str] = {}
-    me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        pid = int(entry)
-        got = _environ_value(pid, name)
-        if got is None or not pid_alive(pid):
-            continue
-        if (value is None or got == value) and (prefix is None or got.startswith(prefix)):
-            found[pid] = got
-    return found
-
-
-def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL, *, marker: tuple[str, str] | None = None,
-              timeout: float = 10.0) -> set[int]:
-    """Send ``sig`` to each PID (only if it still carries ``marker`` = (name, value), which guards
-    against PID reuse); wait up to ``timeout`` s; return those still alive."""
-    targets = set()
-    for pid in pids:
-        if marker is not None and _environ_value(pid, marker[0]) != marker[1]:
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-            targets.add(pid)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in list(targets):  # reap our own children so they do not linger as zombies
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
-        left = {p for p in targets if pid_alive(p)}
-        if not left:
-            return set()
-        time.sleep(0.1)
-    return {p for p in targets if pid_alive(p)}
-
-
-# ---------------------------------------------------------------- ports
-
-
-def _port_free(port: int, host: str = "127.0.0.1") -> bool:
-    for h in {host, "0.0.0.0"}:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((h, port))
-            except OSError:
-                return False
-    return True
 
 
 def _free_ports(n: int, taken: set[int]) -> list[int]:
@@ -165,7 +42,7 @@ def _free_ports(n: int, taken: set[int]) -> list[int]:
     out: list[int] = []
     while len(out) < n:
         port = random.randint(11000, 29999)
-        if port not in taken and port not in out and _port_free(port):
+        if port not in taken and port not in out and port_free("127.0.0.1", port, strict=True):
             out.append(port)
     return out
 
@@ -175,12 +52,9 @@ def _free_range(n: int, taken: set[int]) -> tuple[int, int]:
     for _ in range(200):
         base = random.randint(11000, 29999 - n)
         block = range(base, base + n)
-        if not taken.intersection(block) and all(_port_free(p) for p in block):
+        if not taken.intersection(block) and all(port_free("127.0.0.1", p, strict=True) for p in block):
             return base, base + n - 1
     raise RuntimeError(f"no {n} consecutive free ports found")
-
-
-# ---------------------------------------------------------------- the cluster
 
 
 @dataclass
@@ -208,13 +82,11 @@ class LocalCluster:
     def __init__(self, workers: int = 1, cpus_per_node: int = 1, *, head_cpus: Optional[int] = None,
                  env: Optional[dict[str, str]] = None, state_dir: Optional[str | Path] = None,
                  object_store_mb: int = 256, cluster_id: Optional[str] = None):
-        from frontalab.paths import state_dir as default_state
-
         self.workers = workers
         self.cpus_per_node = cpus_per_node
         self.head_cpus = cpus_per_node if head_cpus is None else head_cpus
         self.env = dict(env or {})
-        self.state_dir = Path(state_dir) if state_dir else default_state() / "ray-cluster"
+        self.state_dir = Path(state_dir) if state_dir else local_cluster_dir()
         self.object_store_mb = object_store_mb
         self.id = cluster_id or uuid.uuid4().hex[:10]
         # Short: Ray's unix sockets live below it and must stay under ~107 characters.
@@ -230,16 +102,14 @@ class LocalCluster:
 
     @property
     def token_file(self) -> Path:
-        return self.state_dir / "auth_token"
+        return self.state_dir / TOKEN_FILE
 
     def driver_env(self) -> dict[str, str]:
         """What a driver (``frontalab sweep --address``) needs besides the address: Ray's token
         authentication is on, with this cluster's own token (a file, never in the environment)."""
-        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_file)}
+        return token_auth_env(self.state_dir)
 
     def _write_token(self) -> None:
-        import secrets
-
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if not self.token_file.exists():
             fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -302,9 +172,9 @@ class LocalCluster:
     def _record(self, node: Node) -> None:
         found = pids_with_env(MARKER_ENV, self.marker(node.name))
         node.pids = sorted(found)
-        node.start_times = {str(p): t for p in node.pids if (t := _start_time(p)) is not None}
+        node.start_times = {str(p): t for p in node.pids if (t := start_time(p)) is not None}
         for pid in node.pids:
-            cmd = _cmdline(pid)
+            cmd = cmdline(pid)
             if cmd and Path(cmd[0]).name == "raylet":
                 for arg in cmd:
                     if arg.startswith("--node_id="):
@@ -371,7 +241,7 @@ class LocalCluster:
     def kill_node(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> set[int]:
         """Kill every process of one node by PID (default SIGKILL: a machine lost). Returns the PIDs."""
         node = self.node(name)
-        pids = set(self.pids(name)) | {p for p in node.pids if pid_alive(p)}
+        pids = set(self.pids(name)) | {p for p in node.pids if alive(p)}
         left = kill_pids(pids, sig, marker=(MARKER_ENV, self.marker(name)), timeout=timeout)
         if left:
             raise RuntimeError(f"processes {sorted(left)} of node {name} survived signal {sig}")
@@ -422,9 +292,7 @@ class LocalCluster:
     @classmethod
     def load(cls, state_dir: Optional[str | Path] = None) -> Optional["LocalCluster"]:
         """The cluster recorded under ``state_dir`` (default ``$FRONTALAB_HOME/ray-cluster``), or None."""
-        from frontalab.paths import state_dir as default_state
-
-        folder = Path(state_dir) if state_dir else default_state() / "ray-cluster"
+        folder = Path(state_dir) if state_dir else local_cluster_dir()
         try:
             data = json.loads((folder / STATE_FILE).read_text())
         except (FileNotFoundError, ValueError):

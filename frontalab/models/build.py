@@ -1,0 +1,34 @@
+"""Networks from config: the decoder a trial trains and the frozen encoder it is judged by.
+
+The one place a config's ``model.*`` and ``encoder.*`` keys become modules, for training, sweeps
+and serving alike. (Which objective trains a decoder is `frontalab.losses.objectives.OBJECTIVES`.)
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+
+from frontalab.models import landmarks as lm
+from frontalab.models.cole import ColeDecoder
+from frontalab.models.encoders import FaceEncoder, build_encoder
+from frontalab.models.thesis import ThesisDecoder
+
+
+def build_generator(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
+    if cfg.model.decoder == "cole":
+        return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden,
+                           channels=cfg.model.cole_channels)
+    return ThesisDecoder(feature_dim, out_size=cfg.model.out_size, mask=cfg.model.mask, norm=cfg.model.norm,
+                         width=cfg.model.width)
+
+
+def uses_discriminator(cfg: DictConfig) -> bool:
+    """Only the thesis model has a D, and an ablation without the adversarial term builds none."""
+    return cfg.model.decoder == "thesis" and cfg.loss.adversarial > 0
+
+
+def encoder_from_config(cfg: DictConfig) -> FaceEncoder:
+    """The frozen encoder ``cfg.encoder`` names, with ``cfg.encoder.weights`` when given."""
+    options = {"weights": cfg.encoder.weights} if cfg.encoder.weights else {}
+    return build_encoder(cfg.encoder.name, **options)

@@ -1,0 +1,70 @@
+"""Every name the platform writes for others to find again, in one place.
+
+MLflow experiments, run tags, roles, registered models and their aliases, the metric trials are
+ranked by, and the encoders' config names. Code that writes or searches one of them imports it
+from here, so a name is spelled once. (The strings are part of the stored data: changing one
+orphans the runs and models that carry the old one.)
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------- encoders (config `encoder.name`)
+
+DLIB_RESNET = "dlib-resnet"
+ENCODER_NAMES = (DLIB_RESNET, "facenet-vggface2", "facenet-casia")
+
+# ---------------------------------------------------------------- metrics
+
+# The metric the shipped sweep files and `promote` rank trials by (higher is better).
+SELECTION_METRIC = "val/frontalization_score"
+SELECTION_MODE = "max"
+FACE_SHARE_METRIC = "val/face_detected_share"
+SPREAD_METRIC = "val/different_people_spread"
+
+# ---------------------------------------------------------------- experiments
+
+ASSETS_EXPERIMENT = "frontalab-assets"  # the runs that hold registered assets (the landmark student)
+# The MLflow UI opens an experiment with this tag on its training-runs view.
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")
+
+
+def sweep_experiment(sweep: str) -> str:
+    """The MLflow experiment of sweep ``sweep``: its parent run and one child run per trial."""
+    return f"sweep-{sweep}"
+
+
+def promotion_run(sweep: str) -> str:
+    return f"promote-{sweep}"
+
+
+def evaluation_run(label: str) -> str:
+    return f"eval-{label}"
+
+
+# ---------------------------------------------------------------- run tags
+
+TAG_PREFIX = "frontalab."
+ROLE_TAG = "frontalab.role"  # what a run that is no trial is: one of the roles below
+ROLE_SWEEP, ROLE_PROMOTION, ROLE_EVALUATION, ROLE_ASSET = "sweep", "promotion", "evaluation", "asset"
+COMMAND_TAG = "frontalab.command"  # the command line that created the run
+SWEEP_TAG = "frontalab.sweep"
+TRIAL_TAG = "frontalab.trial_id"  # a trial's child run is found again by its Tune trial id
+TRIAL_NAME_TAG = "frontalab.trial_name"
+SOURCE_RUN_TAG = "frontalab.source_run"  # a promotion's trial run
+LABEL_TAG = "frontalab.label"  # an evaluation's label
+STATUS_REASON_TAG = "frontalab.status_reason"
+TRACKING_INCOMPLETE_TAG = "frontalab.tracking_incomplete"
+STOPPED_EARLY_TAG = "frontalab.stopped_early_at"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+def bundle_tag(key: str) -> str:
+    """The tag naming a sweep trial's named bundle (an ablation arm) of search key ``key``."""
+    return f"{TAG_PREFIX}{key}"
+
+
+# ---------------------------------------------------------------- registered models
+
+MODEL_NAME = "frontalizer"  # `promote`'s default registered model
+CHAMPION, PREVIOUS = "champion", "previous"  # its aliases
+LANDMARK_MODEL = "landmarks68"  # the landmark student, registered on first use

@@ -1,0 +1,167 @@
+"""The client side of the services, embedded or remote: endpoints, credentials, the bucket's layout,
+and the environment and S3 client that point MLflow, boto3, pyarrow and Ray Tune at them."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from frontalab.services.state import ServiceError, StatePaths, private_dir, state_paths, write_private
+
+DEFAULT_REGION = "us-east-1"
+
+
+S3_IDENTITY = "frontalab"
+
+
+# Prefixes inside the bucket (`services.bucket`), the same embedded and on a cluster (infra/ uses them too).
+BUCKET_LAYOUT = {
+    "mlflow": "mlflow",      # MLflow artifacts, written through the tracking server (--artifacts-destination)
+    "datasets": "datasets",  # prepared datasets: datasets/NAME
+    "sweeps": "sweeps",      # Ray Tune storage: sweeps/NAME
+    "weights": "weights",    # weights that images never bake in (FaceNet): fetched from here at start
+}
+
+
+# Variables that point MLflow (artifacts), boto3 and pyarrow at the S3 endpoint, and carry its region and keys.
+S3_ENDPOINT_ENV = ("MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+S3_REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+S3_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where clients find the services. Holds no secret: `public()` is safe to print and log."""
+
+    mlflow: str
+    s3: str
+    bucket: str
+    region: str = DEFAULT_REGION
+    embedded_s3: bool = True
+    embedded_mlflow: bool = True
+
+    @property
+    def artifacts(self) -> str:
+        return bucket_uri(self.bucket, "mlflow")
+
+    def public(self) -> dict[str, Any]:
+        return {"mlflow": self.mlflow, "s3": self.s3, "bucket": self.bucket,
+                "artifacts": self.artifacts, "region": self.region,
+                "embedded": {"s3": self.embedded_s3, "mlflow": self.embedded_mlflow}}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+
+    def __repr__(self) -> str:  # never print the secret by accident
+        return f"Credentials(access_key={self.access_key!r}, secret_key='***')"
+
+    __str__ = __repr__
+
+
+def bucket_uri(bucket: str, area: str, *parts: str) -> str:
+    """``s3://BUCKET/PREFIX[/PART...]`` for an area of `BUCKET_LAYOUT` (mlflow, datasets, sweeps, weights)."""
+    return "/".join([f"s3://{bucket}", BUCKET_LAYOUT[area], *parts])
+
+
+def s3_env_names() -> dict[str, tuple[str, ...]]:
+    """Names of the S3 variables clients read: endpoint, region, credentials."""
+    return {"endpoint": S3_ENDPOINT_ENV, "region": S3_REGION_ENV, "credentials": S3_CREDENTIAL_ENV}
+
+
+def embedded_credentials(paths: StatePaths, create: bool) -> Credentials | None:
+    """The embedded S3 identity, generated once into the 0600 credentials file."""
+    if paths.credentials.exists():
+        doc = json.loads(paths.credentials.read_text())
+        cred = doc["identities"][0]["credentials"][0]
+        return Credentials(cred["accessKey"], cred["secretKey"])
+    if not create:
+        return None
+    creds = Credentials("FL" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
+    doc = {"identities": [{
+        "name": S3_IDENTITY,
+        "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }]}
+    private_dir(paths.root)
+    write_private(paths.credentials, json.dumps(doc, indent=2) + "\n")
+    return creds
+
+
+def credentials(cfg: Any) -> Credentials | None:
+    """S3 credentials clients should use: the state dir's for embedded S3, else the environment's.
+
+    None when the embedded store was never started, or when a remote endpoint is configured
+    and the environment has no keys (boto3's own chain, e.g. an instance role, then applies).
+    """
+    if getattr(cfg, "s3_endpoint", None):
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        return Credentials(key, secret) if key and secret else None
+    return embedded_credentials(state_paths(cfg), create=False)
+
+
+def client_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def bind_host(host: str) -> str:
+    return host.strip("[]") or "127.0.0.1"
+
+
+def endpoints(cfg: Any) -> Endpoints:
+    """The endpoints clients use for `cfg` (a `ServicesConfig`); no service is contacted."""
+    host = client_host(cfg.host)
+    s3 = (cfg.s3_endpoint or f"http://{host}:{cfg.s3_port}").rstrip("/")
+    mlflow = (cfg.mlflow_uri or f"http://{host}:{cfg.mlflow_port}").rstrip("/")
+    region = DEFAULT_REGION
+    if cfg.s3_endpoint:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    return Endpoints(mlflow=mlflow, s3=s3, bucket=cfg.bucket, region=region,
+                     embedded_s3=not cfg.s3_endpoint, embedded_mlflow=not cfg.mlflow_uri)
+
+
+def client_env(cfg: Any) -> dict[str, str]:
+    """Environment variables that point MLflow, boto3, pyarrow and Ray Tune at the services.
+
+    Contains the S3 secret: pass it to child processes, never print or log it.
+    """
+    ep = endpoints(cfg)
+    env = {"MLFLOW_TRACKING_URI": ep.mlflow}
+    env.update({name: ep.s3 for name in S3_ENDPOINT_ENV})
+    env.update({name: ep.region for name in S3_REGION_ENV})
+    creds = credentials(cfg)
+    if creds is not None:
+        env.update(zip(S3_CREDENTIAL_ENV, (creds.access_key, creds.secret_key)))
+    return env
+
+
+def s3_client(cfg: Any, *, timeout: float = 30.0, retries: int = 3):
+    """A boto3 S3 client for the configured endpoint (path-style addressing, SigV4)."""
+    import boto3  # deferred: boto3 takes ~0.5 s to import; only S3 health checks and buckets need it
+    from botocore.config import Config  # deferred: with boto3
+
+    ep = endpoints(cfg)
+    creds = credentials(cfg)
+    if creds is None and ep.embedded_s3:
+        raise ServiceError(f"no S3 credentials under {state_paths(cfg).root}: run `frontalab up` first")
+    kwargs: dict[str, Any] = {}
+    if creds is not None:
+        kwargs = {"aws_access_key_id": creds.access_key, "aws_secret_access_key": creds.secret_key}
+    config = Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                    connect_timeout=min(timeout, 10.0), read_timeout=timeout,
+                    retries={"max_attempts": retries, "mode": "standard"})
+    return boto3.session.Session().client("s3", endpoint_url=ep.s3, region_name=ep.region,
+                                          config=config, **kwargs)

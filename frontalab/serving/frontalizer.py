@@ -1,0 +1,76 @@
+"""Photos in, frontal faces out: the preprocessing, frozen encoder and trained decoder of one checkpoint.
+
+`Frontalizer` is plain Python; `frontalab.serving.pyfunc.FrontalizerModel` wraps it as an MLflow
+pyfunc, so the same object serves `frontalab frontalize`, `frontalab evaluate` and `mlflow models serve`.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from frontalab.data.crop import encoder_chip
+from frontalab.data.teacher import LandmarkTeacher
+from frontalab.models.build import build_generator, encoder_from_config
+from frontalab.training.checkpoints import load_checkpoint
+
+
+class Frontalizer:
+    def __init__(self, checkpoint: str | Path, encoder: Optional[torch.nn.Module] = None, device: str = "cpu"):
+        ckpt = load_checkpoint(checkpoint, device)
+        self.cfg = OmegaConf.create(ckpt["config"])
+        self.encoder = (encoder if encoder is not None else encoder_from_config(self.cfg)).to(device).eval()
+        self.G = build_generator(self.cfg, self.encoder.feature_dim).to(device)
+        # Checkpoints from before feature standardisation lack its buffers; their defaults
+        # (mean 0, std 1) are the identity, which is how those decoders were trained.
+        result = self.G.load_state_dict(ckpt["G"], strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("standardize.")]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint {checkpoint} does not fit the decoder: missing {missing}, "
+                               f"unexpected {result.unexpected_keys}")
+        self.G.eval()
+        self.teacher = LandmarkTeacher()
+        self.device = device
+        self.step = ckpt["step"]
+        self.run_id = ckpt.get("run_id") or ""  # the training run that wrote the checkpoint
+
+    @torch.no_grad()
+    def frontalize_chips(self, chips: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 frontal faces for (N, s, s, 3) uint8 input chips of this model's encoder."""
+        out = self.G(self.encoder.features(to_tensor(chips).to(self.device))).composite
+        return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
+        """(S, S, 3) uint8 frontal face for a (H, W, 3) uint8 RGB photo, or None when no face is found."""
+        box, _ = self.teacher.central_face(rgb)
+        if box is None:
+            return None
+        return self.frontalize_chips(encoder_chip(self.teacher, rgb, box, self.encoder)[None])[0]
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+
+
+def to_png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def side_by_side(pairs: list[tuple[np.ndarray, np.ndarray]], side: int = 128) -> np.ndarray:
+    """(input photo | frontal face) rows, each image centre-cropped square and resized to ``side``: uint8 HxWx3."""
+    def square(rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        top, left = (h - min(h, w)) // 2, (w - min(h, w)) // 2
+        crop = Image.fromarray(rgb[top:top + min(h, w), left:left + min(h, w)])
+        return np.asarray(crop.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))
+
+    return np.concatenate([np.concatenate([square(a), square(b)], axis=1) for a, b in pairs], axis=0)

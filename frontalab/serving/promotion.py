@@ -1,0 +1,92 @@
+"""`frontalab promote`: the best finished trial of a sweep becomes the registered model's `champion`.
+
+The model version is an MLflow pyfunc bundling the trial's checkpoint (decoder + config)
+and its frozen encoder, with the frontalab code; the previous champion becomes `previous`.
+Lineage tags on the version name the sweep, trial, run, metric, config and dataset hashes
+and the git commit, so any output can be traced back to the data and code that made it.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from frontalab.config import ConfigError
+from frontalab.naming import (CHAMPION, COMMAND_TAG, FACE_SHARE_METRIC, MODEL_NAME, ROLE_PROMOTION, ROLE_TAG,
+                              SELECTION_METRIC, SELECTION_MODE, SOURCE_RUN_TAG, SWEEP_TAG, TRIAL_TAG, promotion_run,
+                              sweep_experiment)
+from frontalab.serving.frontalizer import Frontalizer
+from frontalab.serving.pyfunc import FrontalizerModel
+from frontalab.tracking import store
+from frontalab.tracking.provenance import command_line
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # frontalab/, shipped as the model's code
+
+
+def best_trial_run(client, sweep: str, metric: Optional[str], mode: Optional[str], min_face_share: float = 0.0):
+    """(run, metric, mode) of the best FINISHED trial of ``sweep`` that reported ``metric`` (default: the
+    frontalization score) and whose last face share is at least ``min_face_share``; a ConfigError naming the
+    best trial and its share when none qualifies."""
+    exp, runs = store.finished_trial_runs(client, sweep_experiment(sweep))
+    if exp is None:
+        raise ConfigError(f"no sweep named {sweep!r} (no MLflow experiment {sweep_experiment(sweep)})")
+    metric = metric or SELECTION_METRIC
+    mode = mode or (SELECTION_MODE if metric == SELECTION_METRIC else "min")
+    scored = [r for r in runs if TRIAL_TAG in r.data.tags and metric in r.data.metrics]
+    if not scored:
+        raise ConfigError(f"sweep {sweep!r} has no finished trial that reported {metric!r}; nothing to promote")
+    scored.sort(key=lambda r: r.data.metrics[metric], reverse=mode == "max")
+
+    def face_share(run) -> float:
+        return run.data.metrics.get(FACE_SHARE_METRIC, 0.0)
+
+    eligible = [r for r in scored if face_share(r) >= min_face_share]
+    if not eligible:
+        best = scored[0]
+        raise ConfigError(f"sweep {sweep!r}: refusing to promote trial {best.data.tags.get(TRIAL_TAG)} (run "
+                          f"{best.info.run_id}), the best by {metric}: a face is detected in "
+                          f"{face_share(best):.0%} of its validation outputs, below promote.min_face_share="
+                          f"{min_face_share:g}, and no other trial reaches it")
+    for passed in scored[:scored.index(eligible[0])]:
+        print(f"promote: passing over trial {passed.data.tags.get(TRIAL_TAG)}: a face in only "
+              f"{face_share(passed):.0%} of its validation outputs (promote.min_face_share={min_face_share:g})",
+              file=sys.stderr)
+    return eligible[0], metric, mode
+
+
+def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None, name: str = MODEL_NAME,
+            min_face_share: float = 0.9) -> dict[str, Any]:
+    client = store.client()
+    best, metric, mode = best_trial_run(client, sweep, metric, mode, min_face_share)
+    tags = best.data.tags
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = store.latest_checkpoint_artifact(client, best.info.run_id, Path(tmp))
+        frontalizer = Frontalizer(checkpoint)  # loads, so a broken checkpoint fails here, not at serving
+        encoder_file = Path(tmp) / "encoder.pt"
+        torch.save(frontalizer.encoder, encoder_file)
+        lineage = {
+            "sweep": sweep, "trial": tags.get(TRIAL_TAG, ""), "run_id": best.info.run_id,
+            "metric": metric, "metric_value": str(best.data.metrics[metric]), "mode": mode,
+            "config_hash": tags.get("config_hash", ""), "dataset_hash": tags.get("dataset_hash", ""),
+            "git_commit": tags.get("git_commit", ""), "encoder": tags.get("encoder", ""),
+            "checkpoint": checkpoint.name,
+        }
+        new_version = store.log_pyfunc_version(
+            best.info.experiment_id, promotion_run(sweep),
+            tags={ROLE_TAG: ROLE_PROMOTION, SWEEP_TAG: sweep, SOURCE_RUN_TAG: best.info.run_id,
+                  COMMAND_TAG: command_line()},
+            python_model=FrontalizerModel(),
+            artifacts={"checkpoint": str(checkpoint), "encoder": str(encoder_file)},
+            code_paths=[str(PACKAGE_DIR)], registered_model_name=name,
+            pip_requirements=[f"{p}=={version(p)}" for p in
+                              ("torch", "torchvision", "mlflow", "kornia", "omegaconf", "dlib-bin", "numpy",
+                               "pillow", "opencv-python-headless", "facenet-pytorch", "pandas", "platformdirs")]
+            + ["face_recognition_models==0.3.0"])
+    previous = store.make_champion(client, name, new_version, lineage)
+    return {"name": name, "version": new_version, "alias": CHAMPION, "previous": previous,
+            "uri": f"models:/{name}@{CHAMPION}", "mlflow_ui": store.runs_table_url(best.info.experiment_id), **lineage}

@@ -1,0 +1,1 @@
+"""`frontalab sweep`: trials on Ray Tune, tracked under one MLflow parent run."""

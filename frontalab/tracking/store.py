@@ -1,0 +1,235 @@
+"""The one door to MLflow's store: every MLflow client call of the platform goes through here
+(besides a trial's own tracker and its sender, `frontalab.tracking.tracker`).
+
+Experiments, a sweep's parent run and its trials' child runs, checkpoint artifacts, registered
+model versions and their aliases, the landmark student registered as an asset, and evaluation
+runs. Names (experiments, tags, aliases) come from `frontalab.naming`. MLflow itself is imported
+inside the functions: it takes seconds, and commands that never touch MLflow must not pay it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from frontalab.config import ConfigError
+from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL,
+                              PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, SWEEP_TAG, TRIAL_TAG)
+
+# Our own loop retries forever in the background; the client's per-request retries
+# (7, with minutes of backoff by default) would only delay noticing the outage.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def client():
+    """An MLflow client for ``$MLFLOW_TRACKING_URI``."""
+    from mlflow import MlflowClient  # deferred: MLflow takes seconds to import
+
+    return MlflowClient()
+
+
+def runs_table_url(experiment_id: str) -> str:
+    """The MLflow UI's training-runs table of an experiment (a bare #/experiments/N opens the GenAI overview)."""
+    return f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def experiment_id(client, name: str) -> str:
+    """Get or create the experiment, tagged so the UI opens on training runs."""
+    exp = client.get_experiment_by_name(name)
+    eid = exp.experiment_id if exp else client.create_experiment(name)
+    client.set_experiment_tag(eid, *EXPERIMENT_KIND_TAG)
+    return eid
+
+
+# ---------------------------------------------------------------- a sweep's runs
+
+
+def find_child_run(client, experiment_id: str, trial_id: str) -> Optional[str]:
+    """The run of Tune trial ``trial_id``, found by its tag (a restarted trial continues it)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=5,
+                              order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def end_trial_run(experiment: str, trial_id: str, status: str) -> None:
+    """Mark trial ``trial_id``'s run ``status`` if it is still RUNNING (a killed trial cannot end its own)."""
+    c = client()
+    run_id = find_child_run(c, experiment_id(c, experiment), trial_id)
+    if run_id and c.get_run(run_id).info.status == "RUNNING":
+        c.set_terminated(run_id, status=status)
+
+
+def sweep_parent_run(client, experiment_id: str, sweep: str, resume: bool, command: str) -> str:
+    """The sweep's parent run: the latest one again when resuming, else a new one."""
+    if resume:
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' "
+                                  f"and tags.`{ROLE_TAG}` = '{ROLE_SWEEP}'", order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        if runs:
+            client.update_run(runs[0].info.run_id, status="RUNNING")
+            return runs[0].info.run_id
+    run = client.create_run(experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep, ROLE_TAG: ROLE_SWEEP,
+                                                                  COMMAND_TAG: command})
+    return run.info.run_id
+
+
+def log_sweep_files(client, parent: str, sweep_file: str, resolved_yaml: str, search_space: dict) -> None:
+    """The sweep file as given, resolved, and its search space, on the parent run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy2(sweep_file, Path(tmp) / Path(sweep_file).name)
+        (Path(tmp) / "sweep.resolved.yaml").write_text(resolved_yaml)
+        (Path(tmp) / "search_space.json").write_text(json.dumps(search_space, indent=1))
+        client.log_artifacts(parent, tmp, "sweep")
+    if not client.get_run(parent).data.params:  # a resumed sweep already has it
+        client.log_param(parent, "sweep.file", Path(sweep_file).name)
+
+
+def log_sweep_results(client, parent: str, results_table, best: Optional[dict[str, Any]]) -> None:
+    """The results table (a DataFrame) and the best trial (``metrics`` and ``tags``) on the parent run,
+    which then ends FINISHED."""
+    from mlflow.entities import Metric, RunTag  # deferred: MLflow takes seconds to import
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results_table.to_csv(Path(tmp) / "results.csv", index=False)
+        client.log_artifacts(parent, tmp, "results")
+    if best is not None:
+        now = int(time.time() * 1000)
+        client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in best["metrics"].items()],
+                         tags=[RunTag(k, v) for k, v in best["tags"].items()])
+    client.set_terminated(parent, status="FINISHED")
+
+
+def finished_trial_runs(client, sweep_experiment: str):
+    """(experiment, FINISHED runs) of a sweep's experiment; None for the experiment when there is none."""
+    exp = client.get_experiment_by_name(sweep_experiment)
+    if exp is None:
+        return None, []
+    return exp, client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                                   max_results=5000)
+
+
+# ---------------------------------------------------------------- checkpoints and models
+
+
+def latest_checkpoint_artifact(client, run_id: str, into: Path) -> Path:
+    files = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".pt")]
+    if not files:
+        raise ConfigError(f"run {run_id} has no checkpoint artifact")
+    return Path(client.download_artifacts(run_id, sorted(files)[-1], str(into)))
+
+
+def registered_checkpoint(uri: str, into: Path) -> Path:
+    """The checkpoint artifact inside a registered pyfunc version (read from its MLmodel file; the
+    pickled python model is never loaded)."""
+    import mlflow.artifacts  # deferred: MLflow takes seconds to import
+
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
+    except Exception as err:  # an unknown name, version or alias
+        raise ConfigError(f"cannot download {uri}: {str(err).splitlines()[0]}") from None
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
+    artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    if "checkpoint" not in artifacts:
+        raise ConfigError(f"{uri} is not a frontalab model (its MLmodel names no checkpoint artifact)")
+    return folder / artifacts["checkpoint"]["path"]
+
+
+def model_version(spec: str):
+    """(name, version) of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
+    name, _, ref = spec[len("models:/"):].partition("@")
+    c = client()
+    if ref:
+        return name, c.get_model_version_by_alias(name, ref)
+    name, _, number = name.partition("/")
+    return name, c.get_model_version(name, number)
+
+
+def log_pyfunc_version(experiment_id: str, run_name: str, tags: dict[str, str], python_model: Any,
+                       artifacts: dict[str, str], code_paths: list[str], registered_model_name: str,
+                       pip_requirements: list[str]) -> str:
+    """Log a pyfunc model in a new run of the experiment and register it; returns the new version."""
+    import mlflow  # deferred: MLflow takes seconds to import
+
+    mlflow.set_experiment(experiment_id=experiment_id)
+    with mlflow.start_run(run_name=run_name, tags=tags):
+        info = mlflow.pyfunc.log_model(name="frontalizer", python_model=python_model, artifacts=artifacts,
+                                       code_paths=code_paths, registered_model_name=registered_model_name,
+                                       pip_requirements=pip_requirements)
+    return str(info.registered_model_version)
+
+
+def make_champion(client, name: str, version: str, tags: dict[str, str]) -> Optional[str]:
+    """``version`` becomes ``name``'s champion (the one before, if another, its previous); returns that one."""
+    previous = None
+    try:
+        previous = client.get_model_version_by_alias(name, CHAMPION).version
+    except Exception:  # no champion yet
+        pass
+    if previous and previous != version:
+        client.set_registered_model_alias(name, PREVIOUS, previous)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    return previous
+
+
+def ensure_landmark_model(weights: Path) -> str:
+    """The registered `landmarks68` version holding these student weights, registered on first use."""
+    c = client()
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    try:
+        versions = c.search_model_versions(f"name = '{LANDMARK_MODEL}'")
+    except Exception:
+        versions = []
+    for v in versions:
+        if v.tags.get("sha256") == sha:
+            return str(v.version)
+    if not versions:
+        try:
+            c.create_registered_model(LANDMARK_MODEL, description="dlib-68 landmark student (frontalab.models.landmark_net)")
+        except Exception:  # registered concurrently by another trial
+            pass
+    run = c.create_run(experiment_id(c, ASSETS_EXPERIMENT), run_name=f"{LANDMARK_MODEL}-{sha[:8]}",
+                       tags={ROLE_TAG: ROLE_ASSET, "sha256": sha})
+    c.log_artifact(run.info.run_id, str(weights), LANDMARK_MODEL)
+    sidecar = weights.with_suffix(".json")
+    if sidecar.is_file():
+        c.log_artifact(run.info.run_id, str(sidecar), LANDMARK_MODEL)
+        metrics = json.loads(sidecar.read_text()).get("metrics", {})
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                c.log_metric(run.info.run_id, key, float(value))
+    c.set_terminated(run.info.run_id)
+    version = c.create_model_version(LANDMARK_MODEL, source=f"{run.info.artifact_uri}/{LANDMARK_MODEL}",
+                                     run_id=run.info.run_id, tags={"sha256": sha})
+    return str(version.version)
+
+
+# ---------------------------------------------------------------- evaluations
+
+
+def log_evaluation_run(experiment: str, run_name: str, tags: dict[str, str], params: dict[str, Any],
+                       metrics: dict[str, float], report: Path, model_name: str, model_version: str,
+                       version_tag: str) -> str:
+    """A run holding an evaluation's numbers and report, linked both ways to the model version."""
+    import mlflow  # deferred: MLflow takes seconds to import
+
+    mlflow.set_experiment(experiment)
+    with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_name=run_name, tags=tags) as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(report), "report")
+    if model_name and model_version:
+        client().set_model_version_tag(model_name, model_version, version_tag, run.info.run_id)
+    return run.info.run_id

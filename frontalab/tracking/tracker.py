@@ -1,0 +1,263 @@
+"""MLflow tracking of one trial: batched, asynchronous, and lossless through server outages.
+
+The training loop only enqueues. A separate *sender process* talks to MLflow: its HTTP and
+protobuf work would otherwise hold the trial's GIL between the torch ops of the steps it
+overlaps, and slow them by several times its own CPU. When the tracking server is
+unreachable, points stay buffered in the sender (in memory up to a bound, then on disk) and
+are retried until it is back; the loop never waits for the network. Each metric point gets
+its timestamp when it is enqueued, so a retried batch is an exact duplicate, which MLflow's
+store drops: every (key, step) lands once. The loop also appends every point to a journal
+beside its checkpoints: if the trial process is killed, its sender stops at once, and the
+resumed run sends the journalled steps that never arrived (and skips those that did).
+Files to upload (checkpoints) are hard-linked for the sender, which deletes its link once the
+upload succeeds: the loop may prune its own copies, and what was never sent is resent likewise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from frontalab.config import TrackingConfig
+from frontalab.naming import PARENT_RUN_TAG, STATUS_REASON_TAG, TRACKING_INCOMPLETE_TAG
+from frontalab.tracking.store import experiment_id
+from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step
+
+log = logging.getLogger(__name__)
+
+SENDER_MODULE = "frontalab.tracking.sender"  # run as ``python -m`` in a process of its own
+
+# Files from 5 MB (S3's smallest part) go straight to the bucket, through multipart URLs the
+# tracking server presigns; proxied, each checkpoint's bytes would cost the server as much
+# CPU again as the store. A server that cannot presign answers so, and MLflow proxies instead.
+DIRECT_UPLOAD_ENV = {"MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
+                     "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(5 * 2**20)}
+
+
+SENDER_START_TIMEOUT = 120  # seconds for the sender process to import MLflow and connect
+
+
+_DEFAULTS = TrackingConfig()  # `Tracker.open`'s defaults are the config's
+
+
+def _start_sender() -> tuple[subprocess.Popen, Connection]:
+    """The sender process and our end of its socket; it waits for its settings."""
+    ours, theirs = socket.socketpair()
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**DIRECT_UPLOAD_ENV, **os.environ,  # the user's settings win
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    # A session of its own: Ctrl-C in the terminal interrupts the trial, which then finishes
+    # its run through the sender; the sender must not die of the same SIGINT. Its output
+    # (MLflow prints run links) goes to stderr: the trial's stdout may be a JSON result.
+    process = subprocess.Popen([sys.executable, "-m", SENDER_MODULE, str(theirs.fileno())],
+                               pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2, env=env,
+                               start_new_session=True)
+    theirs.close()
+    return process, Connection(ours.detach())
+
+
+class Tracker:
+    """The MLflow run of one trial, seen from the training loop. Create with `Tracker.open`;
+    end with `finish`. Every ``log_*`` call returns at once: a feeder thread hands the item to
+    the sender process over a socket."""
+
+    def __init__(self, client, run_id: str, done_steps: dict[str, set[int]], process: subprocess.Popen,
+                 conn: Connection):
+        self.client, self.run_id = client, run_id
+        self._done = done_steps  # (key -> steps) already in the run: a resumed run skips them
+        self._journal = None  # local append-only copy of every metric point (see `_open_journal`)
+        self._process, self._conn = process, conn
+        if self._receive("ready", SENDER_START_TIMEOUT) is None:
+            raise RuntimeError(f"the MLflow sender process did not start (exit code {process.poll()}); "
+                               "its error is printed above")
+        self._outbox: queue.Queue = queue.Queue()
+        self._last_flush = 0  # token of the latest flush request
+        self._feeder = threading.Thread(target=self._feed, name="mlflow-tracker-feed", daemon=True)
+        self._feeder.start()
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, *, experiment: str, run_name: str = "", params: dict[str, Any] | None = None,
+             tags: dict[str, str] | None = None, resume_run_id: str | None = None,
+             parent_run_id: str | None = None, system_metrics: bool = _DEFAULTS.system_metrics,
+             buffer_limit: int = _DEFAULTS.buffer_limit, send_interval: float = _DEFAULTS.send_interval,
+             journal: Path | None = None, resume_step: int = 0) -> "Tracker":
+        # deferred: MLflow takes seconds to import; a trial without tracking never needs it
+        import mlflow
+        from mlflow import MlflowClient
+        from mlflow.entities import Param, RunTag
+
+        process, conn = _start_sender()  # it imports MLflow while we open the run
+        try:
+            client = MlflowClient()
+            done: dict[str, set[int]] = {}
+            if resume_run_id:
+                run = client.get_run(resume_run_id)
+                run_id = run.info.run_id
+                for key in run.data.metrics:
+                    done[key] = {m.step for m in client.get_metric_history(run_id, key)}
+                for f in client.list_artifacts(run_id, "images"):
+                    found = image_key_step(Path(f.path).name)
+                    if found:
+                        done.setdefault(f"image:{found[0]}", set()).add(found[1])
+                client.update_run(run_id, status="RUNNING")
+            else:
+                all_tags = dict(tags or {})
+                if parent_run_id:
+                    all_tags[PARENT_RUN_TAG] = parent_run_id
+                run = client.create_run(experiment_id(client, experiment), run_name=run_name or None, tags=all_tags)
+                run_id = run.info.run_id
+                items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+                for i in range(0, len(items), 100):
+                    client.log_batch(run_id, params=items[i:i + 100])
+            if resume_run_id and tags:
+                client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            conn.send({"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri(), "buffer_limit": buffer_limit,
+                       "send_interval": send_interval, "system_metrics": system_metrics})
+            tracker = cls(client, run_id, done, process, conn)
+        except BaseException:  # the run could not be opened: no sender without a run
+            process.kill()
+            conn.close()
+            raise
+        if journal is not None:
+            tracker._open_journal(Path(journal), resume_step if resume_run_id else None)
+            if resume_run_id:  # files the killed run's sender never sent: send them now
+                for held, artifact_path in held_uploads(Path(journal).parent):
+                    tracker._outbox.put(("artifact", str(held), artifact_path))
+        return tracker
+
+    def _open_journal(self, path: Path, resume_step: int | None) -> None:
+        """Every metric point the loop logs is appended to ``path`` (beside the checkpoints) before it
+        is sent, so a process killed outright loses none: when its run resumes from the checkpoint at
+        ``resume_step``, the journal's points up to that step that never reached the server are sent
+        now. Later points are dropped: the resumed loop logs those steps again."""
+        kept = []
+        if resume_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    key, value, timestamp, step = json.loads(line)
+                except ValueError:  # the line the kill cut short
+                    continue
+                if step <= resume_step:
+                    kept.append(line + "\n")
+                    if step not in self._done.get(key, ()):
+                        self._outbox.put(("metrics", {key: value}, step, timestamp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(kept))
+        self._journal = open(path, "a")
+
+    # ------------------------------------------------------------------ the loop's side (never blocks)
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        fresh = {k: float(v) for k, v in metrics.items() if step not in self._done.get(k, ())}
+        if fresh:
+            if self._journal is not None:
+                self._journal.write("".join(json.dumps([k, v, now, step]) + "\n" for k, v in fresh.items()))
+                self._journal.flush()  # into the OS: it survives the process
+            self._outbox.put(("metrics", fresh, step, now))
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        if step in self._done.get(f"image:{key}", ()):
+            return
+        self._outbox.put(("image", np.asarray(image).copy(), key, step))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload ``path`` later; the caller may delete or replace it at once (see `hold_for_upload`)."""
+        self._outbox.put(("artifact", str(hold_for_upload(Path(path), artifact_path)), artifact_path))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._outbox.put(("tags", {k: str(v) for k, v in tags.items()}))
+
+    def _feed(self) -> None:
+        """Pickle and write each item to the sender; the write waits on the socket without the GIL."""
+        sender_alive = True
+        while (item := self._outbox.get()) is not None:
+            if not sender_alive:
+                continue  # dropped, so that memory stays bounded; the journal keeps the metrics
+            try:
+                self._conn.send(item)
+            except OSError:
+                sender_alive = False
+                log.error("the MLflow sender process died (exit code %s): run %s misses what was logged after; "
+                          "the metrics are still in the journal beside the checkpoints",
+                          self._process.poll(), self.run_id)
+
+    def _receive(self, kind: str, timeout: float | None, token: int | None = None) -> tuple | None:
+        """The sender's next reply of ``kind`` (and ``token``); None on timeout or if it died."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                if self._conn.poll(0.2):
+                    reply = self._conn.recv()
+                    if reply[0] == kind and (token is None or reply[1] == token):
+                        return reply
+                    continue  # a reply to an earlier flush that timed out
+            except (EOFError, OSError):
+                return None
+            if self._process.poll() is not None:
+                return None
+        return None
+
+    # ------------------------------------------------------------------ ending
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything logged so far is in MLflow; False if ``timeout`` passed first."""
+        self._last_flush += 1
+        self._outbox.put(("flush", self._last_flush))
+        return self._receive("flushed", timeout, self._last_flush) is not None
+
+    def finish(self, status: str = "FINISHED", reason: Optional[str] = None, timeout: float | None = 600) -> bool:
+        """Send everything, then mark the run FINISHED, FAILED or KILLED (with ``reason`` as a tag).
+        False if the server stayed unreachable for ``timeout`` seconds or the sender died."""
+        if reason:
+            self.set_tags({STATUS_REASON_TAG: reason[:5000]})
+        self._outbox.put(("finish", status, timeout))
+        # The sender gives up sending at ``timeout``; then one more request marks the run.
+        reply = self._receive("finished", None if timeout is None else timeout + 30)
+        self._outbox.put(None)
+        self._feeder.join(timeout=5)
+        if self._journal is not None:
+            self._journal.close()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+        self._conn.close()
+        if reply is None:  # the sender died (or timed out): mark the run from here, and say so
+            log.error("run %s: the MLflow sender ended without finishing the run", self.run_id)
+            try:
+                self.client.set_tag(self.run_id, TRACKING_INCOMPLETE_TAG,
+                                    "the MLflow sender process ended before the run did: points logged after are "
+                                    "missing here (every metric point is in metrics.jsonl beside the checkpoints)")
+                self.client.set_terminated(self.run_id, status=status)
+            except Exception as err:
+                log.error("could not mark run %s %s: %s", self.run_id, status, err)
+            return False
+        return reply[1]
+
+
+class NullTracker:
+    """Tracking off: the same calls, nothing sent (the logging-overhead baseline)."""
+
+    run_id = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None: ...
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+    def set_tags(self, tags: dict[str, Any]) -> None: ...
+    def flush(self, timeout: float | None = None) -> bool: return True
+    def finish(self, status: str = "FINISHED", reason: Optional[str] = None, timeout: float | None = 600) -> bool: return True
