@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/lint-imports
+	$(PY) tools/import_cycles.py
 	$(PY) -m pytest
 
 test-slow: $(STAMP)
