@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config override, e.g. the services: --set services.mlflow_port=5001")
     p = add("evaluate", cmd_evaluate, "identity, normalisation, verification and pose of a model's outputs on "
                                       "folder-per-person photos; a report and an MLflow evaluation run")
-    p.add_argument("--model", help="models:/NAME@ALIAS, an MLflow run id, a checkpoint, or input:SIZE (the "
-                                   "no-frontalization baseline) (evaluate.model)")
+    p.add_argument("--model", help="models:/NAME@ALIAS, an MLflow run id, a checkpoint, a packaged champion "
+                                   "(pretrained:thesis, pretrained:cole), or input:SIZE (the no-frontalization "
+                                   "baseline) (evaluate.model)")
     p.add_argument("--faces", help="folder-per-person photos (evaluate.faces; default $FRONTALAB_FACES/lfw-gray)")
     p.add_argument("--encoder", help="evaluation encoder (evaluate.encoder; default the model's)")
     p.add_argument("--out", help="report folder (evaluate.out)")
