@@ -9,12 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# The metrics' names live with every other name; re-exported here beside their functions.
-from frontalab.naming import FACE_SHARE_METRIC, SELECTION_METRIC, SELECTION_MODE, SPREAD_METRIC
-
-__all__ = ["FACE_SHARE_METRIC", "SELECTION_METRIC", "SELECTION_MODE", "SPREAD_METRIC", "all_pairs",
-           "different_people_spread", "frontalization_score"]
-
 
 def different_people_spread(inputs: np.ndarray, outputs: np.ndarray, pairs: np.ndarray) -> float:
     """Mean encoder distance between different people's outputs over that between their inputs, on the

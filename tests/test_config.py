@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from frontalab.config import ConfigError, config_hash, flatten, load_config
-from frontalab.metrics import SELECTION_METRIC
+from frontalab.naming import SELECTION_METRIC
 
 
 def run_cli(*args):

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from conftest import run_cli, service_overrides
-from frontalab.metrics import (FACE_SHARE_METRIC, SELECTION_METRIC, SPREAD_METRIC, all_pairs,
-                               different_people_spread, frontalization_score)
+from frontalab.metrics import all_pairs, different_people_spread, frontalization_score
+from frontalab.naming import FACE_SHARE_METRIC, SELECTION_METRIC, SPREAD_METRIC
 from frontalab.models.thesis import DecoderOutput
 
 

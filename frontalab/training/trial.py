@@ -34,14 +34,14 @@ from frontalab.data.dataset import FaceDataset
 from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
 from frontalab.losses.landmark import symmetry_loss
 from frontalab.losses.objectives import build_objective, embed_faces
-from frontalab.metrics import (FACE_SHARE_METRIC, SELECTION_METRIC, SPREAD_METRIC, all_pairs,
-                               different_people_spread, frontalization_score)
+from frontalab.metrics import all_pairs, different_people_spread, frontalization_score
 from frontalab.models import landmarks as lm
 from frontalab.models.build import build_generator, encoder_from_config, uses_discriminator
 from frontalab.models.encoders import encoder_input
 from frontalab.models.landmark_net import default_weights_path, load_landmark_net
 from frontalab.models.thesis import Discriminator
-from frontalab.naming import LANDMARK_MODEL, STOPPED_EARLY_TAG
+from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRIC, SPREAD_METRIC,
+                              STOPPED_EARLY_TAG)
 from frontalab.tracking.provenance import git_commit, host
 from frontalab.tracking.store import ensure_landmark_model
 from frontalab.tracking.tracker import NullTracker, Tracker
