@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -206,6 +207,19 @@ def _photos(paths: list[str]) -> list[Path]:
     return found
 
 
+def output_names(photos: list[Path]) -> dict[Path, str]:
+    """``STEM.png`` per photo, and ``STEM-N.png`` (N its place among them) where stems repeat, so that no
+    output overwrites another (``a/1.jpg`` and ``b/1.jpg``)."""
+    stems, names, taken = Counter(p.stem for p in photos), {}, set()
+    for i, photo in enumerate(photos):
+        name = f"{photo.stem}.png" if stems[photo.stem] == 1 else f"{photo.stem}-{i}.png"
+        while name in taken:  # an input whose own stem is STEM-N
+            name = f"{Path(name).stem}-{i}.png"
+        names[photo] = name
+        taken.add(name)
+    return names
+
+
 def cmd_frontalize(args: argparse.Namespace) -> int:
     # deferred: pandas, torch and MLflow take seconds to import
     import pandas as pd
@@ -218,7 +232,10 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
     inputs, out = _photos(args.inputs), Path(args.out)
     if not inputs:
         raise ConfigError("no photos among the inputs")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"OUT {out} is a file; the last argument is the folder for the frontal faces")
     out.mkdir(parents=True, exist_ok=True)
+    names = output_names(inputs)
     with contextlib.redirect_stdout(sys.stderr):
         try:
             predict = load_predictor(args.model)
@@ -229,7 +246,7 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
     for photo in inputs:
         result = predict(pd.DataFrame({"image": [photo.read_bytes()]}))
         if result["face_found"][0]:
-            target = out / f"{photo.stem}.png"
+            target = out / names[photo]
             target.write_bytes(base64.b64decode(result["image"][0]))
             written.append(str(target))
             face = np.asarray(Image.open(target).convert("RGB"))
@@ -240,7 +257,7 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
                     pairs.append((decode(photo.read_bytes())[0], face))
         else:
             missing.append(str(photo))
-            print(f"frontalab frontalize: no face found in {photo}", file=sys.stderr)
+            print(f"frontalab frontalize: {photo}: {result['error'][0] or 'no face found'}", file=sys.stderr)
     summary = {"model": args.model, "written": len(written), "no_face": missing, "out": str(out),
                "outputs_with_a_face": len(written) - len(faceless), "outputs_without_a_face": faceless}
     if args.grid and pairs:

@@ -59,6 +59,8 @@ class ColeLossConfig:
     texture: float = _f(100.0, lo=0, doc="texture MAE weight (Cole §3.3)")
     landmark: float = _f(1.0, lo=0, doc="landmark MSE weight")
     identity: float = _f(10.0, lo=0, doc="negative-cosine identity weight")
+    perceptual: float = _f(0.0, lo=0, doc="our addition (0 = the paper): L1 between the frozen encoder's feature "
+                                          "maps of the output and of the input, both cut at the input's landmarks")
 
 
 @dataclass

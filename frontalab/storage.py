@@ -60,8 +60,22 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    replace_durably(tmp, target)
+
+
+def replace_durably(tmp: Path, target: Path) -> None:
+    """Rename a fully written ``tmp`` onto ``target`` so that, also across a power cut, readers find the whole
+    file or the old one: the bytes reach the disk before the rename, and the rename before this returns."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, target)
+    folder = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def exists(uri: str) -> bool:

@@ -17,7 +17,7 @@ import requests
 import torch
 
 from conftest import SMALL_DATASET_SETTINGS, free_port, run_cli, service_overrides
-from frontalab.training.checkpoints import latest_checkpoint
+from frontalab.training.checkpoints import newest_readable_checkpoint
 
 STEPS = 200
 ALL_CHECKPOINTS = [f"step-{s:06d}.pt" for s in range(50, STEPS + 1, 50)]  # train_args checkpoints every 50
@@ -246,7 +246,7 @@ def test_interrupted_run_ends_killed_with_every_logged_step(small_dataset, embed
     journal = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines()]
     logged = sorted(step for key, _, _, step in journal if key == "train/g/total")
     assert logged[0] == 10 and logged[-1] >= 20
-    run_id = torch.load(latest_checkpoint(ckpt), weights_only=True)["run_id"]
+    run_id = torch.load(newest_readable_checkpoint(ckpt), weights_only=True)["run_id"]
     assert history(endpoints, run_id, "train/g/total") == logged
     run = rest(endpoints, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "KILLED"
@@ -401,10 +401,18 @@ def test_no_adversarial_no_mask_turns_the_mask_branch_off(small_dataset):
 
 
 def test_cole_decoder_trains_with_its_own_losses(small_dataset):
-    trial = make_trial(small_dataset, "model.decoder=cole", "model.cole_hidden=32")
+    from frontalab.training.trial import collate
+
+    trial = make_trial(small_dataset, "model.decoder=cole", "model.cole_hidden=32", "loss.cole.perceptual=30")
     assert trial.D is None
     metrics = trial.train_step()
-    assert {"train/g/cole_texture", "train/g/cole_landmark", "train/g/cole_identity"} <= set(metrics)
+    assert {"train/g/cole_texture", "train/g/cole_landmark", "train/g/cole_identity",
+            "train/g/cole_perceptual"} <= set(metrics)
+    # Our perceptual term compares with the (frontal) input itself: zero for the input, positive for a blur of it.
+    batch = collate(trial.train_set, torch.arange(4), trial.device)
+    assert trial.objective.perceptual(batch["image"], batch).item() == pytest.approx(0, abs=1e-6)
+    assert trial.objective.perceptual(batch["image"].mean((2, 3), keepdim=True).expand_as(batch["image"]),
+                                      batch).item() > 0.1
 
 
 def test_recomputed_input_features_agree_with_the_cached_ones(small_dataset):

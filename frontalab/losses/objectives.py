@@ -144,7 +144,8 @@ class ThesisObjective:
 
 
 class ColeObjective:
-    """Cole et al. §3.3: texture MAE x100, landmark MSE x1, negative-cosine identity x10.
+    """Cole et al. §3.3: texture MAE x100, landmark MSE x1, negative-cosine identity x10, and optionally our
+    perceptual term (``loss.cole.perceptual``; 0, the paper, by default).
 
     The texture target is the input warped to the mean face (the decoder draws its texture
     there); the landmark target is the input's own teacher landmarks.
@@ -164,11 +165,20 @@ class ColeObjective:
             "cole_landmark": lambda: cole_landmark_loss(out.landmarks, batch["landmarks"]),
             "cole_identity": lambda: cole_identity_loss(batch["embedding"], embed_faces(
                 self.encoder, seen_by_encoder(out.composite, self.w.encoder_blur), out.landmarks)),
+            "cole_perceptual": lambda: self.perceptual(out.composite, batch),
         }
         weights = {"cole_texture": self.w.cole.texture, "cole_landmark": self.w.cole.landmark,
-                   "cole_identity": self.w.cole.identity}
+                   "cole_identity": self.w.cole.identity, "cole_perceptual": self.w.cole.perceptual}
         loss = weighted_sum(weights, terms)
         return GeneratorPass(loss, out.composite, out.composite, None, out.landmarks)
+
+    def perceptual(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The output's encoder maps against the (frontal) input's, both cut at the input's landmarks, so that
+        the two chips are pixel-aligned and the term asks for the input's edges and parts where they are."""
+        points, blur = batch["landmarks"], self.w.encoder_blur
+        with torch.no_grad():
+            target_maps, _ = encoder_pass(self.encoder, seen_by_encoder(batch["image"], blur), points)
+        return perceptual_loss(encoder_pass(self.encoder, seen_by_encoder(output, blur), points)[0], target_maps)
 
 
 # The decoder (config `model.decoder`) -> the objective that trains it.

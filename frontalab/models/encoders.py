@@ -387,3 +387,22 @@ def build_encoder(name: str, **options: Any) -> FaceEncoder:
         state = None if options.get("random_weights") else facenet_state_dict(pretrained, options.get("weights"))
         return FaceNetEncoder(pretrained, state)
     raise ValueError(f"unknown encoder {name!r}; choose one of: {', '.join(ENCODER_NAMES)}")
+
+
+def encoder_bundle(encoder: FaceEncoder) -> dict[str, Any]:
+    """An encoder as its config name and weights: what `torch.load(weights_only=True)` reads back, so a
+    registered model never needs code unpickled to restore its encoder."""
+    return {"name": encoder.name, "state_dict": encoder.state_dict()}
+
+
+def encoder_from_bundle(bundle: Any) -> FaceEncoder:
+    """The encoder an `encoder_bundle` describes: the named architecture with the bundle's weights, which
+    must fit it exactly (no download: FaceNet's weights travel in the bundle)."""
+    if not (isinstance(bundle, dict) and bundle.get("name") in ENCODER_NAMES
+            and isinstance(bundle.get("state_dict"), dict)):
+        raise ValueError(f"not an encoder bundle: expected {{'name': one of {', '.join(ENCODER_NAMES)}, 'state_dict': ...}}")
+    name = bundle["name"]
+    encoder = build_encoder(name) if name == DLIB_RESNET else build_encoder(name, random_weights=True)
+    encoder.load_state_dict(bundle["state_dict"], strict=True)
+    return encoder
+

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from frontalab.config import ConfigError
+from frontalab.models.encoders import encoder_bundle
 from frontalab.naming import (CHAMPION, COMMAND_TAG, FACE_SHARE_METRIC, MODEL_NAME, ROLE_PROMOTION, ROLE_TAG,
                               SELECTION_METRIC, SELECTION_MODE, SOURCE_RUN_TAG, SWEEP_TAG, TRIAL_TAG, promotion_run,
                               sweep_experiment)
@@ -68,7 +69,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
         checkpoint = store.latest_checkpoint_artifact(client, best.info.run_id, Path(tmp))
         frontalizer = Frontalizer(checkpoint)  # loads, so a broken checkpoint fails here, not at serving
         encoder_file = Path(tmp) / "encoder.pt"
-        torch.save(frontalizer.encoder, encoder_file)
+        torch.save(encoder_bundle(frontalizer.encoder), encoder_file)
         lineage = {
             "sweep": sweep, "trial": tags.get(TRIAL_TAG, ""), "run_id": best.info.run_id,
             "metric": metric, "metric_value": str(best.data.metrics[metric]), "mode": mode,

@@ -2,7 +2,8 @@
 
 pyfunc input: a DataFrame with an ``image`` column of encoded photos (bytes, or base64 text
 as JSON carries them) or a list of ``(H, W, 3)`` uint8 arrays. Output: a DataFrame with
-``image`` (base64 PNG of the frontal face, empty when no face was found) and ``face_found``.
+``image`` (base64 PNG of the frontal face, empty when no face was found), ``face_found`` and ``error``
+(empty, or why this row has no face: a bad cell is answered in its row, never by failing the batch).
 
 Models registered before the package had layers pickled this class as
 ``frontalab.platform.inference.FrontalizerModel``; that module stays as an alias of this one.
@@ -11,6 +12,10 @@ Models registered before the package had layers pickled this class as
 from __future__ import annotations
 
 import base64
+import binascii
+import os
+import pickle
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -18,18 +23,48 @@ import numpy as np
 import pandas as pd
 import torch
 
-from frontalab.data.decode import Skip, decode
+from frontalab.data.decode import MAX_PIXELS, NO_FACE, NOT_AN_IMAGE, TOO_LARGE, Skip, decode
 from frontalab.models import pretrained
+from frontalab.models.encoders import FaceEncoder, encoder_from_bundle
 from frontalab.serving.frontalizer import Frontalizer, to_png
+from frontalab.training.checkpoints import UntrustedPickle
 
 
 def _photo(item: Any) -> np.ndarray:
-    if isinstance(item, np.ndarray) and item.ndim == 3:
-        return item.astype(np.uint8)
+    """One request cell as an RGB photo: encoded bytes, base64 text or an (H, W, 3) uint8 array; `Skip` otherwise."""
+    if isinstance(item, np.ndarray):
+        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8 or min(item.shape[:2]) < 16:
+            raise Skip(NOT_AN_IMAGE, f"an array must be (H, W, 3) uint8 with sides >= 16, got {item.shape} {item.dtype}")
+        if item.size > MAX_PIXELS * 3:
+            raise Skip(TOO_LARGE, f"{item.shape[1]}x{item.shape[0]} pixels, over {MAX_PIXELS}")
+        return item
     if isinstance(item, str):
-        item = base64.b64decode(item)
+        try:
+            item = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise Skip(NOT_AN_IMAGE, "a text cell must be base64 of an encoded photo") from None
+    if not isinstance(item, (bytes, bytearray, memoryview)):
+        raise Skip(NOT_AN_IMAGE, f"a cell must be photo bytes, base64 text or an array, not {type(item).__name__}")
     rgb, _ = decode(bytes(item), min_side=16)
     return rgb
+
+
+# Set to 1 to load a model registered before encoders were bundled as weights: its encoder is a pickled
+# module, and unpickling runs whatever code whoever wrote the file put in it.
+TRUST_PICKLES_ENV = "FRONTALAB_TRUST_PICKLES"
+
+
+def load_encoder_artifact(path: str | Path) -> FaceEncoder:
+    """A registered model's encoder: a weights-only bundle; an older model's pickled module only when trusted."""
+    try:
+        return encoder_from_bundle(torch.load(path, map_location="cpu", weights_only=True))
+    except pickle.UnpicklingError:
+        if os.environ.get(TRUST_PICKLES_ENV) != "1":
+            raise UntrustedPickle(
+                f"{path}: this model's encoder is pickled code (registered by an older frontalab), and unpickling "
+                f"runs whatever its author put in it; promote the trial again, or set {TRUST_PICKLES_ENV}=1 if "
+                f"you trust where the file came from") from None
+        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def load_predictor(spec: str):
@@ -44,20 +79,22 @@ def load_predictor(spec: str):
 
 
 class FrontalizerModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around `Frontalizer`; artifacts: ``checkpoint`` and ``encoder`` (a pickled module)."""
+    """MLflow pyfunc around `Frontalizer`; artifacts: ``checkpoint`` and ``encoder`` (`encoder_bundle`: its
+    name and weights), both read as tensors only."""
 
     def load_context(self, context) -> None:
-        encoder = torch.load(context.artifacts["encoder"], map_location="cpu", weights_only=False)
+        encoder = load_encoder_artifact(context.artifacts["encoder"])
         self.frontalizer = Frontalizer(context.artifacts["checkpoint"], encoder=encoder)
 
     def predict(self, context, model_input, params=None):
         items = list(model_input["image"]) if isinstance(model_input, pd.DataFrame) else list(model_input)
-        images, found = [], []
+        images, found, errors = [], [], []
         for item in items:
             try:
-                face = self.frontalizer(_photo(item))
-            except Skip:
-                face = None
+                face, error = self.frontalizer(_photo(item)), ""
+            except Skip as skip:
+                face, error = None, str(skip)
             found.append(face is not None)
             images.append(base64.b64encode(to_png(face)).decode() if face is not None else "")
-        return pd.DataFrame({"image": images, "face_found": found})
+            errors.append(error or ("" if face is not None else NO_FACE))
+        return pd.DataFrame({"image": images, "face_found": found, "error": errors})

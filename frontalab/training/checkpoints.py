@@ -3,8 +3,9 @@ and the random generators' state they carry so a resumed run continues bit for b
 
 from __future__ import annotations
 
-import os
+import pickle
 import random
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,8 +13,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from frontalab.config import config_hash
+from frontalab.config import ConfigError, config_hash
 from frontalab.paths import state_dir
+from frontalab.storage import replace_durably
 
 
 def default_checkpoint_dir(cfg: DictConfig) -> Path:
@@ -35,18 +37,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+class UntrustedPickle(ConfigError):
+    """Refused: a file that only unpickling as code could read (the CLI exits 2 with this message)."""
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A checkpoint's tensors and numbers; nothing in it is unpickled as code (``weights_only``)."""
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UntrustedPickle(f"{path} holds more than tensors and numbers: reading it would unpickle code, which "
+                              f"frontalab never does ({str(err).strip().splitlines()[0]})") from None
 
 
 def save_atomic(obj: Any, path: Path) -> None:
+    """Whole or absent, also across a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
-def latest_checkpoint(folder: Path) -> Optional[Path]:
-    found = sorted(folder.glob("step-*.pt"))
-    return found[-1] if found else None
+def newest_readable_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest checkpoint in ``folder`` that loads; each newer one that does not (cut short by a full disk, a
+    crash mid-copy) is named on stderr and passed over, never deleted."""
+    for path in sorted(folder.glob("step-*.pt"), reverse=True):
+        try:
+            load_checkpoint(path)
+            return path
+        except Exception as err:  # a corrupt file raises whatever torch's zip or pickle reader meets first
+            print(f"frontalab: checkpoint {path} is unreadable ({type(err).__name__}: {str(err).strip()[:200]}); "
+                  f"trying the one before it", file=sys.stderr)
+    return None

@@ -45,8 +45,8 @@ from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRI
 from frontalab.tracking.provenance import git_commit, host
 from frontalab.tracking.store import ensure_landmark_model
 from frontalab.tracking.tracker import NullTracker, Tracker
-from frontalab.training.checkpoints import (default_checkpoint_dir, latest_checkpoint, load_checkpoint, rng_state,
-                                            save_atomic, set_rng_state)
+from frontalab.training.checkpoints import (default_checkpoint_dir, load_checkpoint, newest_readable_checkpoint,
+                                            rng_state, save_atomic, set_rng_state)
 from frontalab.training.sources import checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -410,7 +410,7 @@ def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[R
     folder = checkpoint_dir or Path(cfg.train.checkpoint_dir or default_checkpoint_dir(cfg))
     resume_from = None
     if resume:
-        resume_from = Path(resume) if isinstance(resume, str) else latest_checkpoint(folder)
+        resume_from = Path(resume) if isinstance(resume, str) else newest_readable_checkpoint(folder)
         if resume_from is None:
             print(f"frontalab train: no checkpoint in {folder}; starting from step 0", file=sys.stderr)
     trial = Trial(cfg, tracker_factory or mlflow_tracker_factory(), report, folder, resume_from, encoder, landmark_net)
