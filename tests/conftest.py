@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import pytest
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width x height`` pixels and holds none: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

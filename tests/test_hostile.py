@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import run_cli
+from conftest import png_header, run_cli
 from frontalab.cli import output_names
 from frontalab.data.decode import MAX_BYTES, MAX_SIDE, Skip, decode
 from frontalab.models.encoders import build_encoder, encoder_bundle, encoder_from_bundle
 from frontalab.serving.pyfunc import TRUST_PICKLES_ENV, UntrustedPickle, load_encoder_artifact, load_predictor
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that claims ``width x height`` pixels and holds none: a decompression bomb's header."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
 
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nnewpath 0 0 moveto 64 64 lineto stroke\nshowpage\n"

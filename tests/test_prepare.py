@@ -18,7 +18,7 @@ from PIL import Image
 
 from frontalab.paths import faces_dir
 
-from conftest import service_overrides
+from conftest import png_header, service_overrides
 
 FACES = faces_dir()
 pytestmark = pytest.mark.skipif(not (FACES / "utkface").is_dir(), reason=f"no faces at {FACES}")
@@ -64,9 +64,16 @@ def bad_input_folder(tmp_path_factory) -> tuple[Path, dict]:
     pair.paste(faces[0], (0, 0))
     pair.paste(faces[1], (200, 0))
     (root / "two_faces.jpg").write_bytes(encode(pair, "JPEG", quality=95))
+    # Hostile files: a 60-byte PNG header claiming 20000 x 20000 pixels, PostScript named .jpg (Ghostscript must
+    # never see it), and a good face at 100 MP (kept: decoded at a reduced scale, never shipped at full size).
+    (root / "bomb.png").write_bytes(png_header(20000, 20000))
+    (root / "postscript.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\nshowpage\n")
+    (root / "huge.jpg").write_bytes(encode(faces[2].resize((10000, 10000), Image.Resampling.BILINEAR), "JPEG",
+                                           quality=70))
     expected = {
-        "input_count": 16, "kept": 11,
-        "skipped": {"empty_file": 1, "no_face": 1, "not_an_image": 1, "too_small": 1, "truncated": 1},
+        "input_count": 19, "kept": 12,
+        "skipped": {"empty_file": 1, "no_face": 1, "not_an_image": 2, "too_large": 1, "too_small": 1,
+                    "truncated": 1},
         "handled": {"16bit": 1, "cmyk": 1, "grayscale": 1, "palette": 1, "rgba": 1, "multiple_faces_central": 1},
     }
     return root, expected
