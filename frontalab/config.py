@@ -319,6 +319,24 @@ def check_consistency(cfg: DictConfig) -> None:
         raise ConfigError("config keys 'prepare.min_pitch' and 'prepare.max_pitch': min_pitch must not exceed max_pitch")
 
 
+def refuse_interpolated_environment(cfg: DictConfig) -> None:
+    """A config may not read environment variables (``${oc.env:…}``): every value is recorded as an MLflow param,
+    in Tune's state and in checkpoints, so a secret read that way would be published with the run."""
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, str) and re.search(r"\$\{\s*oc\.(env|decode)\s*:", node):
+            raise ConfigError(f"config key '{key}' reads the environment ({node}): refused, because every config "
+                              f"value is recorded with the run; credentials belong in the environment of the "
+                              f"command (AWS_*, MLFLOW_TRACKING_*), where the services read them")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+
+
 def _with_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """``cfg`` with dotlist ``key=value`` overrides merged in."""
     for item in overrides:
@@ -340,6 +358,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         if base:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
         cfg = _with_overrides(cfg, overrides)
+        refuse_interpolated_environment(cfg)
     except OmegaConfBaseException as err:
         raise _explain(err) from None
     validate(cfg)
@@ -464,6 +483,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictCon
     try:
         sweep = OmegaConf.merge(sweep, OmegaConf.load(p))
         sweep = _with_overrides(sweep, overrides)
+        refuse_interpolated_environment(sweep)
     except OmegaConfBaseException as err:
         raise _explain_sweep(err) from None
     validate(sweep, SweepConfig)

@@ -136,3 +136,22 @@ def test_command_tag_masks_credentials_in_urls(monkeypatch):
                                       "services.mlflow_uri=https://alice:s3cr3t@mlflow.example:5000"])
     line = command_line()
     assert line == "frontalab sweep sweeps/quick.yaml 'services.mlflow_uri=https://***@mlflow.example:5000'"
+
+
+@pytest.mark.parametrize("where", ["override", "yaml", "sweep"])
+def test_reading_the_environment_from_a_config_is_refused(where, tmp_path, monkeypatch):
+    """Every config value is recorded with the run (params, Tune state, checkpoints): a secret read through
+    ${oc.env:...} would be published, so the config is refused naming the key, and the secret is never read."""
+    from frontalab.config import load_sweep
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    value = "s3://bucket/${oc.env:AWS_SECRET_ACCESS_KEY}"
+    with pytest.raises(ConfigError, match=r"config key '(base\.)?data\.path' reads the environment") as err:
+        if where == "override":
+            load_config(None, [f"data.path={value}"])
+        elif where == "yaml":
+            (tmp_path / "c.yaml").write_text(f"data:\n  path: '{value}'\n")
+            load_config(tmp_path / "c.yaml")
+        else:
+            load_sweep("sweeps/quick.yaml", [f"base.data.path={value}"])
+    assert "s3cr3t-value" not in str(err.value)

@@ -53,6 +53,16 @@ def secret_of(cfg) -> str:
 # ---------------------------------------------------------------- the shared fixture's instance
 
 
+def test_an_existing_wide_state_dir_is_tightened(tmp_path):
+    from frontalab.services.state import StatePaths, prepare_state
+
+    root = tmp_path / "state"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    prepare_state(StatePaths(root))
+    assert root.stat().st_mode & 0o777 == 0o700
+
+
 def test_s3_roundtrip(embedded_services):
     cfg, ep = embedded_services
     s3 = services.s3_client(cfg)

@@ -72,18 +72,15 @@ def state_paths(cfg: Any) -> StatePaths:
 
 
 def private_dir(path: Path) -> Path:
-    existed = path.exists()
+    """``path``, created if need be and tightened to 0700 if it existed wider: it holds keys and the tracking db."""
     path.mkdir(parents=True, exist_ok=True)
-    if not existed:
-        path.chmod(0o700)
+    path.chmod(0o700)
     return path
 
 
 def prepare_state(paths: StatePaths) -> None:
-    private_dir(paths.root)
-    for d in (paths.weed_dir, paths.mlflow_dir, paths.run, paths.logs):
+    for d in (paths.root, paths.weed_dir, paths.mlflow_dir, paths.run, paths.logs):
         private_dir(d)
-        d.chmod(0o700)
 
 
 def write_private(path: Path, data: str) -> None:
