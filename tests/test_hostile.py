@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +203,22 @@ def test_resume_passes_over_an_unreadable_newest_checkpoint(tmp_path, capsys):
     assert newest_readable_checkpoint(tmp_path) == tmp_path / "step-000200.pt"
     assert "step-000300.pt is unreadable" in capsys.readouterr().err
     assert (tmp_path / "step-000300.pt").exists()  # passed over, kept for whoever wants to look
+
+
+def test_a_checkpoint_folder_serves_one_run_at_a_time(small_dataset, tmp_path):
+    """A live run holds its folder (a second is refused, naming the holder); a fresh run refuses a folder that
+    holds an earlier run's checkpoints instead of overwriting them and their journal."""
+    from frontalab.training.checkpoints import claim_folder, save_atomic
+
+    folder = tmp_path / "ckpt"
+    args = ["train", f"data.path={small_dataset}", "tracking.enabled=false", "model.out_size=64", "train.steps=1",
+            f"train.checkpoint_dir={folder}"]
+    with claim_folder(folder):  # this test process is the live run
+        out = run_cli(*args, check=False)
+    assert out.returncode == 2 and f"is in use by pid {os.getpid()}" in out.stderr and "Traceback" not in out.stderr
+    save_atomic({"step": 10}, folder / "step-000010.pt")
+    journal = folder / "metrics.jsonl"
+    journal.write_text('{"step": 10}\n')
+    out = run_cli(*args, check=False)
+    assert out.returncode == 2 and "--resume" in out.stderr and "Traceback" not in out.stderr
+    assert journal.read_text() == '{"step": 10}\n' and (folder / "step-000010.pt").exists()

@@ -113,9 +113,11 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
     assert history(endpoints, run_id, "train/g/total") == list(range(10, STEPS + 1, 10))
     assert history(endpoints, run_id, "val/abs_yaw") == list(range(0, STEPS + 1, 50))
     assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
-    # Every checkpoint is in the run's artifacts; only the newest two stay on disk, nothing held.
+    # Every checkpoint is in the run's artifacts; only the newest two stay on disk (beside the journal and the
+    # folder's lock file), nothing held.
     assert checkpoints_in_run(cfg, run_id) == ALL_CHECKPOINTS
-    assert sorted(p.name for p in ckpt.iterdir()) == ["metrics.jsonl", "step-000150.pt", f"step-{STEPS:06d}.pt"]
+    assert sorted(p.name for p in ckpt.iterdir()) == [".lock", "metrics.jsonl", "step-000150.pt",
+                                                      f"step-{STEPS:06d}.pt"]
 
 
 def objects_of_run(cfg, run_id: str) -> list[str]:

@@ -3,11 +3,16 @@ and the random generators' state they carry so a resumed run continues bit for b
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import pickle
 import random
+import socket
 import sys
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -69,3 +74,25 @@ def newest_readable_checkpoint(folder: Path) -> Optional[Path]:
             print(f"frontalab: checkpoint {path} is unreadable ({type(err).__name__}: {str(err).strip()[:200]}); "
                   f"trying the one before it", file=sys.stderr)
     return None
+
+
+@contextlib.contextmanager
+def claim_folder(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for this process while the block runs; another live run that asks is refused, naming the
+    holder. An advisory lock on ``.lock``: the kernel drops it when its holder dies, so a kill leaves none behind."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"{folder} is in use by {holder}: wait for that run, or give this one its own "
+                              f"train.checkpoint_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+

@@ -45,8 +45,8 @@ from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRI
 from frontalab.tracking.provenance import git_commit, host
 from frontalab.tracking.store import ensure_landmark_model
 from frontalab.tracking.tracker import NullTracker, Tracker
-from frontalab.training.checkpoints import (default_checkpoint_dir, load_checkpoint, newest_readable_checkpoint,
-                                            rng_state, save_atomic, set_rng_state)
+from frontalab.training.checkpoints import (claim_folder, default_checkpoint_dir, load_checkpoint,
+                                            newest_readable_checkpoint, rng_state, save_atomic, set_rng_state)
 from frontalab.training.sources import checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -405,9 +405,19 @@ def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[R
               encoder: Optional[torch.nn.Module] = None, landmark_net: Optional[torch.nn.Module] = None) -> TrialState:
     """Train one trial to ``cfg.train.steps``; resume from the latest (or a given) checkpoint.
 
-    A non-finite loss ends the run FAILED with the reason; an interrupt ends it KILLED.
+    A non-finite loss ends the run FAILED with the reason; an interrupt ends it KILLED. The checkpoint folder is
+    this run's alone while it runs, and a fresh run refuses a folder that holds another run's checkpoints.
     """
     folder = checkpoint_dir or Path(cfg.train.checkpoint_dir or default_checkpoint_dir(cfg))
+    with claim_folder(folder):
+        if not resume and any(folder.glob("step-*.pt")):
+            raise ConfigError(f"{folder} holds the checkpoints of an earlier run of this config: continue it with "
+                              f"--resume, or move the folder away to start afresh")
+        return _run_trial(cfg, folder, resume, report, tracker_factory, encoder, landmark_net)
+
+
+def _run_trial(cfg: DictConfig, folder: Path, resume: bool | str, report: Optional[Report], tracker_factory,
+               encoder: Optional[torch.nn.Module], landmark_net: Optional[torch.nn.Module]) -> TrialState:
     resume_from = None
     if resume:
         resume_from = Path(resume) if isinstance(resume, str) else newest_readable_checkpoint(folder)
