@@ -82,7 +82,8 @@ def needs_s3(*uris: str) -> bool:
 
 
 def use_services(cfg, needed: bool = True) -> None:
-    """Start the services if ``needed`` (idempotent) and point this process at them."""
+    """If ``needed``, point this process at the services: those named by the config or the standard variables
+    (``MLFLOW_TRACKING_URI``, ``MLFLOW_S3_ENDPOINT_URL``…) as they are, the others embedded, started if missing."""
     if needed:
         services.up(cfg.services)
         os.environ.update(services.client_env(cfg.services))

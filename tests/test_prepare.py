@@ -79,7 +79,7 @@ def bad_input_folder(tmp_path_factory) -> tuple[Path, dict]:
     return root, expected
 
 
-def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embedded_services, tmp_path):
+def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embedded_services, tmp_path, monkeypatch):
     """Local source -> S3 dataset; then the reader streams it back from SeaweedFS."""
     src, expected = bad_input_folder
     cfg, _ = embedded_services
@@ -93,7 +93,8 @@ def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embed
     from frontalab.data.dataset import FaceDataset
     from frontalab import services
 
-    os.environ.update(services.client_env(cfg))
+    for key, value in services.client_env(cfg).items():  # this test only: later ones start commands of their own
+        monkeypatch.setenv(key, value)
     ds = FaceDataset(out, split=None, image_size=64)
     assert len(ds) == expected["kept"]
     item = ds[0]
@@ -104,14 +105,12 @@ def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embed
     assert (ds.landmarks.mean(1) - 0.5).abs().max() < 0.15
 
 
-def test_unreadable_s3_object_is_counted(embedded_services):
+def test_unreadable_s3_object_is_counted(services_env):
     import pandas as pd
 
     from frontalab.data.prepare import decode_stage
-    from frontalab import services
 
-    cfg, _ = embedded_services
-    os.environ.update(services.client_env(cfg))
+    cfg, _ = services_env
     batch = pd.DataFrame({"index": [0], "shard": [0], "uri": [f"s3://{cfg.bucket}/missing/photo.jpg"], "identity": [""]})
     out = decode_stage(batch, min_side=32)
     assert out.loc[0, "status"] == "unreadable" and out.loc[0, "rgb"] == b""
