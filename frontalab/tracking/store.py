@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-from frontalab.config import ConfigError
+from frontalab.config import ConfigError, mask_userinfo
 from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL,
                               PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, SWEEP_TAG, TRIAL_TAG)
 
@@ -40,8 +40,9 @@ def client():
 
 
 def runs_table_url(experiment_id: str) -> str:
-    """The MLflow UI's training-runs table of an experiment (a bare #/experiments/N opens the GenAI overview)."""
-    return f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The MLflow UI's training-runs table of an experiment (a bare #/experiments/N opens the GenAI overview);
+    printed, so a user:password@ in the tracking URI is masked."""
+    return f"{mask_userinfo(os.environ.get('MLFLOW_TRACKING_URI', ''))}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def experiment_id(client, name: str) -> str:
