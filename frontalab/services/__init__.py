@@ -6,8 +6,8 @@ endpoints; `down(cfg)` stops it; `status(cfg)` reports it. Remote first: where e
 named (``services.mlflow_uri`` or ``$MLFLOW_TRACKING_URI``; ``services.s3_endpoint``,
 ``$MLFLOW_S3_ENDPOINT_URL`` or ``$AWS_ENDPOINT_URL_S3``), nothing is started for them: they are only
 health-checked, and their credentials come from the environment (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``; MLflow's ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``). Every client (`client_env`, `s3_client`) goes through the same
-code for both cases. Ray is not started here: commands embed it in-process.
+``AWS_SECRET_ACCESS_KEY``; MLflow's ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``). Every
+client (`client_env`, `s3_client`) goes through the same code for both cases. Ray is not started here: commands embed it in-process.
 
 State directory layout (0700)::
 
