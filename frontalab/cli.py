@@ -1,7 +1,8 @@
 """`frontalab` command line. Parsers are cheap; each command imports its heavy modules (torch, Ray, MLflow)
 lazily, so `frontalab config`, `status` and `--help` answer at once.
 
-Exit status: 0 success, 1 runtime failure, 2 bad usage or bad config (named key).
+Exit status: `EXIT_STATUS` below, also shown by `frontalab --help`. A documented failure is one line on
+stderr; ``frontalab --debug COMMAND`` shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,21 @@ from frontalab.training.sources import RUN_ID
 
 GRID_ROWS = 16  # photo | frontal face rows in `frontalize --grid`
 
+# Exit status: (meaning, the exception behind a documented failure). Exceptions are named, not imported, so
+# that the parser stays cheap; one that was raised has its module loaded. The most derived class decides.
+EXIT_STATUS = {
+    0: ("success", None),
+    1: ("runtime failure, or a sweep with trials that ended in error (named on stderr)", None),
+    2: ("bad usage or bad config (the key is named)", "frontalab.config.ConfigError"),
+    3: ("a service unreachable or not healthy", "frontalab.services.state.ServiceError"),
+    4: ("a port taken", "frontalab.services.state.PortInUseError"),
+    5: ("a dataset missing or unprepared", "frontalab.data.dataset.IncompleteDataset"),
+    6: ("a model URI not found", "frontalab.tracking.store.ModelNotFound"),
+    7: ("a device asked for that this machine lacks (train.device=cuda)", "frontalab.training.trial.DeviceUnavailable"),
+    130: ("interrupted (Ctrl-C, SIGTERM)", None),
+}
+_FAILURES = {name: status for status, (_, name) in EXIT_STATUS.items() if name}
+
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
@@ -47,23 +63,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    cfg = _load(args).services
-    try:
-        endpoints = services.up(cfg)
-    except services.ServiceError as err:
-        print(f"frontalab up: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(endpoints.public(), indent=2))
+    print(json.dumps(services.up(_load(args).services).public(), indent=2))
     return 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    cfg = _load(args).services
-    try:
-        services.down(cfg)
-    except services.ServiceError as err:
-        print(f"frontalab down: {err}", file=sys.stderr)
-        return 1
+    services.down(_load(args).services)
     return 0
 
 
@@ -82,7 +87,8 @@ def needs_s3(*uris: str) -> bool:
 
 
 def use_services(cfg, needed: bool = True) -> None:
-    """Start the services if ``needed`` (idempotent) and point this process at them."""
+    """If ``needed``, point this process at the services: those named by the config or the standard variables
+    (``MLFLOW_TRACKING_URI``, ``MLFLOW_S3_ENDPOINT_URL``…) as they are, the others embedded, started if missing."""
     if needed:
         services.up(cfg.services)
         os.environ.update(services.client_env(cfg.services))
@@ -149,6 +155,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=1, default=str))
     print(f"best trial {summary.get('best_trial')} ({summary.get('best_metric')}); MLflow UI: {summary['mlflow_ui']}",
           file=sys.stderr)
+    if summary["errored_trials"]:
+        print(f"frontalab sweep: {len(summary['errored_trials'])} of {summary['trials']} trials ended in error: "
+              + "; ".join(f"{t['trial']} ({t['error']})" for t in summary["errored_trials"]), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -294,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frontalab",
         description="Face-frontalization research at scale: Ray Tune sweeps, MLflow tracking, model promotion.",
+        epilog="exit status:\n" + "\n".join(f"  {status:3d}  {meaning}" for status, (meaning, _) in EXIT_STATUS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a documented failure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -386,11 +399,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"frontalab {args.command}: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        status = failure_status(err)
+        if status is None or args.debug:
+            raise
+        print(f"frontalab {args.command}: {err}", file=sys.stderr)
+        return status
+
+
+def failure_status(err: BaseException) -> int | None:
+    """The exit status of a documented failure (`EXIT_STATUS`), None for any other exception."""
+    for cls in type(err).__mro__:
+        status = _FAILURES.get(f"{cls.__module__}.{cls.__qualname__}")
+        if status is not None:
+            return status
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m frontalab.cli`

@@ -15,6 +15,7 @@ from typing import Optional
 
 from frontalab.paths import state_dir
 
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable: a cluster to join instead of embedding Ray
 STATE_FILE = "cluster.json"  # a local cluster's record (address, ports, PIDs; no secrets)
 TOKEN_FILE = "auth_token"  # beside it: the cluster's Ray token (0600)
 
@@ -47,7 +48,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     """
     import ray  # deferred: Ray takes seconds to import; only commands that run on it pay
 
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = address or os.environ.get(RAY_ADDRESS_ENV) or None
     if ray.is_initialized():
         return "already connected"
     if address and "RAY_AUTH_MODE" not in os.environ:

@@ -319,9 +319,18 @@ def check_consistency(cfg: DictConfig) -> None:
         raise ConfigError("config keys 'prepare.min_pitch' and 'prepare.max_pitch': min_pitch must not exceed max_pitch")
 
 
-def refuse_interpolated_environment(cfg: DictConfig) -> None:
-    """A config may not read environment variables (``${oc.env:…}``): every value is recorded as an MLflow param,
-    in Tune's state and in checkpoints, so a secret read that way would be published with the run."""
+USERINFO = re.compile(r"://[^/@\s]+@")  # the user:password@ (or token@) of a URL
+
+
+def mask_userinfo(text: str) -> str:
+    """``text`` with the credentials of any URL in it shown as ``***@``: for whatever is printed or recorded."""
+    return USERINFO.sub("://***@", text)
+
+
+def refuse_secrets(cfg: DictConfig) -> None:
+    """A config may not carry a secret: every value is recorded as an MLflow param, in Tune's state and in
+    checkpoints, so a secret read from the environment (``${oc.env:…}``) or written into a URL
+    (``https://user:password@host``) would be published with the run."""
     def walk(node: Any, key: str) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
@@ -329,10 +338,12 @@ def refuse_interpolated_environment(cfg: DictConfig) -> None:
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 walk(v, f"{key}[{i}]")
-        elif isinstance(node, str) and re.search(r"\$\{\s*oc\.(env|decode)\s*:", node):
-            raise ConfigError(f"config key '{key}' reads the environment ({node}): refused, because every config "
+        elif isinstance(node, str) and (re.search(r"\$\{\s*oc\.(env|decode)\s*:", node) or USERINFO.search(node)):
+            what = "reads the environment" if "${" in node else "carries credentials in a URL"
+            raise ConfigError(f"config key '{key}' {what} ({mask_userinfo(node)}): refused, because every config "
                               f"value is recorded with the run; credentials belong in the environment of the "
-                              f"command (AWS_*, MLFLOW_TRACKING_*), where the services read them")
+                              f"command (AWS_*, MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN), "
+                              f"where the services read them")
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
 
@@ -358,7 +369,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
         if base:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
         cfg = _with_overrides(cfg, overrides)
-        refuse_interpolated_environment(cfg)
+        refuse_secrets(cfg)
     except OmegaConfBaseException as err:
         raise _explain(err) from None
     validate(cfg)
@@ -483,7 +494,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictCon
     try:
         sweep = OmegaConf.merge(sweep, OmegaConf.load(p))
         sweep = _with_overrides(sweep, overrides)
-        refuse_interpolated_environment(sweep)
+        refuse_secrets(sweep)
     except OmegaConfBaseException as err:
         raise _explain_sweep(err) from None
     validate(sweep, SweepConfig)

@@ -12,6 +12,16 @@ from pathlib import Path
 import pytest
 
 
+def pytest_configure(config):
+    """Tests name their services with ``services.*`` overrides, and the services are remote first: a stack named
+    in the shell that runs them (``MLFLOW_TRACKING_URI``, ``AWS_*``, ``RAY_ADDRESS``…) must not redirect the
+    tests or the commands they start. A test that means a remote stack sets these variables itself."""
+    from frontalab.services.endpoints import REMOTE_ENV
+
+    for name in REMOTE_ENV:
+        os.environ.pop(name, None)
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG that claims ``width x height`` pixels and holds none: a decompression bomb's header."""
     def chunk(kind: bytes, data: bytes) -> bytes:

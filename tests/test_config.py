@@ -155,3 +155,10 @@ def test_reading_the_environment_from_a_config_is_refused(where, tmp_path, monke
         else:
             load_sweep("sweeps/quick.yaml", [f"base.data.path={value}"])
     assert "s3cr3t-value" not in str(err.value)
+
+
+def test_credentials_in_a_config_url_are_refused_and_masked():
+    """A URL with user:password@ in the config would be recorded with the run: refused, the password not echoed."""
+    with pytest.raises(ConfigError, match=r"config key 'services\.mlflow_uri' carries credentials in a URL") as err:
+        load_config(None, ["services.mlflow_uri=https://alice:pa55word@mlflow.example.org"])
+    assert "pa55word" not in str(err.value) and "https://***@mlflow.example.org" in str(err.value)

@@ -79,7 +79,7 @@ def bad_input_folder(tmp_path_factory) -> tuple[Path, dict]:
     return root, expected
 
 
-def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embedded_services, tmp_path):
+def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embedded_services, tmp_path, monkeypatch):
     """Local source -> S3 dataset; then the reader streams it back from SeaweedFS."""
     src, expected = bad_input_folder
     cfg, _ = embedded_services
@@ -93,7 +93,8 @@ def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embed
     from frontalab.data.dataset import FaceDataset
     from frontalab import services
 
-    os.environ.update(services.client_env(cfg))
+    for key, value in services.client_env(cfg).items():  # this test only: later ones start commands of their own
+        monkeypatch.setenv(key, value)
     ds = FaceDataset(out, split=None, image_size=64)
     assert len(ds) == expected["kept"]
     item = ds[0]
@@ -104,14 +105,12 @@ def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embed
     assert (ds.landmarks.mean(1) - 0.5).abs().max() < 0.15
 
 
-def test_unreadable_s3_object_is_counted(embedded_services):
+def test_unreadable_s3_object_is_counted(services_env):
     import pandas as pd
 
     from frontalab.data.prepare import decode_stage
-    from frontalab import services
 
-    cfg, _ = embedded_services
-    os.environ.update(services.client_env(cfg))
+    cfg, _ = services_env
     batch = pd.DataFrame({"index": [0], "shard": [0], "uri": [f"s3://{cfg.bucket}/missing/photo.jpg"], "identity": [""]})
     out = decode_stage(batch, min_side=32)
     assert out.loc[0, "status"] == "unreadable" and out.loc[0, "rgb"] == b""
@@ -183,3 +182,54 @@ def test_grey_share_turns_a_fixed_share_of_photos_grey_by_content():
     again = decode_stage(batch, min_side=32, grey_share=0.5, seed=0)
     assert [is_grey(r) for _, r in again.iterrows()] == turned  # the same photos every time
     assert all(is_grey(r) for _, r in decode_stage(batch[:5], min_side=32, grey_share=1.0).iterrows())
+
+
+# ---------------------------------------------------------------- the split with few people
+
+
+def listing(people: dict[str, int]) -> list[dict]:
+    return [{"uri": f"/photos/{p}/{p}_{i:04d}.jpg", "identity": p} for p, n in people.items() for i in range(n)]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 8, 30])
+def test_every_seed_gives_both_splits_from_two_photos_on(count):
+    from frontalab.data.prepare import identity_splits
+
+    people = {f"person{i}": 10 for i in range(count)}
+    for seed in range(50):
+        rule, splits = identity_splits(listing(people), seed, 0.1)
+        assert set(splits.values()) == {"train", "val"}, (seed, rule)
+        by_person = {p: {splits[r["uri"]] for r in listing({p: n})} for p, n in people.items()}
+        if count * 0.1 >= 0.5:  # by person: no one in both
+            assert rule == "identity" and all(len(s) == 1 for s in by_person.values())
+        else:  # a share of each person's photos
+            assert rule == "photos of each identity"
+            assert all(sum(splits[r["uri"]] == "val" for r in listing({p: n})) == 1 for p, n in people.items())
+    assert set(identity_splits(listing(people), 0, 0.0)[1].values()) == {"train"}  # no validation asked
+
+
+def test_many_people_keep_the_hash_rule():
+    """Where the hash already gives both splits, the rule is the one every prepared dataset was split by."""
+    from frontalab.data.prepare import identity_splits, split_of
+
+    people = {f"person{i}": 3 for i in range(200)}
+    _, splits = identity_splits(listing(people), 0, 0.1)
+    assert all(splits[r["uri"]] == split_of(r["identity"], "", 0, 0.1) for r in listing(people))
+
+
+def test_two_people_of_ten_photos_prepare_a_validation_split(tmp_path):
+    """Two LFW folders of ten photos: validation holds a photo of each, and the training data loads both splits."""
+    from frontalab.data.dataset import FaceDataset
+
+    src = tmp_path / "src"
+    for person in ("Adrien_Brody", "Andy_Roddick"):
+        (src / person).mkdir(parents=True)
+        for photo in sorted((FACES / "lfw-gray" / person).glob("*.jpg"))[:10]:
+            (src / person / photo.name).symlink_to(photo)
+    if len(list(src.rglob("*.jpg"))) < 20:
+        pytest.skip(f"LFW photos not found under {FACES}")
+    out = tmp_path / "faces"
+    summary = run_prepare("--source", str(src), "--out", str(out))
+    assert summary["split"]["rule"] == "photos of each identity"
+    assert summary["split"]["val"] >= 1 and summary["split"]["train"] >= 10
+    assert len(FaceDataset(str(out), split="val")) == summary["split"]["val"]

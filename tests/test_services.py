@@ -26,9 +26,9 @@ from frontalab import services
 REPO = Path(__file__).resolve().parent.parent
 
 
-def frontalab(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def frontalab(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "frontalab", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
 
 
 def http_get(url: str, timeout: float = 3.0) -> tuple[int | None, bytes]:
@@ -261,7 +261,7 @@ def test_cli_up_refuses_a_taken_port(tmp_path, which):
         ports = (taken, other) if which == "s3" else (other, taken)
         cfg = services_config(tmp_path / "state", *ports)
         res = frontalab("up", *service_overrides(cfg), timeout=60)
-    assert res.returncode != 0
+    assert res.returncode == 4 and "Traceback" not in res.stderr  # `frontalab --help`: a port taken
     assert str(taken) in res.stderr, res.stderr
     assert "in use" in res.stderr
     assert not list((tmp_path / "state").rglob("*.pid")), "something was started"
@@ -295,3 +295,70 @@ def test_cli_down_leaves_no_process(cli_cfg):
     assert holders == [Path("credentials.json")]
     # down again: nothing to do, still success
     assert frontalab("down", *service_overrides(cli_cfg), timeout=60).returncode == 0
+
+
+# ---------------------------------------------------------------- a remote stack, named by the standard variables only
+
+
+@pytest.fixture(scope="module")
+def remote_stack(tmp_path_factory):
+    """A second MLflow server and S3 endpoint, with their own state dir and ports: a team's stack, seen from
+    the commands below only through MLflow's and AWS's own variables."""
+    cfg = services_config(tmp_path_factory.mktemp("remote") / "state")
+    try:
+        ep = services.up(cfg, quiet=True)
+        yield cfg, ep
+    finally:
+        services.down(cfg, quiet=True)
+
+
+def remote_env(cfg, ep, home: Path, mlflow_uri: str | None = None) -> dict[str, str]:
+    creds = services.credentials(cfg)
+    return {"FRONTALAB_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_uri or ep.mlflow,
+            "MLFLOW_S3_ENDPOINT_URL": ep.s3, "AWS_ACCESS_KEY_ID": creds.access_key,
+            "AWS_SECRET_ACCESS_KEY": creds.secret_key}
+
+
+def assert_nothing_embedded(home: Path, res: subprocess.CompletedProcess) -> None:
+    assert not list(home.rglob("*.pid")) and not list(home.rglob("*.log")), "an embedded service was started"
+    assert not (home / "credentials.json").exists()
+    assert "starting" not in res.stderr, res.stderr
+
+
+def test_status_names_remote_services_and_masks_a_password_in_the_url(remote_stack, tmp_path):
+    cfg, ep = remote_stack
+    with_password = ep.mlflow.replace("http://", "http://alice:s3cr3t-pw@")
+    res = frontalab("status", "--json", env=remote_env(cfg, ep, tmp_path / "home", with_password), timeout=60)
+    assert res.returncode == 0, res.stderr
+    state = json.loads(res.stdout)
+    assert (state["mlflow_service"], state["s3_service"]) == ("remote", "remote")
+    assert state["healthy"] and state["mlflow_pid"] is None and state["s3_pid"] is None
+    assert state["mlflow"] == ep.mlflow.replace("http://", "http://***@") and state["s3"] == ep.s3
+    assert "s3cr3t-pw" not in res.stdout + res.stderr and secret_of(cfg) not in res.stdout + res.stderr
+    text = frontalab("status", env=remote_env(cfg, ep, tmp_path / "home", with_password), timeout=60)
+    assert "remote" in text.stdout and "s3cr3t-pw" not in text.stdout + text.stderr
+    assert_nothing_embedded(tmp_path / "home", res)
+
+
+def test_train_against_a_remote_stack_named_by_the_standard_variables(remote_stack, small_dataset, tmp_path):
+    """No services.* key: MLFLOW_TRACKING_URI, MLFLOW_S3_ENDPOINT_URL and the AWS keys name the stack; the run,
+    its metrics and its checkpoint land there, and no embedded service starts in the command's FRONTALAB_HOME."""
+    from mlflow import MlflowClient
+
+    from frontalab.naming import SELECTION_METRIC
+
+    cfg, ep = remote_stack
+    home = tmp_path / "home"
+    res = frontalab("train", "model.out_size=64", f"data.path={small_dataset}", "train.steps=10", "train.batch_size=4",
+                    "train.val_faces=4", "train.val_every=10", "train.checkpoint_every=10",
+                    "tracking.experiment=test-remote-stack", env=remote_env(cfg, ep, home), timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    run_id = json.loads(res.stdout)["run_id"]
+    run = MlflowClient(ep.mlflow).get_run(run_id)
+    assert run.info.status == "FINISHED" and SELECTION_METRIC in run.data.metrics
+    assert MlflowClient(ep.mlflow).get_experiment(run.info.experiment_id).name == "test-remote-stack"
+    keys = [o["Key"] for o in services.s3_client(cfg).list_objects_v2(
+        Bucket=ep.bucket, Prefix="mlflow/").get("Contents", [])]
+    assert any(run_id in k and "/checkpoints/" in k for k in keys), keys
+    assert_nothing_embedded(home, res)
+    assert secret_of(cfg) not in res.stdout + res.stderr

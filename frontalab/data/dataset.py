@@ -18,11 +18,13 @@ from frontalab.naming import DLIB_RESNET
 
 
 class IncompleteDataset(FileNotFoundError):
-    """A dataset folder without manifest.json: preparation has not finished there."""
+    """A dataset that is not there, or a folder without manifest.json: preparation has not finished there."""
 
 
 def read_manifest(uri: str) -> dict[str, Any]:
     target = storage.join(uri, MANIFEST)
+    if not storage.exists(uri):
+        raise IncompleteDataset(f"dataset {uri} not found (prepare one: frontalab prepare --source PHOTOS --out {uri})")
     if not storage.exists(target):
         raise IncompleteDataset(f"{uri} has no {MANIFEST}: it is not a finished dataset "
                                 f"(run or resume `frontalab prepare --out {uri}`)")

@@ -2,11 +2,12 @@
 
 One machine, no setup: `up(cfg)` starts what is missing under the state directory
 (``services.state_dir``, else ``$FRONTALAB_HOME``, else ``~/.frontalab``) and returns the
-endpoints; `down(cfg)` stops it; `status(cfg)` reports it. When ``services.s3_endpoint`` or
-``services.mlflow_uri`` name existing services, nothing is started for them: they are only
+endpoints; `down(cfg)` stops it; `status(cfg)` reports it. Remote first: where existing services are
+named (``services.mlflow_uri`` or ``$MLFLOW_TRACKING_URI``; ``services.s3_endpoint``,
+``$MLFLOW_S3_ENDPOINT_URL`` or ``$AWS_ENDPOINT_URL_S3``), nothing is started for them: they are only
 health-checked, and their credentials come from the environment (``AWS_ACCESS_KEY_ID``,
-``AWS_SECRET_ACCESS_KEY``). Every client (`client_env`, `s3_client`) goes through the same
-code for both cases. Ray is not started here: commands embed it in-process.
+``AWS_SECRET_ACCESS_KEY``; MLflow's ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` or ``TOKEN``). Every
+client (`client_env`, `s3_client`) goes through the same code for both cases. Ray is not started here: commands embed it in-process.
 
 State directory layout (0700)::
 
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from frontalab.config import mask_userinfo
 from frontalab.services import mlflow_server, seaweedfs
 from frontalab.services.endpoints import (BUCKET_LAYOUT, DEFAULT_REGION, S3_CREDENTIAL_ENV, S3_ENDPOINT_ENV,
                                           S3_IDENTITY, S3_REGION_ENV, Credentials, Endpoints, bind_host, bucket_uri,
@@ -222,7 +224,7 @@ def up(cfg: Any, *, timeout: float = 120.0, quiet: bool = False) -> Endpoints:
             if ep.embedded_s3:
                 _wait("embedded S3 (SeaweedFS)", lambda: s3_healthy(cfg), timeout, weed, paths.log("weed"), secret)
             else:
-                _wait(f"S3 endpoint {ep.s3}", lambda: s3_healthy(cfg), min(timeout, 30.0), None, None, secret)
+                _wait(f"S3 endpoint {mask_userinfo(ep.s3)}", lambda: s3_healthy(cfg), min(timeout, 30.0), None, None, secret)
             ensure_bucket(cfg)
             if start_weed:
                 say(f"S3 ready in {time.monotonic() - t0:.1f} s (bucket {ep.bucket})")
@@ -230,7 +232,7 @@ def up(cfg: Any, *, timeout: float = 120.0, quiet: bool = False) -> Endpoints:
                 _wait("embedded MLflow server", lambda: mlflow_healthy(ep.mlflow), timeout, mlflow,
                       paths.log("mlflow"), secret)
             else:
-                _wait(f"MLflow server {ep.mlflow}", lambda: mlflow_healthy(ep.mlflow), min(timeout, 30.0),
+                _wait(f"MLflow server {mask_userinfo(ep.mlflow)}", lambda: mlflow_healthy(ep.mlflow), min(timeout, 30.0),
                       None, None, secret)
             if start_mlflow:
                 say(f"MLflow ready in {time.monotonic() - t0:.1f} s")
@@ -260,23 +262,24 @@ def down(cfg: Any, *, quiet: bool = False) -> dict[str, bool]:
 
 
 def status(cfg: Any) -> dict[str, Any]:
-    """Endpoints, health and PIDs; never a secret."""
+    """Endpoints, whether each service is remote or embedded, health and PIDs; never a secret."""
     paths = _paths(cfg)
     ep = endpoints(cfg)
     weed = running(paths, "weed") if ep.embedded_s3 and paths.root.exists() else None
     mlflow = running(paths, "mlflow") if ep.embedded_mlflow and paths.root.exists() else None
     s3_ok = s3_healthy(cfg)[0] if (weed or not ep.embedded_s3) else False
     mlflow_ok = mlflow_healthy(ep.mlflow)[0] if (mlflow or not ep.embedded_mlflow) else False
+    public = ep.public()
     return {
-        "mlflow": ep.mlflow,
-        "s3": ep.s3,
+        "mlflow": public["mlflow"],
+        "s3": public["s3"],
         "bucket": ep.bucket,
         "artifacts": ep.artifacts,
         "healthy": bool(s3_ok and mlflow_ok),
         "s3_healthy": bool(s3_ok),
         "mlflow_healthy": bool(mlflow_ok),
-        "s3_service": "remote" if not ep.embedded_s3 else ("running" if weed else "stopped"),
-        "mlflow_service": "remote" if not ep.embedded_mlflow else ("running" if mlflow else "stopped"),
+        "mlflow_service": "embedded" if ep.embedded_mlflow else "remote",
+        "s3_service": "embedded" if ep.embedded_s3 else "remote",
         "s3_pid": int(weed["pid"]) if weed else None,
         "mlflow_pid": int(mlflow["pid"]) if mlflow else None,
         "s3_internal_ports": dict(weed.get("ports", {})) if weed else {},

@@ -1,5 +1,12 @@
 """The client side of the services, embedded or remote: endpoints, credentials, the bucket's layout,
-and the environment and S3 client that point MLflow, boto3, pyarrow and Ray Tune at them."""
+and the environment and S3 client that point MLflow, boto3, pyarrow and Ray Tune at them.
+
+Remote first: a service is remote where ``services.mlflow_uri`` / ``services.s3_endpoint`` or the standard
+variable names it (``MLFLOW_TRACKING_URI``; ``MLFLOW_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``), the config
+key first; it is then used as-is, with the environment's credentials (MLflow's own ``MLFLOW_TRACKING_*``,
+``AWS_*``). Only a service nobody named is embedded. The embedded keys (ports, state_dir) say where an
+embedded service runs, and name none.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from frontalab.compute import RAY_ADDRESS_ENV
+from frontalab.config import mask_userinfo
 from frontalab.services.state import ServiceError, StatePaths, private_dir, state_paths, write_private
 
 DEFAULT_REGION = "us-east-1"
@@ -36,6 +45,17 @@ S3_REGION_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION")
 S3_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
+MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+# MLflow's own credentials for a remote server: the MLflow client reads them, frontalab never records them.
+MLFLOW_CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+# Every variable that names a remote service (Ray's cluster included) or carries its credentials.
+REMOTE_ENV = (MLFLOW_URI_ENV, *MLFLOW_CREDENTIAL_ENV, *S3_ENDPOINT_ENV, *S3_CREDENTIAL_ENV, RAY_ADDRESS_ENV)
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where clients find the services. Holds no secret: `public()` is safe to print and log."""
@@ -52,7 +72,7 @@ class Endpoints:
         return bucket_uri(self.bucket, "mlflow")
 
     def public(self) -> dict[str, Any]:
-        return {"mlflow": self.mlflow, "s3": self.s3, "bucket": self.bucket,
+        return {"mlflow": mask_userinfo(self.mlflow), "s3": mask_userinfo(self.s3), "bucket": self.bucket,
                 "artifacts": self.artifacts, "region": self.region,
                 "embedded": {"s3": self.embedded_s3, "mlflow": self.embedded_mlflow}}
 
@@ -103,7 +123,7 @@ def credentials(cfg: Any) -> Credentials | None:
     None when the embedded store was never started, or when a remote endpoint is configured
     and the environment has no keys (boto3's own chain, e.g. an instance role, then applies).
     """
-    if getattr(cfg, "s3_endpoint", None):
+    if remote_s3(cfg):
         key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
         return Credentials(key, secret) if key and secret else None
     return embedded_credentials(state_paths(cfg), create=False)
@@ -121,16 +141,27 @@ def bind_host(host: str) -> str:
     return host.strip("[]") or "127.0.0.1"
 
 
+def remote_mlflow(cfg: Any) -> str | None:
+    """The MLflow server named by ``services.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``; None: embedded."""
+    return cfg.mlflow_uri or os.environ.get(MLFLOW_URI_ENV) or None
+
+
+def remote_s3(cfg: Any) -> str | None:
+    """The S3 endpoint named by ``services.s3_endpoint``, else the first of `S3_ENDPOINT_ENV` set; None: embedded."""
+    return cfg.s3_endpoint or next((os.environ[n] for n in S3_ENDPOINT_ENV if os.environ.get(n)), None)
+
+
 def endpoints(cfg: Any) -> Endpoints:
-    """The endpoints clients use for `cfg` (a `ServicesConfig`); no service is contacted."""
+    """The endpoints clients use for `cfg` (a `ServicesConfig`) and this environment; no service is contacted."""
     host = client_host(cfg.host)
-    s3 = (cfg.s3_endpoint or f"http://{host}:{cfg.s3_port}").rstrip("/")
-    mlflow = (cfg.mlflow_uri or f"http://{host}:{cfg.mlflow_port}").rstrip("/")
+    remote_s3_url, remote_mlflow_url = remote_s3(cfg), remote_mlflow(cfg)
+    s3 = (remote_s3_url or f"http://{host}:{cfg.s3_port}").rstrip("/")
+    mlflow = (remote_mlflow_url or f"http://{host}:{cfg.mlflow_port}").rstrip("/")
     region = DEFAULT_REGION
-    if cfg.s3_endpoint:
+    if remote_s3_url:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     return Endpoints(mlflow=mlflow, s3=s3, bucket=cfg.bucket, region=region,
-                     embedded_s3=not cfg.s3_endpoint, embedded_mlflow=not cfg.mlflow_uri)
+                     embedded_s3=not remote_s3_url, embedded_mlflow=not remote_mlflow_url)
 
 
 def client_env(cfg: Any) -> dict[str, str]:
@@ -139,7 +170,7 @@ def client_env(cfg: Any) -> dict[str, str]:
     Contains the S3 secret: pass it to child processes, never print or log it.
     """
     ep = endpoints(cfg)
-    env = {"MLFLOW_TRACKING_URI": ep.mlflow}
+    env = {MLFLOW_URI_ENV: ep.mlflow}
     env.update({name: ep.s3 for name in S3_ENDPOINT_ENV})
     env.update({name: ep.region for name in S3_REGION_ENV})
     creds = credentials(cfg)

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from frontalab.services.endpoints import S3_CREDENTIAL_ENV, Credentials, bind_host, endpoints
 from frontalab.services.processes import environment_without
@@ -48,7 +49,7 @@ def mlflow_command(cfg: Any, paths: StatePaths,
         "AWS_DEFAULT_REGION": endpoints(cfg).region,
         "AWS_REGION": endpoints(cfg).region,
     })
-    if cfg.s3_endpoint:
+    if not endpoints(cfg).embedded_s3:
         for k, v in os.environ.items():  # a remote store's own credential settings (profile, token, ...)
             if k.startswith("AWS_") and k not in env:
                 env[k] = v
@@ -62,8 +63,10 @@ def mlflow_command(cfg: Any, paths: StatePaths,
 def mlflow_healthy(uri: str, timeout: float = 2.0) -> tuple[bool, str]:
     # No proxies: a proxy from the environment must not answer for (or block) a local server.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    parts = urlsplit(uri)  # /health asks for no credentials, even behind MLflow's basic-auth app: leave out user:pass@
     try:
-        with opener.open(f"{uri}/health", timeout=timeout) as resp:
+        with opener.open(f"{parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()}/health",
+                         timeout=timeout) as resp:
             ok = resp.status == 200
             return ok, "" if ok else f"HTTP {resp.status}"
     except (urllib.error.URLError, OSError, ValueError) as err:

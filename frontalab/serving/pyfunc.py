@@ -27,6 +27,7 @@ from frontalab.data.decode import MAX_PIXELS, NO_FACE, NOT_AN_IMAGE, TOO_LARGE, 
 from frontalab.models import pretrained
 from frontalab.models.encoders import FaceEncoder, encoder_from_bundle
 from frontalab.serving.frontalizer import Frontalizer, to_png
+from frontalab.tracking import store
 from frontalab.training.checkpoints import UntrustedPickle
 
 
@@ -75,7 +76,8 @@ def load_predictor(spec: str):
         model = FrontalizerModel()
         model.frontalizer = Frontalizer(pretrained.checkpoint_path(spec))
         return lambda frame: model.predict(None, frame)
-    return mlflow.pyfunc.load_model(spec).predict
+    with store.finding_model(spec):
+        return mlflow.pyfunc.load_model(spec).predict
 
 
 class FrontalizerModel(mlflow.pyfunc.PythonModel):

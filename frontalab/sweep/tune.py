@@ -13,10 +13,14 @@ experiment state in the bucket).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -34,6 +38,7 @@ from frontalab.tracking.provenance import command_line
 from frontalab.training.trial import mlflow_tracker_factory, run_trial
 
 EXCLUDED_FROM_TRIALS = ("services.",)  # endpoints are the driver's business
+TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 
 
 def experiment_name(sweep: DictConfig) -> str:
@@ -186,31 +191,77 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
     if resume and not tune.Tuner.can_restore(tune_storage_path(experiment_path)):
         raise ConfigError(f"nothing to resume at {experiment_path}; run without --resume first")
     parent = store.sweep_parent_run(client, exp_id, sweep.name, resume, command_line())
-    store.log_sweep_files(client, parent, sweep_file, OmegaConf.to_yaml(sweep), OmegaConf.to_container(sweep.search))
+    with _ends_with_the_sweep(client, parent):
+        store.log_sweep_files(client, parent, sweep_file, OmegaConf.to_yaml(sweep), OmegaConf.to_container(sweep.search))
 
-    where = connect(address)
-    print(f"sweep {sweep.name}: Ray {where}; MLflow experiment {exp_name}", file=sys.stderr)
-    base = OmegaConf.to_container(trial_cfg, resolve=True)
-    base = {k: v for k, v in base.items() if not any(p.startswith(k + ".") for p in EXCLUDED_FROM_TRIALS)}
-    trainable = tune.with_parameters(sweep_trial, base=base, parent_run_id=parent, experiment=exp_name,
-                                     sweep=sweep.name, assets=_shared_assets(trial_cfg))
-    trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-    callbacks = [EndRunCallback(exp_name).as_tune_callback()]
-    if resume:
-        tuner = tune.Tuner.restore(tune_storage_path(experiment_path), trainable, resume_errored=True,
-                                   param_space=search_space(sweep))
-    else:
-        tuner = tune.Tuner(
-            trainable, param_space=search_space(sweep),
-            tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler(sweep, trial_cfg),
-                                        num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent or None,
-                                        reuse_actors=False),
-            run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, callbacks=callbacks,
-                                      failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
-        )
-    results = tuner.fit()
-    return _summarise(client, parent, exp_id, sweep, results)
+        where = connect(address)
+        print(f"sweep {sweep.name}: Ray {where}; MLflow experiment {exp_name}", file=sys.stderr)
+        base = OmegaConf.to_container(trial_cfg, resolve=True)
+        base = {k: v for k, v in base.items() if not any(p.startswith(k + ".") for p in EXCLUDED_FROM_TRIALS)}
+        trainable = tune.with_parameters(sweep_trial, base=base, parent_run_id=parent, experiment=exp_name,
+                                         sweep=sweep.name, assets=_shared_assets(trial_cfg))
+        trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+        callbacks = [EndRunCallback(exp_name).as_tune_callback()]
+        if resume:
+            tuner = tune.Tuner.restore(tune_storage_path(experiment_path), trainable, resume_errored=True,
+                                       param_space=search_space(sweep))
+        else:
+            tuner = tune.Tuner(
+                trainable, param_space=search_space(sweep),
+                tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler(sweep, trial_cfg),
+                                            num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent or None,
+                                            reuse_actors=False),
+                run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, callbacks=callbacks,
+                                          failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+            )
+        with _stopped_by_signals() as stopped:
+            results = tuner.fit()
+        if stopped:
+            raise KeyboardInterrupt
+        return _summarise(client, parent, exp_id, sweep, results)
+
+
+@contextlib.contextmanager
+def _ends_with_the_sweep(client, parent: str):
+    """The parent run never stays RUNNING: KILLED when the sweep is stopped (Ctrl-C; SIGTERM, which Ray's driver
+    turns into SystemExit), FAILED when it raises. A sweep that ends ends it FINISHED (`store.log_sweep_results`)."""
+    try:
+        yield
+    except BaseException as err:
+        client.set_terminated(parent, status="KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
+        raise
+
+
+@contextlib.contextmanager
+def _stopped_by_signals():
+    """SIGINT and SIGTERM stop the sweep as Tune's own Ctrl-C does (trials stopped, experiment state saved, so
+    ``--resume`` continues it); the list yielded then holds the signal, so that the caller ends the parent run
+    KILLED. A second signal interrupts at once. Outside the main thread signals cannot be caught: nothing changes."""
+    stopped: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def stop(signum: int, frame) -> None:
+        tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's graceful stop, installed while `fit` runs
+        if stopped or not callable(tune_stop):
+            raise KeyboardInterrupt
+        stopped.append(signum)
+        tune_stop(signum, frame)
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    tune_sigint = os.environ.get(TUNE_SIGINT_ENV)
+    os.environ[TUNE_SIGINT_ENV] = "1"  # ours, not Tune's: Tune's would not tell us it was stopped
+    try:
+        yield stopped
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        if tune_sigint is None:
+            os.environ.pop(TUNE_SIGINT_ENV, None)
+        else:
+            os.environ[TUNE_SIGINT_ENV] = tune_sigint
 
 
 def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> dict[str, Any]:
@@ -221,7 +272,11 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> 
         rows.append({"trial_id": trial_id, "metric": (result.metrics or {}).get(sweep.metric),
                      "step": (result.metrics or {}).get("step"), "error": str(result.error)[:200] if result.error else "",
                      **{k: v for k, v in (result.config or {}).items()}})
-    summary: dict[str, Any] = {"sweep": sweep.name, "trials": len(rows), "errors": sum(1 for r in rows if r["error"])}
+    # Named by trial id, else by its folder (an error before its first report); the error's last line says what.
+    errored = [{"trial": r["trial_id"] or Path(result.path).name,
+                "error": str(result.error).strip().splitlines()[-1][:200]} for r, result in zip(rows, results) if r["error"]]
+    summary: dict[str, Any] = {"sweep": sweep.name, "trials": len(rows), "errors": len(errored),
+                               "errored_trials": errored}
     logged = None
     try:
         best = results.get_best_result(metric=sweep.metric, mode=sweep.mode)

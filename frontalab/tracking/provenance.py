@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import shlex
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from frontalab.config import mask_userinfo
 from frontalab.paths import REPO_ROOT
 
 
@@ -28,6 +28,5 @@ def command_line() -> str:
     """This process's command as typed (``frontalab sweep …``), for the runs it creates. Credentials
     travel in the environment, never in argv; user:password in a URL is masked all the same."""
     prog = Path(sys.argv[0]).name
-    # A URL override may carry user:password@ (services.mlflow_uri=https://u:token@host): mask it.
-    args = [re.sub(r"://[^/@\s]+@", "://***@", a) for a in sys.argv[1:]]
+    args = [mask_userinfo(a) for a in sys.argv[1:]]
     return shlex.join(["frontalab" if prog in ("frontalab", "__main__.py", "cli.py") else prog, *args])

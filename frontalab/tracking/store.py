@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import yaml
 
-from frontalab.config import ConfigError
+from frontalab.config import ConfigError, mask_userinfo
 from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL,
                               PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, SWEEP_TAG, TRIAL_TAG)
 
@@ -40,8 +40,9 @@ def client():
 
 
 def runs_table_url(experiment_id: str) -> str:
-    """The MLflow UI's training-runs table of an experiment (a bare #/experiments/N opens the GenAI overview)."""
-    return f"{os.environ.get('MLFLOW_TRACKING_URI', '')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The MLflow UI's training-runs table of an experiment (a bare #/experiments/N opens the GenAI overview);
+    printed, so a user:password@ in the tracking URI is masked."""
+    return f"{mask_userinfo(os.environ.get('MLFLOW_TRACKING_URI', ''))}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def experiment_id(client, name: str) -> str:
@@ -122,6 +123,23 @@ def finished_trial_runs(client, sweep_experiment: str):
 # ---------------------------------------------------------------- checkpoints and models
 
 
+class ModelNotFound(LookupError):
+    """A model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/…) that names no model on the server."""
+
+
+@contextlib.contextmanager
+def finding_model(uri: str):
+    """MLflow's "does not exist" for ``uri`` as `ModelNotFound`, with MLflow's first line as the reason."""
+    from mlflow.exceptions import MlflowException  # deferred: MLflow takes seconds to import
+
+    try:
+        yield
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ModelNotFound(f"{uri}: not found ({str(err).splitlines()[0]})") from None
+
+
 def latest_checkpoint_artifact(client, run_id: str, into: Path) -> Path:
     files = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".pt")]
     if not files:
@@ -134,10 +152,8 @@ def registered_checkpoint(uri: str, into: Path) -> Path:
     pickled python model is never loaded)."""
     import mlflow.artifacts  # deferred: MLflow takes seconds to import
 
-    try:
+    with finding_model(uri):
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
-    except Exception as err:  # an unknown name, version or alias
-        raise ConfigError(f"cannot download {uri}: {str(err).splitlines()[0]}") from None
     mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
     artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
     if "checkpoint" not in artifacts:
@@ -149,10 +165,11 @@ def model_version(spec: str):
     """(name, version) of ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
     name, _, ref = spec[len("models:/"):].partition("@")
     c = client()
-    if ref:
-        return name, c.get_model_version_by_alias(name, ref)
-    name, _, number = name.partition("/")
-    return name, c.get_model_version(name, number)
+    with finding_model(spec):
+        if ref:
+            return name, c.get_model_version_by_alias(name, ref)
+        name, _, number = name.partition("/")
+        return name, c.get_model_version(name, number)
 
 
 def log_pyfunc_version(experiment_id: str, run_name: str, tags: dict[str, str], python_model: Any,

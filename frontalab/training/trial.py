@@ -61,10 +61,21 @@ class NonFiniteLoss(RuntimeError):
 # ---------------------------------------------------------------- pieces
 
 
+class DeviceUnavailable(RuntimeError):
+    """``train.device`` names a device this machine does not have."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    # Checked here, not at the first tensor moved: torch would fail deep inside, with a traceback.
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise DeviceUnavailable(f"train.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                                f"use train.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"train.device={name}: MPS is not available here; use train.device=auto or cpu")
+    return device
 
 
 class BatchOrder:
