@@ -172,7 +172,8 @@ def main() -> None:
               "|---|---|---|---|---|---|---|---|"]
     for label, run in sources.items():
         p = run.data.params
-        keys = (("loss.cole.texture", "loss.cole.landmark", "loss.cole.identity") if p.get("model.decoder") == "cole"
+        keys = (("loss.cole.texture", "loss.cole.landmark", "loss.cole.identity", "loss.cole.perceptual")
+                if p.get("model.decoder") == "cole"
                 else ("loss.texture", "loss.identity", "loss.perceptual", "loss.adversarial", "loss.mask"))
         weights = ", ".join(f"{k.split('.')[-1]} {p.get(k)}" for k in keys)
         lines.append(f"| {label} | `{run.info.run_id}` | {run.data.tags.get('frontalab.sweep', '-')} | "
