@@ -43,8 +43,10 @@ def sweep_args(name: str, dataset: Path, cfg, *, steps: int, trials: int, ckpt_e
     args = ["sweep", QUICK, "--name", name, f"base.data.path={dataset}", "base.model.out_size=64",
             f"base.train.steps={steps}", "base.train.batch_size=4", "base.train.val_faces=8",
             f"base.train.log_every={log_every}", f"base.train.val_every={val_every}",
-            f"base.train.checkpoint_every={ckpt_every}", "scheduler.name=fifo", f"num_samples={trials}",
-            "max_concurrent=2", "resources.cpu=1", *service_overrides(cfg)]
+            f"base.train.checkpoint_every={ckpt_every}", "scheduler.name=fifo", "num_samples=1",
+            # quick.yaml's grid, cut to ``trials`` points: one trial per texture weight.
+            f"search.loss.texture={{grid:[{','.join(str(10 * (i + 1)) for i in range(trials))}]}}",
+            "search.train.g_steps_per_d={grid:[1]}", "max_concurrent=2", "resources.cpu=1", *service_overrides(cfg)]
     return args + [f"{k}={v}" for k, v in extra.items()]
 
 
