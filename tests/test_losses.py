@@ -146,6 +146,17 @@ def test_face_region_covers_the_landmarks_and_a_forehead_and_nothing_else():
     assert 0.2 < region.mean() < 0.5
 
 
+def test_a_wider_face_region_holds_the_face_region_and_the_jaw_and_hair_around_it():
+    face = lm.mean_face()
+    region, wide = lm.face_region(face, 64), lm.face_region(face, 64, scale=1.25)
+    assert torch.all(wide >= region - 1e-6)  # widened about its centre, it keeps every pixel of the face
+    px = lm.to_pixels(face, 64).round().long()
+    chin_x, chin_y = px[8].tolist()
+    assert region[chin_y + 3, chin_x] == 0 and wide[chin_y + 3, chin_x] == 1  # below the chin: the jaw's line
+    assert region[5, 32] == 0 and wide[5, 32] == 1  # above the forehead: hair
+    assert region.mean() < wide.mean() < 0.75
+
+
 def test_the_encoders_blur_removes_stripes_and_keeps_smooth_faces():
     """Encoder gradients printed 2-px stripes on 64 px outputs; the blur (its own adjoint) low-passes them."""
     from frontalab.losses.objectives import seen_by_encoder

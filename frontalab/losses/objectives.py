@@ -76,9 +76,10 @@ class ThesisObjective:
             raise ValueError("loss.adversarial > 0 needs a discriminator")
 
     def region(self, size: int) -> torch.Tensor:
-        """The canonical face region ``(size, size)``: where a frontal face's pixels are."""
+        """The canonical face region ``(size, size)``: where a frontal face's pixels are (``loss.region_scale``)."""
         if size not in self._regions:
-            self._regions[size] = lm.face_region(self.canonical.cpu(), size).to(self.canonical.device)
+            region = lm.face_region(self.canonical.cpu(), size, scale=self.w.region_scale)
+            self._regions[size] = region.to(self.canonical.device)
         return self._regions[size]
 
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:

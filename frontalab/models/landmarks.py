@@ -107,10 +107,13 @@ def face_outline(points: torch.Tensor, forehead: float = 0.25) -> torch.Tensor:
     return torch.cat([points[..., list(JAW), :], brows], dim=-2)
 
 
-def face_region(points: torch.Tensor, size: int, supersample: int = 4) -> torch.Tensor:
+def face_region(points: torch.Tensor, size: int, supersample: int = 4, scale: float = 1.0) -> torch.Tensor:
     """A side-``size`` image ``(size, size)`` in [0, 1]: 1 inside the face outline of normalised ``(68, 2)``
-    landmarks, 0 outside, with antialiased edges (the share of ``supersample``² sub-pixels inside)."""
+    landmarks, 0 outside, with antialiased edges (the share of ``supersample``² sub-pixels inside).
+    ``scale`` > 1 widens the outline about its centre, taking in hair, ears and the jaw's own line."""
     outline = face_outline(points.float())
+    centre = outline.mean(dim=-2, keepdim=True)
+    outline = centre + scale * (outline - centre)
     fine = size * supersample
     centres = (torch.arange(fine, dtype=torch.float32) + 0.5) / fine
     y, x = torch.meshgrid(centres, centres, indexing="ij")
