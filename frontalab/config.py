@@ -401,6 +401,18 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+# A trial's MLflow params: what shapes the model it trains. The rest (tracking, evaluation, services, where
+# checkpoints go, how often it logs) is in the run's config.yaml artifact, not among the params it would bury.
+TRAINING_SECTIONS = ("model.", "encoder.", "loss.", "data.", "train.")
+BOOKKEEPING_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.checkpoint_dir",
+                              "train.keep_checkpoints", "train.workers", "train.device"})
+
+
+def training_params(cfg: DictConfig) -> dict[str, Any]:
+    """The keys of ``cfg`` that shape training, flattened (MLflow params)."""
+    return {k: v for k, v in flatten(cfg).items() if k.startswith(TRAINING_SECTIONS) and k not in BOOKKEEPING_KEYS}
+
+
 def config_hash(cfg: DictConfig) -> str:
     """Stable short hash of the training-relevant config (services endpoints excluded)."""
     flat = {k: v for k, v in flatten(cfg).items() if not k.startswith("services.")}

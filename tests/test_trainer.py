@@ -67,8 +67,12 @@ def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(referenc
     assert any(k.startswith("system/") for k in keys), "system metrics are on"
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert {"git_commit", "config_hash", "dataset_hash", "encoder", "host"} <= set(tags)
+    assert tags["mlflow.source.name"].startswith("frontalab train") and tags["mlflow.user"]
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["loss.alpha_geo"] == "160.0" and params["train.g_steps_per_d"] == "4"
+    assert not [k for k in params if k.startswith(("tracking.", "evaluate.", "landmarks.", "services."))]
+    dataset = run["inputs"]["dataset_inputs"][0]["dataset"]
+    assert dataset["digest"] == tags["dataset_hash"] and dataset["source_type"] == "local"
 
     images = rest(endpoints, "artifacts/list", run_id=run_id, path="images").get("files", [])
     from frontalab.tracking.uploads import image_key_step

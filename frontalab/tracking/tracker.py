@@ -32,7 +32,7 @@ import numpy as np
 
 from frontalab.config import TrackingConfig
 from frontalab.naming import PARENT_RUN_TAG, STATUS_REASON_TAG, TRACKING_INCOMPLETE_TAG
-from frontalab.tracking.store import experiment_id
+from frontalab.tracking.store import create_run, experiment_id
 from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Tracker:
              tags: dict[str, str] | None = None, resume_run_id: str | None = None,
              parent_run_id: str | None = None, system_metrics: bool = _DEFAULTS.system_metrics,
              buffer_limit: int = _DEFAULTS.buffer_limit, send_interval: float = _DEFAULTS.send_interval,
-             journal: Path | None = None, resume_step: int = 0) -> "Tracker":
+             journal: Path | None = None, resume_step: int = 0, source: str = "") -> "Tracker":
         # deferred: MLflow takes seconds to import; a trial without tracking never needs it
         import mlflow
         from mlflow import MlflowClient
@@ -118,7 +118,7 @@ class Tracker:
                 all_tags = dict(tags or {})
                 if parent_run_id:
                     all_tags[PARENT_RUN_TAG] = parent_run_id
-                run = client.create_run(experiment_id(client, experiment), run_name=run_name or None, tags=all_tags)
+                run = create_run(client, experiment_id(client, experiment), run_name, all_tags, source)
                 run_id = run.info.run_id
                 items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
                 for i in range(0, len(items), 100):
