@@ -54,7 +54,12 @@ def reference_run(small_dataset, embedded_services, tmp_path_factory):
 
 
 def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(reference_run, embedded_services):
-    run_id, ckpt, _ = reference_run
+    run_id, ckpt, out = reference_run
+    # Its progress: the run's address first, then a line per logged step and per validation.
+    lines = [line for line in out.stderr.splitlines() if line.startswith("frontalab train: ")]
+    assert lines[0].startswith(f"frontalab train: MLflow run {run_id}: http") and f"/runs/{run_id}" in lines[0]
+    assert any(f"step {STEPS}/{STEPS}  G " in line and "steps/s" in line for line in lines)
+    assert any(line.startswith(f"frontalab train: validation at step {STEPS}: a face in ") for line in lines)
     cfg, endpoints = embedded_services
     run = rest(endpoints, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "FINISHED"
