@@ -126,8 +126,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"frontalab train: FAILED: {err}", file=sys.stderr)
         return 1
     summary = {"run_id": state.run_id, "status": state.status, "step": state.step, "checkpoint": state.checkpoint,
+               "tracking_complete": state.tracking_complete,
                **{k: round(v, 5) for k, v in state.metrics.items() if k.startswith("val/")}}
     print(json.dumps(summary, indent=1))
+    if not state.tracking_complete:
+        print(f"frontalab train: run {state.run_id} trained to step {state.step}, but not every point reached MLflow; "
+              f"its journal metrics.jsonl beside {state.checkpoint} holds them all", file=sys.stderr)
+        return 3
     return 0
 
 

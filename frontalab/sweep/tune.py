@@ -141,7 +141,12 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
         run_trial(cfg, resume=resume, report=report, checkpoint_dir=local, tracker_factory=open_tracker,
                   encoder=assets.get("encoder"), landmark_net=assets.get("landmark_net"))
     finally:  # Tune's storage and the MLflow run hold the checkpoints: the node's disk must not fill
-        shutil.rmtree(local, ignore_errors=True)
+        tracker = tracker_holder.get("t")
+        if tracker is None or tracker.delivered is not False:
+            shutil.rmtree(local, ignore_errors=True)
+        else:  # the run lacks points: their journal stays where its tag says
+            print(f"trial {trial_id}: kept {local}: its MLflow run lacks points that its journal there holds",
+                  file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the driver

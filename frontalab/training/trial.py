@@ -136,6 +136,7 @@ class TrialState:
     checkpoint: Optional[str] = None
     run_id: Optional[str] = None
     status: str = "RUNNING"
+    tracking_complete: bool = True  # False when not every point reached MLflow (the journal has them)
 
 
 class Trial:
@@ -488,7 +489,7 @@ def _run_trial(cfg: DictConfig, folder: Path, resume: bool | str, report: Option
         trial.state.status = "FAILED"
         trial.tracker.finish("FAILED", reason=f"{type(err).__name__}: {err}", timeout=30)
         raise
-    trial.tracker.finish("FINISHED")
+    state.tracking_complete = trial.tracker.finish("FINISHED")
     return state
 
 
