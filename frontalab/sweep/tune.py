@@ -13,6 +13,7 @@ experiment state in the bucket).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -105,6 +106,13 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
                      if isinstance(value, dict) and "name" in value}}
 
     local = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-"))
+    # A scheduler's stop (ASHA) ends this thread with SystemExit while Tune already ends the actor's process,
+    # which may beat the `finally` below: the folder then goes when the interpreter exits. (Everything up to
+    # the last report is in MLflow by then: `report` flushes first.)
+    def remove_local() -> None:
+        shutil.rmtree(local, ignore_errors=True)
+
+    atexit.register(remove_local)
     resume: bool | str = False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -143,8 +151,9 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
     finally:  # Tune's storage and the MLflow run hold the checkpoints: the node's disk must not fill
         tracker = tracker_holder.get("t")
         if tracker is None or tracker.delivered is not False:
-            shutil.rmtree(local, ignore_errors=True)
+            remove_local()
         else:  # the run lacks points: their journal stays where its tag says
+            atexit.unregister(remove_local)
             print(f"trial {trial_id}: kept {local}: its MLflow run lacks points that its journal there holds",
                   file=sys.stderr)
 
