@@ -232,6 +232,8 @@ class ServicesConfig:
     host: str = _f("127.0.0.1", doc="bind address of embedded services")
     s3_port: int = _f(8333, lo=1, hi=65535)
     mlflow_port: int = _f(5000, lo=1, hi=65535)
+    mlflow_auth: bool = _f(False, doc="embedded MLflow server behind MLflow's basic-auth app; its admin login is "
+                                      "generated into STATE/mlflow/basic_auth.ini (0600) and given to frontalab's commands")
     bucket: str = _f("frontalab")
     mlflow_uri: Optional[str] = _f(None, doc="an existing MLflow server; embedded server when unset")
     s3_endpoint: Optional[str] = _f(None, doc="an existing S3 endpoint (MinIO, AWS); embedded SeaweedFS when unset")

@@ -53,7 +53,8 @@ def services_config(state_dir: Path | str, s3_port: int | None = None, mlflow_po
 def service_overrides(cfg) -> list[str]:
     """The dotlist that reproduces `cfg` on a `frontalab` command line."""
     return [f"services.state_dir={cfg.state_dir}", f"services.s3_port={cfg.s3_port}",
-            f"services.mlflow_port={cfg.mlflow_port}", f"services.bucket={cfg.bucket}"]
+            f"services.mlflow_port={cfg.mlflow_port}", f"services.bucket={cfg.bucket}",
+            f"services.mlflow_auth={str(cfg.mlflow_auth).lower()}"]
 
 
 # ---------------------------------------------------------------- /proc helpers (psutil is not installed)

@@ -54,6 +54,8 @@ class StatePaths:
     tls_dir = _below("weed_dir", "tls")
     mlflow_dir = _below("root", "mlflow")
     mlflow_db = _below("mlflow_dir", "mlflow.db")
+    mlflow_auth = _below("mlflow_dir", "basic_auth.ini")
+    mlflow_auth_db = _below("mlflow_dir", "basic_auth.db")
     run = _below("root", "run")
     logs = _below("root", "logs")
 
