@@ -215,3 +215,10 @@ def faces_root() -> Path:
     if not (root / "lfw-gray").is_dir():
         pytest.skip(f"real faces not found under {root} (set FRONTALAB_FACES)")
     return root
+
+
+@pytest.fixture(scope="session")
+def lfw_photos(faces_root) -> list[Path]:
+    """One photo each of the last 6 people in LFW, sorted: no champion was trained on LFW."""
+    folders = sorted(p for p in (faces_root / "lfw-gray").iterdir() if p.is_dir())[-6:]
+    return [sorted(f.glob("*.jpg"))[0] for f in folders]
