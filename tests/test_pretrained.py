@@ -9,6 +9,8 @@ import torch
 
 from conftest import run_cli
 from frontalab.models import pretrained
+
+
 @pytest.mark.parametrize("name", pretrained.NAMES)
 def test_each_champion_ships_with_its_provenance_and_loads_as_tensors_only(name):
     path = pretrained.checkpoint_path(f"pretrained:{name}")
