@@ -112,19 +112,27 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from frontalab.training.trial import NonFiniteLoss, run_trial  # deferred: torch and the models, seconds
+    # deferred: torch and the models, seconds to import
+    from frontalab.training.progress import with_progress
+    from frontalab.training.trial import NonFiniteLoss, mlflow_tracker_factory, run_trial
 
     cfg = _load(args)
     use_services(cfg, cfg.tracking.enabled or needs_s3(cfg.data.path))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON summary
-            state = run_trial(cfg, resume=args.resume)
+            state = run_trial(cfg, resume=args.resume,
+                              tracker_factory=with_progress(mlflow_tracker_factory(), cfg.train.steps))
     except NonFiniteLoss as err:
         print(f"frontalab train: FAILED: {err}", file=sys.stderr)
         return 1
     summary = {"run_id": state.run_id, "status": state.status, "step": state.step, "checkpoint": state.checkpoint,
+               "tracking_complete": state.tracking_complete,
                **{k: round(v, 5) for k, v in state.metrics.items() if k.startswith("val/")}}
     print(json.dumps(summary, indent=1))
+    if not state.tracking_complete:
+        print(f"frontalab train: run {state.run_id} trained to step {state.step}, but not every point reached MLflow; "
+              f"its journal metrics.jsonl beside {state.checkpoint} holds them all", file=sys.stderr)
+        return 3
     return 0
 
 

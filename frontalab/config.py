@@ -232,6 +232,8 @@ class ServicesConfig:
     host: str = _f("127.0.0.1", doc="bind address of embedded services")
     s3_port: int = _f(8333, lo=1, hi=65535)
     mlflow_port: int = _f(5000, lo=1, hi=65535)
+    mlflow_auth: bool = _f(False, doc="embedded MLflow server behind MLflow's basic-auth app; its admin login is "
+                                      "generated into STATE/mlflow/basic_auth.ini (0600) and given to frontalab's commands")
     bucket: str = _f("frontalab")
     mlflow_uri: Optional[str] = _f(None, doc="an existing MLflow server; embedded server when unset")
     s3_endpoint: Optional[str] = _f(None, doc="an existing S3 endpoint (MinIO, AWS); embedded SeaweedFS when unset")
@@ -399,6 +401,18 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
+
+
+# A trial's MLflow params: what shapes the model it trains. The rest (tracking, evaluation, services, where
+# checkpoints go, how often it logs) is in the run's config.yaml artifact, not among the params it would bury.
+TRAINING_SECTIONS = ("model.", "encoder.", "loss.", "data.", "train.")
+BOOKKEEPING_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.checkpoint_dir",
+                              "train.keep_checkpoints", "train.workers", "train.device"})
+
+
+def training_params(cfg: DictConfig) -> dict[str, Any]:
+    """The keys of ``cfg`` that shape training, flattened (MLflow params)."""
+    return {k: v for k, v in flatten(cfg).items() if k.startswith(TRAINING_SECTIONS) and k not in BOOKKEEPING_KEYS}
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -33,10 +33,6 @@ def sweep_experiment(sweep: str) -> str:
     return f"sweep-{sweep}"
 
 
-def promotion_run(sweep: str) -> str:
-    return f"promote-{sweep}"
-
-
 def evaluation_run(label: str) -> str:
     return f"eval-{label}"
 
@@ -45,17 +41,31 @@ def evaluation_run(label: str) -> str:
 
 TAG_PREFIX = "frontalab."
 ROLE_TAG = "frontalab.role"  # what a run that is no trial is: one of the roles below
-ROLE_SWEEP, ROLE_PROMOTION, ROLE_EVALUATION, ROLE_ASSET = "sweep", "promotion", "evaluation", "asset"
+ROLE_SWEEP, ROLE_EVALUATION, ROLE_ASSET = "sweep", "evaluation", "asset"
 COMMAND_TAG = "frontalab.command"  # the command line that created the run
 SWEEP_TAG = "frontalab.sweep"
 TRIAL_TAG = "frontalab.trial_id"  # a trial's child run is found again by its Tune trial id
 TRIAL_NAME_TAG = "frontalab.trial_name"
-SOURCE_RUN_TAG = "frontalab.source_run"  # a promotion's trial run
 LABEL_TAG = "frontalab.label"  # an evaluation's label
 STATUS_REASON_TAG = "frontalab.status_reason"
 TRACKING_INCOMPLETE_TAG = "frontalab.tracking_incomplete"
 STOPPED_EARLY_TAG = "frontalab.stopped_early_at"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# MLflow's own context tags (the UI's User, Source and Description), which `MlflowClient.create_run` leaves unset.
+USER_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG = "mlflow.user", "mlflow.source.name", "mlflow.source.type"
+GIT_COMMIT_TAG, NOTE_TAG = "mlflow.source.git.commit", "mlflow.note.content"
+
+
+def trial_run_name(config: dict, index: str) -> str:
+    """A trial run's name: its sampled values (``loss.texture=100 train.g_steps_per_d=2``, or an ablation arm's
+    name), then Tune's trial number, so the runs table says what each trial tried."""
+    def shown(value) -> str:
+        if isinstance(value, dict):
+            return str(value.get("name", value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    values = [shown(v) if isinstance(v, dict) else f"{k}={shown(v)}" for k, v in sorted(config.items())]
+    return f"{' '.join(values) or 'trial'} #{index.lstrip('0') or '0'}"
 
 
 def bundle_tag(key: str) -> str:

@@ -83,6 +83,14 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def list_folders(uri: str) -> list[str]:
+    """The folders (S3: common prefixes) directly below ``uri``, as URIs of the same kind, sorted."""
+    fs, root = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    prefix = "s3://" if is_s3(uri) else ""
+    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.Directory)
+
+
 def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     """Every file below ``uri`` (recursively), as URIs of the same kind, sorted."""
     fs, root = filesystem(uri)

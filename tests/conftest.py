@@ -53,7 +53,8 @@ def services_config(state_dir: Path | str, s3_port: int | None = None, mlflow_po
 def service_overrides(cfg) -> list[str]:
     """The dotlist that reproduces `cfg` on a `frontalab` command line."""
     return [f"services.state_dir={cfg.state_dir}", f"services.s3_port={cfg.s3_port}",
-            f"services.mlflow_port={cfg.mlflow_port}", f"services.bucket={cfg.bucket}"]
+            f"services.mlflow_port={cfg.mlflow_port}", f"services.bucket={cfg.bucket}",
+            f"services.mlflow_auth={str(cfg.mlflow_auth).lower()}"]
 
 
 # ---------------------------------------------------------------- /proc helpers (psutil is not installed)
@@ -214,3 +215,10 @@ def faces_root() -> Path:
     if not (root / "lfw-gray").is_dir():
         pytest.skip(f"real faces not found under {root} (set FRONTALAB_FACES)")
     return root
+
+
+@pytest.fixture(scope="session")
+def lfw_photos(faces_root) -> list[Path]:
+    """One photo each of the last 6 people in LFW, sorted: no champion was trained on LFW."""
+    folders = sorted(p for p in (faces_root / "lfw-gray").iterdir() if p.is_dir())[-6:]
+    return [sorted(f.glob("*.jpg"))[0] for f in folders]

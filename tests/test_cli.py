@@ -41,6 +41,31 @@ def test_dataset_missing_or_unprepared(tmp_path):
     assert "manifest.json" in line and "frontalab prepare" in line
 
 
+def test_a_missing_dataset_names_the_datasets_beside_it(tmp_path):
+    """`frontalab train` right after `make demo`: the default data.path is not the demo's dataset, whose
+    name the one-line failure gives (exit 5)."""
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "manifest.json").write_text("{}")
+    (tmp_path / "half").mkdir()  # no manifest: not a dataset
+    line = one_line_failure(run_cli("train", f"data.path={tmp_path / 'faces'}", "tracking.enabled=false",
+                                    check=False), 5)
+    assert f"datasets there: {tmp_path / 'demo'} (train on one: data.path=URI)" in line, line
+    assert "half" not in line
+
+
+def test_a_missing_s3_dataset_names_the_prepared_ones(embedded_services):
+    """As after `make demo`: s3://BUCKET/datasets/demo prepared, the default path beside it missing."""
+    from frontalab import services
+
+    cfg, endpoints = embedded_services
+    demo = f"datasets/demo-{uuid.uuid4().hex[:6]}"
+    services.s3_client(cfg).put_object(Bucket=endpoints.bucket, Key=f"{demo}/manifest.json", Body=b"{}")
+    missing = f"s3://{endpoints.bucket}/datasets/faces-{uuid.uuid4().hex[:6]}"
+    line = one_line_failure(run_cli("train", f"data.path={missing}", "tracking.enabled=false",
+                                    *service_overrides(cfg), check=False), 5)
+    assert f"{missing} not found; datasets there:" in line and f"s3://{endpoints.bucket}/{demo}" in line, line
+
+
 def test_cuda_where_there_is_none_and_debug_shows_the_traceback(tmp_path):
     import torch
 

@@ -36,10 +36,9 @@ def jpeg(im: Image.Image, **kw) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def face_photo(faces_root) -> Path:
+def face_photo(lfw_photos) -> Path:
     """One LFW photo of the last person (no champion trained on LFW)."""
-    person = sorted(p for p in (faces_root / "lfw-gray").iterdir() if p.is_dir())[-1]
-    return sorted(person.glob("*.jpg"))[0]
+    return lfw_photos[-1]
 
 
 # ---------------------------------------------------------------- the decoder

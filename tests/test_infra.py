@@ -1,5 +1,6 @@
 """infra/: every file parses; the manifests validate against published schemas, hold no inline
-secret and agree with the embedded services' settings; the README's commands exist in the CLI.
+secret and agree with the embedded services' settings; every service asks who you are (MLflow's
+basic-auth app, Ray's token, both from secrets); the README's commands exist in the CLI.
 
 Offline and fast: no Docker engine or Kubernetes is needed. Schemas are vendored in tests/schemas/
 (see its README.md for sources, sizes and licences): the Kubernetes kinds used here (strict schemas
@@ -10,6 +11,7 @@ published API, embedding the same Kubernetes types) and the Compose Specificatio
 from __future__ import annotations
 
 import base64
+import configparser
 import fnmatch
 import functools
 import hashlib
@@ -30,6 +32,8 @@ from dockerfile_parse import DockerfileParser
 
 from frontalab.config import ServicesConfig
 from frontalab import services
+from frontalab.services.endpoints import MLFLOW_AUTH_DEFAULT_PERMISSION, MLFLOW_LOGIN_ENV
+from frontalab.services.mlflow_server import MLFLOW_AUTH_APP
 
 REPO = Path(__file__).resolve().parent.parent
 INFRA = REPO / "infra"
@@ -548,7 +552,8 @@ def test_compose_services_health_and_order():
 
 
 def embedded_mlflow_server(tmp_path, monkeypatch) -> tuple[list[str], dict[str, str]]:
-    """The argv flags and the environment the embedded services give `mlflow server` (captured, not started)."""
+    """The argv flags and the environment the embedded services give `mlflow server` with its basic-auth app
+    (captured, not started)."""
     captured = {}
 
     def fake_spawn(paths, name, argv, env, cwd, extra):
@@ -556,7 +561,7 @@ def embedded_mlflow_server(tmp_path, monkeypatch) -> tuple[list[str], dict[str, 
         return {}
 
     monkeypatch.setattr(services, "_spawn", fake_spawn)
-    cfg = ServicesConfig(state_dir=str(tmp_path), s3_endpoint="http://minio:9000")
+    cfg = ServicesConfig(state_dir=str(tmp_path), s3_endpoint="http://minio:9000", mlflow_auth=True)
     services._start_mlflow(cfg, services._paths(cfg), services.Credentials("AKEXAMPLE", "sEXAMPLE"))
     argv = captured["argv"]
     flags = argv[argv.index("server") + 1:]
@@ -603,6 +608,7 @@ def test_mlflow_server_flags_agree_with_the_embedded_server(tmp_path, monkeypatc
         got = flag_values(args)
         assert set(embedded) <= set(got), f"{where}: missing {set(embedded) - set(got)}"
         assert set(got) - set(embedded) <= {"--allowed-hosts"}, f"{where}: flags the embedded server lacks"
+        assert got["--app-name"] == embedded["--app-name"] == MLFLOW_AUTH_APP, f"{where}: MLflow's basic-auth app"
         assert got["--artifacts-destination"] == embedded["--artifacts-destination"], where
         assert urlsplit(got["--backend-store-uri"]).scheme in ("postgresql", "postgresql+psycopg2"), where
         assert urlsplit(got["--backend-store-uri"]).password is None, f"{where}: the password comes from PGPASSWORD"
@@ -615,6 +621,7 @@ def test_mlflow_server_flags_agree_with_the_embedded_server(tmp_path, monkeypatc
             if key in services.S3_CREDENTIAL_ENV:
                 assert env[key][0] in ("secret", "env_file"), f"{where}: {key} must come from a secret"
         assert "PGPASSWORD" in env and env["PGPASSWORD"][0] in ("secret", "env_file"), where
+        assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"][0] in ("secret", "env_file"), where
 
 
 def client_env_names(monkeypatch) -> set[str]:
@@ -664,6 +671,138 @@ def test_client_environment_agrees_with_the_embedded_services(monkeypatch):
         check_client_env(f"{doc_id(path, doc)}:{where}", env, names, servers["k8s/mlflow.yaml"])
 
 
+# ================================================================ authentication: MLflow's basic-auth app, Ray's token
+
+
+def mounted_text(where: str, path: str) -> str | None:
+    """The content a manifest's MLflow server finds at `path`: a compose config or a mounted ConfigMap key."""
+    if where == "compose":
+        doc = compose()
+        for c in doc["services"]["mlflow"].get("configs", []):
+            if isinstance(c, dict) and c.get("target") == path:
+                return doc.get("configs", {}).get(c["source"], {}).get("content")
+        return None
+    for p, doc in k8s_docs():
+        if doc_id(p, doc) != where:
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for c in containers(pod):
+            for m in c.get("volumeMounts", []):
+                cm, folder = volumes.get(m["name"], {}).get("configMap"), m["mountPath"].rstrip("/") + "/"
+                if cm and path.startswith(folder):
+                    return configmaps().get(cm["name"], {}).get(path[len(folder):])
+    return None
+
+
+def from_secret(env: dict[str, tuple[str, Any]], name: str) -> bool:
+    return env.get(name, ("unset",))[0] in ("secret", "env_file")
+
+
+def auth_problems() -> list[str]:
+    """Where a manifest lets someone in without a login (empty when every service asks who you are)."""
+    found = []
+    secret = secret_template()
+    secret_keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    # MLflow: the basic-auth app; its admin and Flask key from secrets; its config file from the manifests.
+    for where, args, env in manifest_mlflow_servers():
+        got = flag_values(args)
+        if got.get("--app-name") != MLFLOW_AUTH_APP:
+            found.append(f"{where}: the server does not run --app-name {MLFLOW_AUTH_APP}")
+        for name in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+            if not from_secret(env, name):
+                found.append(f"{where}: {name} must come from a secret")
+        path = env.get("MLFLOW_AUTH_CONFIG_PATH", ("unset", ""))[1]
+        text = mounted_text(where, path) if path else None
+        if text is None:
+            found.append(f"{where}: MLFLOW_AUTH_CONFIG_PATH={path!r} is not a file the manifests provide")
+            continue
+        ini = configparser.ConfigParser(interpolation=None)
+        ini.read_string(text)
+        auth = ini["mlflow"] if ini.has_section("mlflow") else {}
+        if auth.get("default_permission") != MLFLOW_AUTH_DEFAULT_PERMISSION:
+            found.append(f"{where}: default_permission {auth.get('default_permission')!r}, "
+                         f"not {MLFLOW_AUTH_DEFAULT_PERMISSION} (services.MLFLOW_AUTH_DEFAULT_PERMISSION)")
+        # Users live in the tracking database (backed up with it); its password comes from PGPASSWORD.
+        if auth.get("database_uri") != got.get("--backend-store-uri"):
+            found.append(f"{where}: the auth database_uri is not the tracking database")
+        if "admin_password" in auth or URL_WITH_PASSWORD.search(text):
+            found.append(f"{where}: a password in the auth config; it comes from the secret")
+    # Ray: token authentication, the token from secrets; the cluster's processes log in to MLflow from secrets.
+    svcs = compose()["services"]
+    for name in ("ray-head", "ray-gpu-worker"):
+        env = {k: ("value", v) for k, v in compose_environment(svcs[name]).items()}
+        env.update({k: ("env_file", None) for f in _env_files(svcs[name]) for k in _parse_dotenv(INFRA / f"{f}.example")})
+        if env.get("RAY_AUTH_MODE") != ("value", "token"):
+            found.append(f"compose:{name}: RAY_AUTH_MODE is not token")
+        for var in ("RAY_AUTH_TOKEN", *MLFLOW_LOGIN_ENV):
+            if not from_secret(env, var):
+                found.append(f"compose:{name}: {var} must come from secrets.env")
+    for path, doc in k8s_docs():
+        if doc["kind"] == "RayCluster":
+            if doc["spec"].get("authOptions") != {"mode": "token", "secretName": secret["metadata"]["name"]}:
+                found.append(f"{doc_id(path, doc)}: authOptions must be token mode with the Secret's token")
+            if "auth_token" not in secret_keys:
+                found.append("the Secret has no auth_token (KubeRay's key for the Ray token)")
+            for where, pod in pod_specs(doc):
+                env = container_env(pod["containers"][0])
+                found += [f"{doc_id(path, doc)} {where}: {v} must come from the Secret"
+                          for v in MLFLOW_LOGIN_ENV if not from_secret(env, v)]
+        if doc["kind"] == "RayJob":
+            for where, pod in pod_specs(doc):
+                env = container_env(pod["containers"][0])
+                if env.get("RAY_AUTH_MODE") != ("value", "token") or \
+                        env.get("RAY_AUTH_TOKEN") != ("secret", (secret["metadata"]["name"], "auth_token")):
+                    found.append(f"{doc_id(path, doc)} {where}: `ray job submit` needs RAY_AUTH_MODE=token and the token")
+    return found
+
+
+def test_every_service_asks_who_you_are():
+    assert not auth_problems(), "\n".join(auth_problems())
+
+
+def test_auth_checks_catch_a_service_without_login(monkeypatch):
+    module = sys.modules[__name__]
+    docs, doc = k8s_docs(), compose()
+
+    def changed(edit) -> list[str]:
+        copy_docs, copy_compose = json.loads(json.dumps([d for _, d in docs])), json.loads(json.dumps(doc))
+        edit(dict(zip([d["kind"] + "/" + d["metadata"]["name"] for d in copy_docs], copy_docs)), copy_compose)
+        monkeypatch.setattr(module, "k8s_docs", lambda: [(p, d) for (p, _), d in zip(docs, copy_docs)])
+        monkeypatch.setattr(module, "compose", lambda: json.loads(json.dumps(copy_compose)))
+        return auth_problems()
+
+    def no_auth_app(k, c):
+        c["services"]["mlflow"]["command"] = c["services"]["mlflow"]["command"][:-2]
+    assert any("--app-name" in f for f in changed(no_auth_app))
+
+    def inline_admin(k, c):
+        env = k["Deployment/mlflow"]["spec"]["template"]["spec"]["containers"][0]["env"]
+        env[:] = [e for e in env if e["name"] != "MLFLOW_AUTH_ADMIN_PASSWORD"]
+        env.append({"name": "MLFLOW_AUTH_ADMIN_PASSWORD", "value": "hunter2hunter2"})
+    assert any("MLFLOW_AUTH_ADMIN_PASSWORD" in f for f in changed(inline_admin))
+
+    def open_to_all(k, c):
+        k["ConfigMap/mlflow-auth"]["data"]["basic_auth.ini"] += "admin_password = hunter2hunter2\n"
+        c["configs"]["mlflow-auth"]["content"] = c["configs"]["mlflow-auth"]["content"].replace("READ", "EDIT")
+    found = changed(open_to_all)
+    assert any("a password in the auth config" in f for f in found) and any("EDIT" in f for f in found)
+
+    def ray_without_token(k, c):
+        del k["RayCluster/frontalab"]["spec"]["authOptions"]
+        del c["services"]["ray-head"]["environment"]["RAY_AUTH_MODE"]
+    found = changed(ray_without_token)
+    assert any("authOptions" in f for f in found) and any("ray-head: RAY_AUTH_MODE" in f for f in found)
+
+
+def test_trial_image_has_rays_dashboard_and_job_api():
+    """ray[default]: the dashboard's HTTP server, which compose's health check, `ray job submit` and RayJob need."""
+    runs = " ".join(instructions(MAIN_DOCKERFILE, "RUN"))
+    pin = re.escape(pyproject_pins()["ray"])
+    assert re.search(rf"\bpip install\b[^&]*[\s\"']ray\[([a-z,]*,)?default(,[a-z,]*)?\]=={pin}\b", runs), \
+        "the image must install ray[default] at the pinned version"
+
+
 def test_bucket_layout_agrees_with_the_embedded_services():
     layout = set(services.BUCKET_LAYOUT.values())
     assert services.bucket_uri(BUCKET, "mlflow") == services.endpoints(ServicesConfig()).artifacts
@@ -685,7 +824,7 @@ def test_images_match_the_pinned_versions():
     main = MAIN_DOCKERFILE.read_text()
     for pkg in ("torch", "torchvision"):
         assert f"{pkg}=={pins[pkg]}" in main, f"Dockerfile must install {pkg}=={pins[pkg]} (pyproject.toml)"
-    assert f"mlflow=={pins['mlflow']}" in MLFLOW_DOCKERFILE.read_text()
+    assert f"mlflow[auth]=={pins['mlflow']}" in MLFLOW_DOCKERFILE.read_text(), "the server needs mlflow[auth]"
     images = [s["image"] for s in compose()["services"].values()]
     images += [c["image"] for _, d in k8s_docs() for _, pod in pod_specs(d) for c in containers(pod)]
     for image in images:

@@ -144,6 +144,15 @@ def test_killed_prepare_resumes_without_duplicates(tmp_path):
     hashes = [h for f in sorted(out.glob("shard-*.parquet")) for h in pq.read_table(f, columns=["sha256"]).column("sha256").to_pylist()]
     assert len(hashes) == len(set(hashes)) == 72
 
+    # A grown source into the same --out would reuse shards of other photos: refused, the dataset untouched.
+    manifest = (out / "manifest.json").read_bytes()
+    extra = utk(1, start=400)[0]
+    (src / extra.name).symlink_to(extra)
+    grown = subprocess.run([sys.executable, "-m", "frontalab", "prepare", *args, "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert grown.returncode == 2 and "another listing of photos (72 then, 73 now" in grown.stderr, grown.stderr[-2000:]
+    assert (out / "manifest.json").read_bytes() == manifest
+
 
 def test_frontal_only_keeps_frontal_faces(tmp_path):
     src = tmp_path / "src"

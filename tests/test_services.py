@@ -302,19 +302,28 @@ def test_cli_down_leaves_no_process(cli_cfg):
 
 @pytest.fixture(scope="module")
 def remote_stack(tmp_path_factory):
-    """A second MLflow server and S3 endpoint, with their own state dir and ports: a team's stack, seen from
-    the commands below only through MLflow's and AWS's own variables."""
-    cfg = services_config(tmp_path_factory.mktemp("remote") / "state")
+    """A second MLflow server (with MLflow's basic-auth app) and S3 endpoint, with their own state dir and
+    ports: a team's stack, seen from the commands below only through MLflow's and AWS's own variables.
+    Yields (cfg, endpoints, a member's login): the member is created by the admin as infra/README.md shows."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    cfg = services_config(tmp_path_factory.mktemp("remote") / "state", None, None, "services.mlflow_auth=true")
     try:
         ep = services.up(cfg, quiet=True)
-        yield cfg, ep
+        member = services.Credentials(f"member-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex)
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in services.client_env(cfg).items():  # the admin's login among them
+                mp.setenv(key, value)
+            AuthServiceClient(ep.mlflow).create_user(member.access_key, member.secret_key)
+        yield cfg, ep, member
     finally:
         services.down(cfg, quiet=True)
 
 
-def remote_env(cfg, ep, home: Path, mlflow_uri: str | None = None) -> dict[str, str]:
+def remote_env(cfg, ep, member, home: Path, mlflow_uri: str | None = None) -> dict[str, str]:
     creds = services.credentials(cfg)
     return {"FRONTALAB_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_uri or ep.mlflow,
+            "MLFLOW_TRACKING_USERNAME": member.access_key, "MLFLOW_TRACKING_PASSWORD": member.secret_key,
             "MLFLOW_S3_ENDPOINT_URL": ep.s3, "AWS_ACCESS_KEY_ID": creds.access_key,
             "AWS_SECRET_ACCESS_KEY": creds.secret_key}
 
@@ -326,39 +335,65 @@ def assert_nothing_embedded(home: Path, res: subprocess.CompletedProcess) -> Non
 
 
 def test_status_names_remote_services_and_masks_a_password_in_the_url(remote_stack, tmp_path):
-    cfg, ep = remote_stack
+    cfg, ep, member = remote_stack
     with_password = ep.mlflow.replace("http://", "http://alice:s3cr3t-pw@")
-    res = frontalab("status", "--json", env=remote_env(cfg, ep, tmp_path / "home", with_password), timeout=60)
+    res = frontalab("status", "--json", env=remote_env(cfg, ep, member, tmp_path / "home", with_password), timeout=60)
     assert res.returncode == 0, res.stderr
     state = json.loads(res.stdout)
     assert (state["mlflow_service"], state["s3_service"]) == ("remote", "remote")
     assert state["healthy"] and state["mlflow_pid"] is None and state["s3_pid"] is None
     assert state["mlflow"] == ep.mlflow.replace("http://", "http://***@") and state["s3"] == ep.s3
     assert "s3cr3t-pw" not in res.stdout + res.stderr and secret_of(cfg) not in res.stdout + res.stderr
-    text = frontalab("status", env=remote_env(cfg, ep, tmp_path / "home", with_password), timeout=60)
+    text = frontalab("status", env=remote_env(cfg, ep, member, tmp_path / "home", with_password), timeout=60)
     assert "remote" in text.stdout and "s3cr3t-pw" not in text.stdout + text.stderr
     assert_nothing_embedded(tmp_path / "home", res)
 
 
-def test_train_against_a_remote_stack_named_by_the_standard_variables(remote_stack, small_dataset, tmp_path):
-    """No services.* key: MLFLOW_TRACKING_URI, MLFLOW_S3_ENDPOINT_URL and the AWS keys name the stack; the run,
-    its metrics and its checkpoint land there, and no embedded service starts in the command's FRONTALAB_HOME."""
+def test_the_embedded_admin_login_lives_only_in_its_0600_file(remote_stack):
+    """services.mlflow_auth: the generated admin password is in MLflow's basic-auth ini (0600) and nowhere else
+    in the state dir, logs included; frontalab's own processes get it through client_env."""
+    from frontalab.services.state import state_paths
+
+    cfg, _, _ = remote_stack
+    env = services.client_env(cfg)
+    password = env["MLFLOW_TRACKING_PASSWORD"].encode()
+    ini = state_paths(cfg).mlflow_auth
+    assert ini.stat().st_mode & 0o777 == 0o600
+    root = Path(cfg.state_dir)
+    holders = [p.relative_to(root) for p in root.rglob("*") if p.is_file() and password in p.read_bytes()]
+    assert holders == [ini.relative_to(root)]
+
+
+def test_train_against_a_remote_stack_named_by_the_standard_variables(remote_stack, small_dataset, tmp_path,
+                                                                      monkeypatch):
+    """No services.* key: MLFLOW_TRACKING_URI with a member's MLFLOW_TRACKING_USERNAME/PASSWORD, MLFLOW_S3_ENDPOINT_URL
+    and the AWS keys name the stack; the run, its metrics and its checkpoint land there, no embedded service starts
+    in the command's FRONTALAB_HOME, and neither the login nor the S3 secret is printed or recorded."""
     from mlflow import MlflowClient
 
     from frontalab.naming import SELECTION_METRIC
 
-    cfg, ep = remote_stack
+    cfg, ep, member = remote_stack
+    # The server asks who you are: no login, no data (its health check stays open).
+    assert http_get(f"{ep.mlflow}/api/2.0/mlflow/experiments/search?max_results=1")[0] == 401
+    assert http_get(f"{ep.mlflow}/health")[0] == 200
     home = tmp_path / "home"
     res = frontalab("train", "model.out_size=64", f"data.path={small_dataset}", "train.steps=10", "train.batch_size=4",
                     "train.val_faces=4", "train.val_every=10", "train.checkpoint_every=10",
-                    "tracking.experiment=test-remote-stack", env=remote_env(cfg, ep, home), timeout=900)
+                    "tracking.experiment=test-remote-stack", env=remote_env(cfg, ep, member, home), timeout=900)
     assert res.returncode == 0, res.stderr[-4000:]
     run_id = json.loads(res.stdout)["run_id"]
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", member.access_key)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", member.secret_key)
     run = MlflowClient(ep.mlflow).get_run(run_id)
     assert run.info.status == "FINISHED" and SELECTION_METRIC in run.data.metrics
     assert MlflowClient(ep.mlflow).get_experiment(run.info.experiment_id).name == "test-remote-stack"
-    keys = [o["Key"] for o in services.s3_client(cfg).list_objects_v2(
-        Bucket=ep.bucket, Prefix="mlflow/").get("Contents", [])]
-    assert any(run_id in k and "/checkpoints/" in k for k in keys), keys
+    s3 = services.s3_client(cfg)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=ep.bucket, Prefix="mlflow/").get("Contents", [])]
+    checkpoints = [k for k in keys if run_id in k and "/checkpoints/" in k]
+    assert checkpoints, keys
     assert_nothing_embedded(home, res)
-    assert secret_of(cfg) not in res.stdout + res.stderr
+    recorded = [res.stdout, res.stderr, *run.data.params.values(), *run.data.tags.values()]
+    recorded += [s3.get_object(Bucket=ep.bucket, Key=k)["Body"].read().decode("latin-1") for k in checkpoints]
+    for secret in (secret_of(cfg), member.secret_key):
+        assert not any(secret in text for text in recorded), "a secret was printed, recorded or checkpointed"

@@ -1,5 +1,7 @@
-"""Sweeps on real Ray against real services: a multi-node cluster, a killed worker node, a killed
-driver and `--resume`, no credential in Tune's S3 state, promotion, frontalize and serving.
+"""Sweeps on real Ray against real services. In the default suite, the champion path: a small sweep on
+embedded Ray, its runs read back as a user of the MLflow UI meets them, no credential in Tune's S3 state,
+then promote, frontalize and `mlflow models serve`. Slow: a multi-node cluster, a killed worker node, a
+killed driver and `--resume`.
 
 Everything runs for real: `ray start` processes for the head and worker node (LocalCluster),
 the embedded SeaweedFS + MLflow servers, `frontalab` commands as subprocesses, and
@@ -29,10 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "sweeps" / "quick.yaml")
 VENV_BIN = Path(sys.executable).parent
 PREFIX = f"t{uuid.uuid4().hex[:6]}"  # sweep names unique per test session
-SWEEPS = {"multi": f"{PREFIX}-multi", "worker": f"{PREFIX}-wkill", "driver": f"{PREFIX}-dkill"}
+SWEEPS = {"champion": f"{PREFIX}-champion", "multi": f"{PREFIX}-multi", "worker": f"{PREFIX}-wkill",
+          "driver": f"{PREFIX}-dkill"}
 DRIVER_MARK = "FRONTALAB_TEST_DRIVER"
-# Multi-node clusters, killed nodes and drivers: minutes each on 2 cores; run with `make test-slow`.
-pytestmark = pytest.mark.slow
+# Multi-node clusters, killed nodes and drivers take minutes each on 2 cores: marked slow (`make test-slow`).
 
 
 # ---------------------------------------------------------------- helpers
@@ -189,6 +191,15 @@ def cluster(embedded_services, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def champion_sweep(embedded_services, small_dataset):
+    """Two trials of a grid (different texture weights) on embedded Ray, 4 steps each from `pretrained:thesis`."""
+    cfg, endpoints = embedded_services
+    out = run_cli(*sweep_args(SWEEPS["champion"], small_dataset, cfg, steps=4, trials=2, ckpt_every=4, val_every=4,
+                              log_every=2), timeout=600)
+    return summary_of(out.stdout)
+
+
+@pytest.fixture(scope="module")
 def multi_node_sweep(cluster, embedded_services, small_dataset):
     cfg, endpoints = embedded_services
     out = run_cli(*sweep_args(SWEEPS["multi"], small_dataset, cfg, steps=20, trials=2, ckpt_every=10, val_every=10),
@@ -199,6 +210,7 @@ def multi_node_sweep(cluster, embedded_services, small_dataset):
 # ---------------------------------------------------------------- tests
 
 
+@pytest.mark.slow
 def test_local_cluster_nodes_and_processes(cluster):
     ids = cluster.node_ids()
     assert set(ids) == {"head", "w1"} and all(ids.values()) and ids["head"] != ids["w1"]
@@ -209,6 +221,7 @@ def test_local_cluster_nodes_and_processes(cluster):
     assert cluster.address.startswith("127.0.0.1:")
 
 
+@pytest.mark.slow
 def test_multi_node_sweep_runs_trials_on_both_nodes(multi_node_sweep, cluster, embedded_services):
     cfg, endpoints = embedded_services
     assert multi_node_sweep["trials"] == 2 and multi_node_sweep["errors"] == 0
@@ -341,13 +354,45 @@ def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, 
     assert_no_credentials(cfg, f"sweeps/{name}/")
 
 
-def test_tune_state_in_s3_holds_no_credential(embedded_services, multi_node_sweep):
+def test_trial_runs_read_as_an_mlflow_user_expects(champion_sweep, embedded_services):
+    """Read back through MLflow's REST API: names that say what each trial tried, only the keys that shape
+    training as params (the rest in config.yaml), the dataset as the run's input, MLflow's User/Source/git tags,
+    and a parent run with a description and no metric of its own."""
+    cfg, endpoints = embedded_services
+    assert champion_sweep["trials"] == 2 and champion_sweep["errors"] == 0
+    parents, children = sweep_runs(endpoints, SWEEPS["champion"])
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent["info"]["status"] == "FINISHED" and not parent["data"].get("metrics")
+    note = tags(parent)["mlflow.note.content"]
+    assert note.startswith("quick: the CPU demo") and champion_sweep["best_run_id"] in note
+    configs = set()
+    for child in children:
+        t = tags(child)
+        assert t["mlflow.user"] and t["mlflow.source.name"].startswith("frontalab sweep")
+        assert t["mlflow.source.git.commit"] == t["git_commit"]
+        params = {p["key"]: p["value"] for p in child["data"]["params"]}
+        assert not [k for k in params if not k.startswith(("model.", "encoder.", "loss.", "data.", "train."))]
+        assert "train.log_every" not in params and params["train.init_from"] == "pretrained:thesis"
+        texture = float(params["loss.texture"])
+        assert child["info"]["run_name"].startswith(f"loss.texture={texture:g} train.g_steps_per_d=1 #")
+        configs.add((params["loss.texture"], params["train.g_steps_per_d"]))
+        inputs = child["inputs"]["dataset_inputs"]
+        assert len(inputs) == 1 and inputs[0]["dataset"]["digest"] == t["dataset_hash"]
+        assert json.loads(inputs[0]["dataset"]["source"])["uri"] == params["data.path"]
+        r = requests.get(f"{endpoints.mlflow}/get-artifact", params={"path": "config.yaml",
+                                                                    "run_uuid": child["info"]["run_id"]}, timeout=30)
+        assert r.status_code == 200 and "log_every: 2" in r.text and "services" not in r.text
+    assert len(configs) == 2, "no two trials of a grid share a config"
+
+
+def test_tune_state_in_s3_holds_no_credential(embedded_services, champion_sweep):
     cfg, _ = embedded_services
     keys = assert_no_credentials(cfg, "sweeps/")  # every sweep of this session that ran so far
-    assert SWEEPS["multi"] in {k.split("/")[1] for k in keys}
+    assert SWEEPS["champion"] in {k.split("/")[1] for k in keys}
 
 
-def test_promote_frontalize_serve_and_champion_moves(multi_node_sweep, embedded_services, tmp_path):
+def test_promote_frontalize_serve_and_champion_moves(champion_sweep, embedded_services, tmp_path, monkeypatch):
     from frontalab.paths import faces_dir
 
     cfg, endpoints = embedded_services
@@ -368,10 +413,20 @@ def test_promote_frontalize_serve_and_champion_moves(multi_node_sweep, embedded_
     out = run_cli("promote", f"{PREFIX}-unfinished", *service_overrides(cfg), check=False)
     assert out.returncode == 2 and "no finished trial" in out.stderr, out.stderr[-2000:]
 
-    first = json.loads(run_cli("promote", SWEEPS["multi"], *service_overrides(cfg)).stdout)
-    assert first["uri"] == "models:/frontalizer@champion" and first["sweep"] == SWEEPS["multi"]
+    first = json.loads(run_cli("promote", SWEEPS["champion"], *service_overrides(cfg)).stdout)
+    assert first["uri"] == "models:/frontalizer@champion" and first["sweep"] == SWEEPS["champion"]
     winner = first["run_id"]
-    assert client.get_run(winner).data.tags["frontalab.sweep"] == SWEEPS["multi"]
+    assert winner == champion_sweep["best_run_id"]
+    assert client.get_run(winner).data.tags["frontalab.sweep"] == SWEEPS["champion"]
+    # The version is logged in the trial's own run (its curves are a click away), with a signature.
+    version = client.get_model_version("frontalizer", first["version"])
+    assert version.run_id == winner and client.get_run(winner).info.status == "FINISHED"
+    assert winner in version.description and first["trial"] in version.description
+    from mlflow.models import get_model_info
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", endpoints.mlflow)
+    info = get_model_info(f"models:/frontalizer/{first['version']}")
+    assert info.signature.inputs.input_names() == ["image"] and info.saved_input_example_info
 
     out_dir = tmp_path / "frontal"
     sets = [a for o in service_overrides(cfg) for a in ("--set", o)]
@@ -423,9 +478,9 @@ def test_promote_frontalize_serve_and_champion_moves(multi_node_sweep, embedded_
         assert not wait_gone(pids, 10)
 
     # A second promotion moves `champion`; the version that held it becomes `previous`.
-    second = json.loads(run_cli("promote", SWEEPS["multi"], *service_overrides(cfg)).stdout)
+    second = json.loads(run_cli("promote", SWEEPS["champion"], *service_overrides(cfg)).stdout)
     assert int(second["version"]) == int(first["version"]) + 1 and second["previous"] == first["version"]
     assert client.get_model_version_by_alias("frontalizer", "champion").version == second["version"]
     assert client.get_model_version_by_alias("frontalizer", "previous").version == first["version"]
     lineage = client.get_model_version("frontalizer", second["version"]).tags
-    assert lineage["run_id"] == winner and lineage["sweep"] == SWEEPS["multi"]
+    assert lineage["run_id"] == winner and lineage["sweep"] == SWEEPS["champion"]

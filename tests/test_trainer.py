@@ -54,7 +54,12 @@ def reference_run(small_dataset, embedded_services, tmp_path_factory):
 
 
 def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(reference_run, embedded_services):
-    run_id, ckpt, _ = reference_run
+    run_id, ckpt, out = reference_run
+    # Its progress: the run's address first, then a line per logged step and per validation.
+    lines = [line for line in out.stderr.splitlines() if line.startswith("frontalab train: ")]
+    assert lines[0].startswith(f"frontalab train: MLflow run {run_id}: http") and f"/runs/{run_id}" in lines[0]
+    assert any(f"step {STEPS}/{STEPS}  G " in line and "steps/s" in line for line in lines)
+    assert any(line.startswith(f"frontalab train: validation at step {STEPS}: a face in ") for line in lines)
     cfg, endpoints = embedded_services
     run = rest(endpoints, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "FINISHED"
@@ -67,8 +72,12 @@ def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(referenc
     assert any(k.startswith("system/") for k in keys), "system metrics are on"
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert {"git_commit", "config_hash", "dataset_hash", "encoder", "host"} <= set(tags)
+    assert tags["mlflow.source.name"].startswith("frontalab train") and tags["mlflow.user"]
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     assert params["loss.alpha_geo"] == "160.0" and params["train.g_steps_per_d"] == "4"
+    assert not [k for k in params if k.startswith(("tracking.", "evaluate.", "landmarks.", "services."))]
+    dataset = run["inputs"]["dataset_inputs"][0]["dataset"]
+    assert dataset["digest"] == tags["dataset_hash"] and dataset["source_type"] == "local"
 
     images = rest(endpoints, "artifacts/list", run_id=run_id, path="images").get("files", [])
     from frontalab.tracking.uploads import image_key_step
@@ -192,6 +201,24 @@ def test_large_files_go_straight_to_the_bucket_or_else_through_the_server(servic
     assert ("direct upload to the bucket failed" in capfd.readouterr().err) != bucket_reachable
 
 
+def test_the_sender_forgets_points_only_once_its_spool_file_holds_them(tmp_path):
+    """Spilling to a full disk (/dev/full: every write fails with ENOSPC) keeps every point in memory."""
+    from collections import deque
+
+    from mlflow.entities import Metric
+
+    from frontalab.tracking.sender import spill_oldest
+
+    points = deque(Metric("train/g/total", float(step), 1000 + step, step) for step in range(10))
+    with pytest.raises(OSError):
+        spill_oldest(points, 6, Path("/dev/full"))
+    assert [m.step for m in points] == list(range(10))
+    spool = tmp_path / "metrics.jsonl"
+    spill_oldest(points, 6, spool)
+    assert [m.step for m in points] == list(range(6, 10))
+    assert [json.loads(line)[3] for line in spool.read_text().splitlines()] == list(range(6))
+
+
 def test_held_files_outlive_their_originals_until_released(tmp_path):
     from frontalab.tracking.uploads import UPLOADING, hold_for_upload, held_uploads, release_upload
 
@@ -232,13 +259,20 @@ def start_training(args: list[str], ckpt: Path, until_step: int) -> subprocess.P
     return proc
 
 
-def test_interrupted_run_ends_killed_with_every_logged_step(small_dataset, embedded_services, tmp_path):
-    """Ctrl-C reaches the terminal's whole process group. The trial ends its run KILLED, and
-    every metric point it logged (its journal says which) is in MLflow once."""
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_interrupted_run_ends_killed_with_every_logged_step_and_resumes_once(stop, small_dataset, embedded_services,
+                                                                             tmp_path):
+    """Ctrl-C reaches the terminal's whole process group; SIGTERM (a scheduler, `kill`) the trial alone. The
+    trial ends its run KILLED, every metric point it logged (its journal says which) is in MLflow once, and
+    `--resume` completes the same run with every step once."""
     cfg, endpoints = embedded_services
     ckpt = tmp_path / "ckpt"
-    proc = start_training(train_args(small_dataset, cfg, ckpt, "train.steps=1000", "train.checkpoint_every=20"), ckpt, 20)
-    os.killpg(proc.pid, signal.SIGINT)
+    args = train_args(small_dataset, cfg, ckpt, "train.steps=120", "train.checkpoint_every=20")
+    proc = start_training(args, ckpt, 20)
+    if stop == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
     try:
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -253,20 +287,30 @@ def test_interrupted_run_ends_killed_with_every_logged_step(small_dataset, embed
     run = rest(endpoints, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "KILLED"
     assert {t["key"]: t["value"] for t in run["data"]["tags"]}["frontalab.status_reason"] == "interrupted"
+    assert logged[-1] < 120, "stopped before its last step"
+
+    resumed = json.loads(run_cli("train", *args, "--resume").stdout)
+    assert resumed["run_id"] == run_id and resumed["status"] == "FINISHED" and resumed["step"] == 120
+    assert history(endpoints, run_id, "train/g/total") == list(range(10, 121, 10))
+    assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
 
 
-def test_dead_sender_is_reported_and_the_trial_finishes(small_dataset, embedded_services, tmp_path):
+def test_a_dead_senders_run_is_delivered_by_the_trial(small_dataset, embedded_services, tmp_path):
+    """The sender killed mid-run: the trial sends the rest itself and, at the end, its journal and held files
+    again (MLflow drops the duplicates). Nothing is missing, so the run carries no tracking_incomplete tag."""
     cfg, endpoints = embedded_services
     ckpt = tmp_path / "ckpt"
-    proc = start_training(train_args(small_dataset, cfg, ckpt, "train.steps=40", "train.checkpoint_every=20"), ckpt, 20)
+    proc = start_training(train_args(small_dataset, cfg, ckpt, "train.steps=60", "train.checkpoint_every=20"), ckpt, 20)
     sender_of(proc.pid).kill()
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     assert "the MLflow sender process died" in stderr
-    assert (ckpt / "step-000040.pt").exists()
-    run = rest(endpoints, "runs/get", run_id=run_of(stdout))["run"]
+    run_id = run_of(stdout)
+    run = rest(endpoints, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "FINISHED"
-    assert "frontalab.tracking_incomplete" in {t["key"] for t in run["data"]["tags"]}
+    assert "frontalab.tracking_incomplete" not in {t["key"] for t in run["data"]["tags"]}
+    assert history(endpoints, run_id, "train/g/total") == list(range(10, 61, 10))
+    assert {"step-000020.pt", "step-000040.pt", "step-000060.pt"} <= set(checkpoints_in_run(cfg, run_id))
 
 
 @pytest.mark.slow  # 30 s of outage plus 300 steps: `make test-slow`

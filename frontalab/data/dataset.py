@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +22,22 @@ class IncompleteDataset(FileNotFoundError):
     """A dataset that is not there, or a folder without manifest.json: preparation has not finished there."""
 
 
+def datasets_beside(uri: str) -> list[str]:
+    """Finished datasets (folders with a manifest) in `uri`'s parent folder, e.g. the demo's beside the default."""
+    parent = uri.rstrip("/").rpartition("/")[0] if storage.is_s3(uri) else str(Path(uri).expanduser().resolve().parent)
+    try:
+        return [folder for folder in storage.list_folders(parent) if storage.exists(storage.join(folder, MANIFEST))]
+    except OSError:  # only a hint for the message: a store that cannot be listed leaves it out
+        return []
+
+
 def read_manifest(uri: str) -> dict[str, Any]:
     target = storage.join(uri, MANIFEST)
     if not storage.exists(uri):
-        raise IncompleteDataset(f"dataset {uri} not found (prepare one: frontalab prepare --source PHOTOS --out {uri})")
+        others = datasets_beside(uri)
+        hint = (f"datasets there: {', '.join(others)} (train on one: data.path=URI)" if others
+                else f"prepare one: frontalab prepare --source PHOTOS --out {uri}")
+        raise IncompleteDataset(f"dataset {uri} not found; {hint}")
     if not storage.exists(target):
         raise IncompleteDataset(f"{uri} has no {MANIFEST}: it is not a finished dataset "
                                 f"(run or resume `frontalab prepare --out {uri}`)")

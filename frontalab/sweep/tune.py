@@ -13,6 +13,7 @@ experiment state in the bucket).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -32,7 +33,7 @@ from frontalab.compute import connect
 from frontalab.config import ConfigError, load_config, load_sweep, search_overrides
 from frontalab.models.build import encoder_from_config
 from frontalab.models.landmark_net import load_landmark_net
-from frontalab.naming import SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, bundle_tag, sweep_experiment
+from frontalab.naming import SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, bundle_tag, sweep_experiment, trial_run_name
 from frontalab.tracking import store
 from frontalab.tracking.provenance import command_line
 from frontalab.training.trial import mlflow_tracker_factory, run_trial
@@ -87,7 +88,7 @@ def scheduler(sweep: DictConfig, trial_cfg: DictConfig):
 
 
 def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, experiment: str, sweep: str,
-                assets: dict[str, Any]) -> None:
+                command: str, assets: dict[str, Any]) -> None:
     """The function trainable: one trial, reporting to Tune, tracked in its own child run."""
     # deferred: Ray takes seconds to import (this runs in the trial's worker, where it is loaded already)
     import ray
@@ -105,6 +106,13 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
                      if isinstance(value, dict) and "name" in value}}
 
     local = Path(tempfile.mkdtemp(prefix=f"trial-{trial_id}-"))
+    # A scheduler's stop (ASHA) ends this thread with SystemExit while Tune already ends the actor's process,
+    # which may beat the `finally` below: the folder then goes when the interpreter exits. (Everything up to
+    # the last report is in MLflow by then: `report` flushes first.)
+    def remove_local() -> None:
+        shutil.rmtree(local, ignore_errors=True)
+
+    atexit.register(remove_local)
     resume: bool | str = False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -118,8 +126,8 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
 
     def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str], **resume_journal: Any):
         # The trial's own run, found by trial id: a checkpoint may come from another trial (PBT).
-        factory = mlflow_tracker_factory(parent_run_id=parent_run_id, run_name=ctx.get_trial_name(),
-                                         extra_tags=trial_tags)
+        factory = mlflow_tracker_factory(parent_run_id=parent_run_id, extra_tags=trial_tags, source=command,
+                                         run_name=trial_run_name(config, ctx.get_trial_name().rsplit("_", 1)[-1]))
         tracker = factory(cfg=cfg, resume_run_id=run_id, tags=tags, **resume_journal)
         tracker_holder["t"] = tracker
         return tracker
@@ -141,7 +149,13 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
         run_trial(cfg, resume=resume, report=report, checkpoint_dir=local, tracker_factory=open_tracker,
                   encoder=assets.get("encoder"), landmark_net=assets.get("landmark_net"))
     finally:  # Tune's storage and the MLflow run hold the checkpoints: the node's disk must not fill
-        shutil.rmtree(local, ignore_errors=True)
+        tracker = tracker_holder.get("t")
+        if tracker is None or tracker.delivered is not False:
+            remove_local()
+        else:  # the run lacks points: their journal stays where its tag says
+            atexit.unregister(remove_local)
+            print(f"trial {trial_id}: kept {local}: its MLflow run lacks points that its journal there holds",
+                  file=sys.stderr)
 
 
 # ---------------------------------------------------------------- the driver
@@ -190,7 +204,8 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
     experiment_path = f"{sweep.storage.rstrip('/')}/{sweep.name}"
     if resume and not tune.Tuner.can_restore(tune_storage_path(experiment_path)):
         raise ConfigError(f"nothing to resume at {experiment_path}; run without --resume first")
-    parent = store.sweep_parent_run(client, exp_id, sweep.name, resume, command_line())
+    command = command_line()
+    parent = store.sweep_parent_run(client, exp_id, sweep.name, resume, command)
     with _ends_with_the_sweep(client, parent):
         store.log_sweep_files(client, parent, sweep_file, OmegaConf.to_yaml(sweep), OmegaConf.to_container(sweep.search))
 
@@ -199,7 +214,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
         base = OmegaConf.to_container(trial_cfg, resolve=True)
         base = {k: v for k, v in base.items() if not any(p.startswith(k + ".") for p in EXCLUDED_FROM_TRIALS)}
         trainable = tune.with_parameters(sweep_trial, base=base, parent_run_id=parent, experiment=exp_name,
-                                         sweep=sweep.name, assets=_shared_assets(trial_cfg))
+                                         sweep=sweep.name, command=command, assets=_shared_assets(trial_cfg))
         trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
         callbacks = [EndRunCallback(exp_name).as_tune_callback()]
         if resume:
@@ -219,7 +234,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
             results = tuner.fit()
         if stopped:
             raise KeyboardInterrupt
-        return _summarise(client, parent, exp_id, sweep, results)
+        return _summarise(client, parent, exp_id, sweep, sweep_file, results)
 
 
 @contextlib.contextmanager
@@ -264,7 +279,17 @@ def _stopped_by_signals():
             os.environ[TUNE_SIGINT_ENV] = tune_sigint
 
 
-def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> dict[str, Any]:
+def sweep_description(sweep_file: str) -> str:
+    """The sweep file's header comment, as Markdown: what the sweep answers and what it costs."""
+    lines = []
+    for line in Path(sweep_file).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines).strip() or f"sweep file {Path(sweep_file).name}"
+
+
+def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, sweep_file: str, results) -> dict[str, Any]:
     df = results.get_dataframe()
     rows = []
     for result in results:
@@ -277,7 +302,8 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> 
                 "error": str(result.error).strip().splitlines()[-1][:200]} for r, result in zip(rows, results) if r["error"]]
     summary: dict[str, Any] = {"sweep": sweep.name, "trials": len(rows), "errors": len(errored),
                                "errored_trials": errored}
-    logged = None
+    best_tags: dict[str, str] = {}
+    description = sweep_description(sweep_file)
     try:
         best = results.get_best_result(metric=sweep.metric, mode=sweep.mode)
     except RuntimeError:
@@ -285,13 +311,13 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, results) -> 
     if best is not None and best.metrics and sweep.metric in best.metrics:
         trial_id = best.metrics.get("trial_id")
         best_run = store.find_child_run(client, exp_id, trial_id)
-        metrics = {f"best/{k}": float(v) for k, v in best.metrics.items()
-                   if isinstance(v, (int, float)) and (k.startswith(("val/", "train/")) or k == "step")}
-        logged = {"metrics": metrics, "tags": {"best_trial": str(trial_id), "best_run_id": str(best_run),
-                                               "metric": sweep.metric, "mode": sweep.mode}}
-        summary.update(best_trial=trial_id, best_run_id=best_run, best_metric=best.metrics.get(sweep.metric),
-                       best_config=best.config)
-    store.log_sweep_results(client, parent, df, logged)
+        value = best.metrics[sweep.metric]
+        best_tags = {"best_trial": str(trial_id), "best_run_id": str(best_run), "metric": sweep.metric,
+                     "mode": sweep.mode}
+        description += (f"\n\n**Best trial:** [{trial_id}]({store.run_url(exp_id, str(best_run))}), "
+                        f"{sweep.metric} = {value:.4g} ({sweep.mode}).")
+        summary.update(best_trial=trial_id, best_run_id=best_run, best_metric=value, best_config=best.config)
+    store.log_sweep_results(client, parent, df, best_tags, description)
     summary["mlflow_ui"] = store.runs_table_url(exp_id)
     summary["parent_run_id"] = parent
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import shlex
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from frontalab.config import mask_userinfo
+from frontalab.naming import GIT_COMMIT_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG, USER_TAG
 from frontalab.paths import REPO_ROOT
 
 
@@ -30,3 +32,16 @@ def command_line() -> str:
     prog = Path(sys.argv[0]).name
     args = [mask_userinfo(a) for a in sys.argv[1:]]
     return shlex.join(["frontalab" if prog in ("frontalab", "__main__.py", "cli.py") else prog, *args])
+
+
+def user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        return "unknown"
+
+
+def standard_tags(source: str) -> dict[str, str]:
+    """MLflow's User, Source and git commit, as its fluent API sets them: runs made through `MlflowClient`
+    get none. ``source`` is the command that made the run (a trial's is its sweep's command)."""
+    return {USER_TAG: user(), SOURCE_NAME_TAG: source, SOURCE_TYPE_TAG: "LOCAL", GIT_COMMIT_TAG: git_commit()}

@@ -4,7 +4,9 @@ MLflow, and retries through outages (see `frontalab.tracking.tracker`). Started 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -21,11 +23,30 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
+from frontalab.storage import write_bytes_atomic
 from frontalab.tracking.uploads import release_upload
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch
+
+
+def spill_oldest(metrics: deque, count: int, spool: Path) -> None:
+    """Append the ``count`` oldest points of ``metrics`` to ``spool``, then drop them from memory: they leave
+    only once the file holds them. A failed write (a full disk) raises OSError with both as they were."""
+    size = spool.stat().st_size if spool.exists() else 0
+    lines = "".join(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n" for m in itertools.islice(metrics, count))
+    try:
+        with open(spool, "a") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        with contextlib.suppress(OSError):  # a torn last line would garble the next append
+            os.truncate(spool, size)
+        raise
+    for _ in range(count):
+        metrics.popleft()
 
 
 class Sender:
@@ -100,11 +121,13 @@ class Sender:
                 break
         # Bound memory: the oldest points go to the spool file, in order.
         if len(self._metrics) > self._buffer_limit:
-            with open(self._spool / "metrics.jsonl", "a") as f:
-                while len(self._metrics) > self._buffer_limit // 2:
-                    m = self._metrics.popleft()
-                    f.write(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n")
-                    self._spilled += 1
+            count = len(self._metrics) - self._buffer_limit // 2
+            try:
+                spill_oldest(self._metrics, count, self._spool / "metrics.jsonl")
+                self._spilled += count
+            except OSError as err:
+                log.error("run %s: could not spill %d points to %s (%s); they stay in memory", self.run_id, count,
+                          self._spool, err)
 
     def _take_for(self, seconds: float) -> None:
         """Take items for ``seconds``, or until one asks for an answer (flush, finish)."""
@@ -130,7 +153,9 @@ class Sender:
             lines = spool.read_text().splitlines()
             self.client.log_batch(self.run_id, metrics=[Metric(*json.loads(line)) for line in lines[:MAX_BATCH]])
             rest = lines[MAX_BATCH:]
-            spool.write_text("".join(line + "\n" for line in rest))
+            # Sent: the spool loses those lines (by a whole new file: a failed write leaves the old one, whose
+            # first lines MLflow then drops as duplicates).
+            write_bytes_atomic(str(spool), "".join(line + "\n" for line in rest).encode())
             self._spilled = len(rest)
             return
         batch = [self._metrics.popleft() for _ in range(min(MAX_BATCH, len(self._metrics)))]

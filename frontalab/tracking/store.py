@@ -16,15 +16,16 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from frontalab import storage
 from frontalab.config import ConfigError, mask_userinfo
-from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL,
+from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL, NOTE_TAG,
                               PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, SWEEP_TAG, TRIAL_TAG)
+from frontalab.tracking.provenance import command_line, standard_tags
 
 # Our own loop retries forever in the background; the client's per-request retries
 # (7, with minutes of backoff by default) would only delay noticing the outage.
@@ -51,6 +52,30 @@ def experiment_id(client, name: str) -> str:
     eid = exp.experiment_id if exp else client.create_experiment(name)
     client.set_experiment_tag(eid, *EXPERIMENT_KIND_TAG)
     return eid
+
+
+def create_run(client, experiment_id: str, run_name: str, tags: dict[str, str], source: str = ""):
+    """A new run with MLflow's User, Source and git commit tags (``source``: the command that made it; default:
+    this process's), which `MlflowClient.create_run` alone leaves empty."""
+    return client.create_run(experiment_id, run_name=run_name or None,
+                             tags={**standard_tags(source or command_line()), **tags})
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """A run's page in the MLflow UI (printed: user:password in the tracking URI is masked)."""
+    return f"{mask_userinfo(os.environ.get('MLFLOW_TRACKING_URI', ''))}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def log_training_inputs(client, run_id: str, config_yaml: str, dataset_uri: str, dataset_hash: str) -> None:
+    """A new trial run's full resolved config (``config.yaml``; its params hold only the keys that shape
+    training) and its prepared dataset as MLflow's dataset input: the hash as digest, the URI as source."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag  # deferred: MLflow takes seconds to import
+
+    client.log_text(run_id, config_yaml, "config.yaml")
+    dataset = Dataset(name=dataset_uri.rstrip("/").rsplit("/", 1)[-1], digest=dataset_hash,
+                      source_type="s3" if storage.is_s3(dataset_uri) else "local",
+                      source=json.dumps({"uri": dataset_uri}))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
 
 # ---------------------------------------------------------------- a sweep's runs
@@ -80,8 +105,8 @@ def sweep_parent_run(client, experiment_id: str, sweep: str, resume: bool, comma
         if runs:
             client.update_run(runs[0].info.run_id, status="RUNNING")
             return runs[0].info.run_id
-    run = client.create_run(experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep, ROLE_TAG: ROLE_SWEEP,
-                                                                  COMMAND_TAG: command})
+    run = create_run(client, experiment_id, sweep, {SWEEP_TAG: sweep, ROLE_TAG: ROLE_SWEEP, COMMAND_TAG: command},
+                     source=command)
     return run.info.run_id
 
 
@@ -96,18 +121,15 @@ def log_sweep_files(client, parent: str, sweep_file: str, resolved_yaml: str, se
         client.log_param(parent, "sweep.file", Path(sweep_file).name)
 
 
-def log_sweep_results(client, parent: str, results_table, best: Optional[dict[str, Any]]) -> None:
-    """The results table (a DataFrame) and the best trial (``metrics`` and ``tags``) on the parent run,
-    which then ends FINISHED."""
-    from mlflow.entities import Metric, RunTag  # deferred: MLflow takes seconds to import
+def log_sweep_results(client, parent: str, results_table, best_tags: dict[str, str], description: str) -> None:
+    """The results table (a DataFrame), the best trial's tags and the run's description on the parent run, which
+    then ends FINISHED. No metrics: the trials hold them, and copies on the parent would head every chart."""
+    from mlflow.entities import RunTag  # deferred: MLflow takes seconds to import
 
     with tempfile.TemporaryDirectory() as tmp:
         results_table.to_csv(Path(tmp) / "results.csv", index=False)
         client.log_artifacts(parent, tmp, "results")
-    if best is not None:
-        now = int(time.time() * 1000)
-        client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in best["metrics"].items()],
-                         tags=[RunTag(k, v) for k, v in best["tags"].items()])
+    client.log_batch(parent, tags=[RunTag(k, v) for k, v in {**best_tags, NOTE_TAG: description}.items()])
     client.set_terminated(parent, status="FINISHED")
 
 
@@ -172,18 +194,24 @@ def model_version(spec: str):
         return name, c.get_model_version(name, number)
 
 
-def log_pyfunc_version(experiment_id: str, run_name: str, tags: dict[str, str], python_model: Any,
-                       artifacts: dict[str, str], code_paths: list[str], registered_model_name: str,
-                       pip_requirements: list[str]) -> str:
-    """Log a pyfunc model in a new run of the experiment and register it; returns the new version."""
+def log_pyfunc_version(run_id: str, python_model: Any, artifacts: dict[str, str], code_paths: list[str],
+                       registered_model_name: str, pip_requirements: list[str], signature: Any,
+                       input_example: Any, description: str) -> str:
+    """Log a pyfunc model in the run that trained it and register it, so the version links to its training
+    curves; returns the new version. The run keeps its end status."""
     import mlflow  # deferred: MLflow takes seconds to import
 
-    mlflow.set_experiment(experiment_id=experiment_id)
-    with mlflow.start_run(run_name=run_name, tags=tags):
+    c = client()
+    status = c.get_run(run_id).info.status
+    with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(name="frontalizer", python_model=python_model, artifacts=artifacts,
                                        code_paths=code_paths, registered_model_name=registered_model_name,
-                                       pip_requirements=pip_requirements)
-    return str(info.registered_model_version)
+                                       pip_requirements=pip_requirements, signature=signature,
+                                       input_example=input_example)
+    c.set_terminated(run_id, status=status)
+    version = str(info.registered_model_version)
+    c.update_model_version(registered_model_name, version, description=description)
+    return version
 
 
 def make_champion(client, name: str, version: str, tags: dict[str, str]) -> Optional[str]:
@@ -217,8 +245,8 @@ def ensure_landmark_model(weights: Path) -> str:
             c.create_registered_model(LANDMARK_MODEL, description="dlib-68 landmark student (frontalab.models.landmark_net)")
         except Exception:  # registered concurrently by another trial
             pass
-    run = c.create_run(experiment_id(c, ASSETS_EXPERIMENT), run_name=f"{LANDMARK_MODEL}-{sha[:8]}",
-                       tags={ROLE_TAG: ROLE_ASSET, "sha256": sha})
+    run = create_run(c, experiment_id(c, ASSETS_EXPERIMENT), f"{LANDMARK_MODEL}-{sha[:8]}",
+                     {ROLE_TAG: ROLE_ASSET, "sha256": sha})
     c.log_artifact(run.info.run_id, str(weights), LANDMARK_MODEL)
     sidecar = weights.with_suffix(".json")
     if sidecar.is_file():

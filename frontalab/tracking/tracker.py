@@ -32,8 +32,8 @@ import numpy as np
 
 from frontalab.config import TrackingConfig
 from frontalab.naming import PARENT_RUN_TAG, STATUS_REASON_TAG, TRACKING_INCOMPLETE_TAG
-from frontalab.tracking.store import experiment_id
-from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step
+from frontalab.tracking.store import create_run, experiment_id
+from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step, release_upload
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class Tracker:
             raise RuntimeError(f"the MLflow sender process did not start (exit code {process.poll()}); "
                                "its error is printed above")
         self._outbox: queue.Queue = queue.Queue()
+        self._undelivered: list[str] = []  # what could not be sent once the sender was gone
+        self.delivered: Optional[bool] = None  # after `finish`: whether everything reached MLflow
         self._last_flush = 0  # token of the latest flush request
         self._feeder = threading.Thread(target=self._feed, name="mlflow-tracker-feed", daemon=True)
         self._feeder.start()
@@ -94,7 +96,7 @@ class Tracker:
              tags: dict[str, str] | None = None, resume_run_id: str | None = None,
              parent_run_id: str | None = None, system_metrics: bool = _DEFAULTS.system_metrics,
              buffer_limit: int = _DEFAULTS.buffer_limit, send_interval: float = _DEFAULTS.send_interval,
-             journal: Path | None = None, resume_step: int = 0) -> "Tracker":
+             journal: Path | None = None, resume_step: int = 0, source: str = "") -> "Tracker":
         # deferred: MLflow takes seconds to import; a trial without tracking never needs it
         import mlflow
         from mlflow import MlflowClient
@@ -118,7 +120,7 @@ class Tracker:
                 all_tags = dict(tags or {})
                 if parent_run_id:
                     all_tags[PARENT_RUN_TAG] = parent_run_id
-                run = client.create_run(experiment_id(client, experiment), run_name=run_name or None, tags=all_tags)
+                run = create_run(client, experiment_id(client, experiment), run_name, all_tags, source)
                 run_id = run.info.run_id
                 items = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
                 for i in range(0, len(items), 100):
@@ -183,18 +185,39 @@ class Tracker:
         self._outbox.put(("tags", {k: str(v) for k, v in tags.items()}))
 
     def _feed(self) -> None:
-        """Pickle and write each item to the sender; the write waits on the socket without the GIL."""
+        """Pickle and write each item to the sender; the write waits on the socket without the GIL. If the
+        sender dies, this thread sends the items itself from then on (slower, but nothing is dropped)."""
         sender_alive = True
         while (item := self._outbox.get()) is not None:
-            if not sender_alive:
-                continue  # dropped, so that memory stays bounded; the journal keeps the metrics
-            try:
-                self._conn.send(item)
-            except OSError:
-                sender_alive = False
-                log.error("the MLflow sender process died (exit code %s): run %s misses what was logged after; "
-                          "the metrics are still in the journal beside the checkpoints",
-                          self._process.poll(), self.run_id)
+            if sender_alive:
+                try:
+                    self._conn.send(item)
+                    continue
+                except OSError:
+                    sender_alive = False
+                    log.error("the MLflow sender process died (exit code %s): run %s is sent from the trial "
+                              "process from now on", self._process.poll(), self.run_id)
+            self._send_directly(item)
+
+    def _send_directly(self, item: tuple) -> None:
+        """Send one item with this process's client; what fails is counted as undelivered."""
+        # deferred: MLflow's entities, imported already by `open`
+        from mlflow.entities import Metric, RunTag
+
+        kind = item[0]
+        try:
+            if kind == "metrics":
+                _, values, step, timestamp = item
+                self.client.log_batch(self.run_id, metrics=[Metric(k, v, timestamp, step) for k, v in values.items()])
+            elif kind == "image":
+                self.client.log_image(self.run_id, item[1], key=item[2], step=item[3])
+            elif kind == "artifact":
+                self.client.log_artifact(self.run_id, item[1], item[2])
+                release_upload(Path(item[1]))
+            elif kind == "tags":
+                self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in item[1].items()])
+        except Exception as err:  # the server is down too: the journal and held files keep the record
+            self._undelivered.append(f"{kind}: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}")
 
     def _receive(self, kind: str, timeout: float | None, token: int | None = None) -> tuple | None:
         """The sender's next reply of ``kind`` (and ``token``); None on timeout or if it died."""
@@ -229,7 +252,7 @@ class Tracker:
         # The sender gives up sending at ``timeout``; then one more request marks the run.
         reply = self._receive("finished", None if timeout is None else timeout + 30)
         self._outbox.put(None)
-        self._feeder.join(timeout=5)
+        self._feeder.join(timeout=None if reply is None else 5)  # a dead sender's items go out from here
         if self._journal is not None:
             self._journal.close()
         try:
@@ -237,23 +260,64 @@ class Tracker:
         except subprocess.TimeoutExpired:
             self._process.kill()
         self._conn.close()
-        if reply is None:  # the sender died (or timed out): mark the run from here, and say so
-            log.error("run %s: the MLflow sender ended without finishing the run", self.run_id)
+        if reply is None:  # the sender died: deliver and mark the run from here
+            log.error("run %s: the MLflow sender ended before the run; sending its record from the trial", self.run_id)
+            self.delivered = self._deliver_record(status)
+        else:
+            self.delivered = reply[1]
+        if not self.delivered and self._journal is not None:
+            log.error("run %s: not every point reached MLflow; every metric point is in %s", self.run_id,
+                      self._journal.name)
+        return self.delivered
+
+    def _deliver_record(self, status: str) -> bool:
+        """After the sender: every journalled point again (MLflow drops the exact duplicates of those that
+        arrived), every file still held for upload, then the end status. False, with a tag naming where the
+        record is, if any of it could not be delivered."""
+        from mlflow.entities import Metric  # deferred: imported already by `open`
+
+        points = []
+        if self._journal is not None:
+            for line in Path(self._journal.name).read_text().splitlines():
+                try:
+                    key, value, timestamp, step = json.loads(line)
+                except ValueError:  # a line cut short by a crash
+                    continue
+                points.append(Metric(key, value, timestamp, step))
+        try:
+            for i in range(0, len(points), 1000):  # MLflow's limit per log_batch
+                self.client.log_batch(self.run_id, metrics=points[i:i + 1000])
+            if self._journal is not None:
+                for held, artifact_path in held_uploads(Path(self._journal.name).parent):
+                    self.client.log_artifact(self.run_id, str(held), artifact_path)
+                    release_upload(held)
+        except Exception as err:
+            self._undelivered.append(f"record: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}")
+        if self._undelivered:
+            where = f"{self._journal.name} on {socket.gethostname()}" if self._journal is not None else "nowhere"
             try:
-                self.client.set_tag(self.run_id, TRACKING_INCOMPLETE_TAG,
-                                    "the MLflow sender process ended before the run did: points logged after are "
-                                    "missing here (every metric point is in metrics.jsonl beside the checkpoints)")
-                self.client.set_terminated(self.run_id, status=status)
-            except Exception as err:
-                log.error("could not mark run %s %s: %s", self.run_id, status, err)
+                self.client.log_artifact(self.run_id, self._journal.name, "tracking")
+                where = "this run's artifact tracking/metrics.jsonl"
+            except Exception:
+                pass
+            reason = (f"{len(self._undelivered)} tracking calls failed after the MLflow sender ended "
+                      f"({self._undelivered[0]}); every metric point is in {where}")
+            log.error("run %s: %s", self.run_id, reason)
+        try:
+            if self._undelivered:
+                self.client.set_tag(self.run_id, TRACKING_INCOMPLETE_TAG, reason)
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as err:
+            log.error("could not mark run %s %s: %s", self.run_id, status, err)
             return False
-        return reply[1]
+        return not self._undelivered
 
 
 class NullTracker:
     """Tracking off: the same calls, nothing sent (the logging-overhead baseline)."""
 
     run_id = None
+    delivered = True
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_image(self, image: np.ndarray, key: str, step: int) -> None: ...

@@ -28,8 +28,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image, ImageDraw, ImageFont
 
-from frontalab.config import Config, ConfigError, config_hash, flatten
+from frontalab.config import Config, ConfigError, config_hash, training_params
 from frontalab.data.dataset import FaceDataset
 from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
 from frontalab.losses.landmark import symmetry_loss
@@ -43,7 +44,7 @@ from frontalab.models.thesis import Discriminator
 from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRIC, SPREAD_METRIC,
                               STOPPED_EARLY_TAG)
 from frontalab.tracking.provenance import git_commit, host
-from frontalab.tracking.store import ensure_landmark_model
+from frontalab.tracking.store import ensure_landmark_model, log_training_inputs
 from frontalab.tracking.tracker import NullTracker, Tracker
 from frontalab.training.checkpoints import (claim_folder, default_checkpoint_dir, load_checkpoint,
                                             newest_readable_checkpoint, rng_state, save_atomic, set_rng_state)
@@ -105,15 +106,24 @@ def collate(dataset: FaceDataset, indices: torch.Tensor, device: torch.device) -
     return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
-def image_grid(columns: list[torch.Tensor]) -> np.ndarray:
-    """Rows of faces, one column per tensor (N, C, S, S) in [-1, 1] or a [0, 1] mask: uint8 HxWx3."""
+LABEL_HEIGHT = 12  # px of the strip above a grid's columns that names them
+
+
+def image_grid(columns: dict[str, torch.Tensor]) -> np.ndarray:
+    """Rows of faces under a strip naming the columns: one column per tensor (N, C, S, S) in [-1, 1] or a
+    [0, 1] mask, keyed by its label. uint8 HxWx3."""
     rows = []
-    for col in columns:
+    for col in columns.values():
         col = col.detach().float().cpu()
         col = col.expand(-1, 3, -1, -1) if col.shape[1] == 1 else (col + 1) / 2
         rows.append(col.clamp(0, 1))
     grid = torch.cat([torch.cat(list(c), dim=1) for c in rows], dim=2)  # faces down, kinds across
-    return (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    faces = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    strip = Image.new("RGB", (faces.shape[1], LABEL_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    for i, (label, col) in enumerate(zip(columns, rows)):
+        draw.text((i * col.shape[-1] + 2, 0), label, fill="black", font=ImageFont.load_default())
+    return np.concatenate([np.asarray(strip), faces], axis=0)
 
 
 # ---------------------------------------------------------------- the trial
@@ -126,6 +136,7 @@ class TrialState:
     checkpoint: Optional[str] = None
     run_id: Optional[str] = None
     status: str = "RUNNING"
+    tracking_complete: bool = True  # False when not every point reached MLflow (the journal has them)
 
 
 class Trial:
@@ -352,9 +363,11 @@ class Trial:
         mask = getattr(out, "mask", None)
         if mask is not None:
             metrics["val/mask_mean"] = float(mask.mean())
-        columns = [batch["image"][:8], getattr(out, "noisy", getattr(out, "texture", composite))[:8]]
-        columns += [mask[:8]] if mask is not None else []
-        columns += [composite[:8]]
+        drawn = ("face F_N", out.noisy) if hasattr(out, "noisy") else ("texture", getattr(out, "texture", composite))
+        columns = {"input": batch["image"][:8], drawn[0]: drawn[1][:8]}
+        if mask is not None:
+            columns["mask"] = mask[:8]
+        columns["output"] = composite[:8]
         return metrics, image_grid(columns)
 
     # ---------------------------------------------------------------- the loop
@@ -394,19 +407,28 @@ class Trial:
             self.report({**self.state.metrics, "step": step}, str(path) if path else None)
 
 
-def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = "", extra_tags: dict | None = None):
-    """A factory for `Trial` that opens (or resumes) the trial's MLflow run."""
+def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = "", extra_tags: dict | None = None,
+                           source: str = ""):
+    """A factory for `Trial` that opens (or resumes) the trial's MLflow run. ``source``: the command that made
+    the run (a sweep's trials name the sweep's command); default: this process's."""
     def open_tracker(cfg: DictConfig, resume_run_id: Optional[str], tags: dict[str, str],
                      journal: Optional[Path] = None, resume_step: int = 0):
         if not cfg.tracking.enabled:
             return NullTracker()
-        params = {k: v for k, v in flatten(cfg).items() if not k.startswith(("services.", "prepare.", "promote."))}
         version = ensure_landmark_model(Path(cfg.landmarks.weights or default_weights_path()))
-        return Tracker.open(experiment=cfg.tracking.experiment, run_name=run_name or cfg.tracking.run_name,
-                            params=params, tags={**tags, **(extra_tags or {}), f"{LANDMARK_MODEL}_version": version},
-                            resume_run_id=resume_run_id, parent_run_id=parent_run_id,
-                            system_metrics=cfg.tracking.system_metrics, buffer_limit=cfg.tracking.buffer_limit,
-                            send_interval=cfg.tracking.send_interval, journal=journal, resume_step=resume_step)
+        tracker = Tracker.open(experiment=cfg.tracking.experiment, run_name=run_name or cfg.tracking.run_name,
+                               params=training_params(cfg),
+                               tags={**tags, **(extra_tags or {}), f"{LANDMARK_MODEL}_version": version},
+                               resume_run_id=resume_run_id, parent_run_id=parent_run_id,
+                               system_metrics=cfg.tracking.system_metrics, buffer_limit=cfg.tracking.buffer_limit,
+                               send_interval=cfg.tracking.send_interval, journal=journal, resume_step=resume_step,
+                               source=source)
+        if not resume_run_id:
+            shown = OmegaConf.to_container(cfg, resolve=True)
+            shown.pop("services", None)  # endpoints are the machine's, not the trial's
+            log_training_inputs(tracker.client, tracker.run_id, OmegaConf.to_yaml(shown), cfg.data.path,
+                                tags["dataset_hash"])
+        return tracker
 
     return open_tracker
 
@@ -467,7 +489,7 @@ def _run_trial(cfg: DictConfig, folder: Path, resume: bool | str, report: Option
         trial.state.status = "FAILED"
         trial.tracker.finish("FAILED", reason=f"{type(err).__name__}: {err}", timeout=30)
         raise
-    trial.tracker.finish("FINISHED")
+    state.tracking_complete = trial.tracker.finish("FINISHED")
     return state
 
 
