@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,7 +145,12 @@ def test_killed_prepare_resumes_without_duplicates(tmp_path):
     hashes = [h for f in sorted(out.glob("shard-*.parquet")) for h in pq.read_table(f, columns=["sha256"]).column("sha256").to_pylist()]
     assert len(hashes) == len(set(hashes)) == 72
 
-    # A grown source into the same --out would reuse shards of other photos: refused, the dataset untouched.
+    # The same photos from a moved folder are the same listing; a grown source into the same --out would reuse
+    # shards of other photos: refused, the dataset untouched.
+    moved = tmp_path / "moved"
+    shutil.copytree(src, moved, symlinks=True)
+    again = run_prepare("--source", str(moved), *args[2:], "--out", str(out))
+    assert again["dataset_hash"] == reference["dataset_hash"]
     manifest = (out / "manifest.json").read_bytes()
     extra = utk(1, start=400)[0]
     (src / extra.name).symlink_to(extra)

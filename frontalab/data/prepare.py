@@ -255,10 +255,18 @@ def _check_settings(out: str, settings: dict[str, Any]) -> None:
         storage.write_bytes_atomic(uri, json.dumps(settings, indent=1).encode())
 
 
-def _check_inputs(out: str, inputs: list[dict[str, Any]]) -> None:
+def _check_inputs(out: str, source: str, inputs: list[dict[str, Any]]) -> None:
     """A dataset folder belongs to one listing of photos: its shards are numbered by position in it, so a grown
-    or changed source would reuse shards of other photos and break ``kept + skipped == input_count``."""
-    listing = hashlib.sha256("\n".join(r["uri"] for r in inputs).encode()).hexdigest()
+    or changed source would reuse shards of other photos and break ``kept + skipped == input_count``. The
+    listing is of names below each source folder: the same photos from a moved checkout are the same listing."""
+    # Each root as `list_inputs` spells its photos' URIs (a local folder resolved).
+    roots = [("s3://" if storage.is_s3(r) else "") + storage.filesystem(r.strip())[1].rstrip("/")
+             for r in source.split(",") if r.strip()]
+
+    def name(uri: str) -> str:
+        return next((uri[len(r):].lstrip("/") for r in roots if uri.startswith(r + "/")), uri)
+
+    listing = hashlib.sha256("\n".join(name(r["uri"]) for r in inputs).encode()).hexdigest()
     uri = storage.join(out, INPUTS)
     if storage.exists(uri):
         before = json.loads(storage.read_bytes(uri))
@@ -424,7 +432,7 @@ def prepare(cfg: DictConfig, address: str | None = None) -> dict[str, Any]:
         raise ConfigError(f"no photos ({', '.join(dec.IMAGE_SUFFIXES)}) under prepare.source={pc.source}")
     rule, by_uri = identity_splits(inputs, pc.seed, pc.val_fraction)
     _check_settings(pc.out, content)
-    _check_inputs(pc.out, inputs)
+    _check_inputs(pc.out, pc.source, inputs)
     done = {s for s in {r["shard"] for r in inputs} if storage.exists(storage.join(pc.out, shard_name(s)))}
     todo = [r for r in inputs if r["shard"] not in done]
     bar = _progress(len(inputs), len(inputs) - len(todo))
