@@ -77,10 +77,8 @@ class LossConfig:
     mask_target: str = _f("zero", choices=("zero", "face"),
                           doc="what the mask term pulls the mask towards: zero (eq. 3.8, mean(M^p)) or the canonical "
                               "face region (mean(|M - R|^p)): the mask holds the face and drops the background")
-    region_scale: float = _f(1.0, lo=1.0, hi=2.0,
-                             doc="the canonical face region (texture_region, mask_target: face) widened about its "
-                                 "centre: 1 is the landmark hull with a forehead; more takes in hair, ears and the "
-                                 "jaw's own line, which tell people apart")
+    region_scale: float = _f(1.0, lo=1.0, hi=2.0, doc="that face region widened about its centre: more than 1 "
+                             "takes in hair, ears and the jaw's own line, which tell people apart")
     identity_chip: str = _f("student", choices=("student", "canonical"),
                             doc="where the output's encoder chip is cut: at the landmark student's points on the "
                                 "output, or at the canonical points (the output is read as frontal, so it must put "
