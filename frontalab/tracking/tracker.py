@@ -68,6 +68,21 @@ def _start_sender() -> tuple[subprocess.Popen, Connection]:
     return process, Connection(ours.detach())
 
 
+def read_journal(path: Path) -> list[tuple[str, float, int, int]]:
+    """The (key, value, timestamp, step) points of a journal, less a last line a kill cut short."""
+    points = []
+    for line in path.read_text().splitlines():
+        try:
+            points.append(tuple(json.loads(line)))
+        except ValueError:  # the line the kill cut short
+            continue
+    return points
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+
+
 class Tracker:
     """The MLflow run of one trial, seen from the training loop. Create with `Tracker.open`;
     end with `finish`. Every ``log_*`` call returns at once: a feeder thread hands the item to
@@ -148,13 +163,9 @@ class Tracker:
         now. Later points are dropped: the resumed loop logs those steps again."""
         kept = []
         if resume_step is not None and path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    key, value, timestamp, step = json.loads(line)
-                except ValueError:  # the line the kill cut short
-                    continue
+            for key, value, timestamp, step in read_journal(path):
                 if step <= resume_step:
-                    kept.append(line + "\n")
+                    kept.append(json.dumps([key, value, timestamp, step]) + "\n")
                     if step not in self._done.get(key, ()):
                         self._outbox.put(("metrics", {key: value}, step, timestamp))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +228,7 @@ class Tracker:
             elif kind == "tags":
                 self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in item[1].items()])
         except Exception as err:  # the server is down too: the journal and held files keep the record
-            self._undelivered.append(f"{kind}: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}")
+            self._undelivered.append(f"{kind}: {first_line(err)}")
 
     def _receive(self, kind: str, timeout: float | None, token: int | None = None) -> tuple | None:
         """The sender's next reply of ``kind`` (and ``token``); None on timeout or if it died."""
@@ -276,14 +287,7 @@ class Tracker:
         record is, if any of it could not be delivered."""
         from mlflow.entities import Metric  # deferred: imported already by `open`
 
-        points = []
-        if self._journal is not None:
-            for line in Path(self._journal.name).read_text().splitlines():
-                try:
-                    key, value, timestamp, step = json.loads(line)
-                except ValueError:  # a line cut short by a crash
-                    continue
-                points.append(Metric(key, value, timestamp, step))
+        points = [Metric(*point) for point in read_journal(Path(self._journal.name))] if self._journal else []
         try:
             for i in range(0, len(points), 1000):  # MLflow's limit per log_batch
                 self.client.log_batch(self.run_id, metrics=points[i:i + 1000])
@@ -292,7 +296,7 @@ class Tracker:
                     self.client.log_artifact(self.run_id, str(held), artifact_path)
                     release_upload(held)
         except Exception as err:
-            self._undelivered.append(f"record: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}")
+            self._undelivered.append(f"record: {first_line(err)}")
         if self._undelivered:
             where = f"{self._journal.name} on {socket.gethostname()}" if self._journal is not None else "nowhere"
             try:
