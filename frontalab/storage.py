@@ -101,11 +101,12 @@ def list_files(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
     return sorted(out)
 
 
-def cached(uri: str) -> Path:
+def cached(uri: str, budget_bytes: int = 0) -> Path:
     """A local path holding ``uri``'s bytes: the path itself, or a copy in the user cache.
 
     S3 objects are cached by URI, size and modification time, so a second read (another
-    trial on this node) is local and a rewritten object is fetched again.
+    trial on this node) is local and a rewritten object is fetched again. With ``budget_bytes``,
+    the least recently used copies are deleted until the cache fits it (a streaming reader's bound).
     """
     if not is_s3(uri):
         return Path(uri).expanduser()
@@ -115,9 +116,34 @@ def cached(uri: str) -> Path:
         raise FileNotFoundError(uri)
     key = hashlib.sha256(f"{uri}|{info.size}|{info.mtime_ns}".encode()).hexdigest()[:24]
     local = cache_dir() / "s3" / key / Path(urlparse(uri).path).name
-    if not local.exists():
+    if local.exists():
+        os.utime(local)  # recently used: trimmed last
+    else:
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(read_bytes(uri))
         os.replace(tmp, local)
+        if budget_bytes:
+            trim_cache(budget_bytes, keep=local)
     return local
+
+
+def trim_cache(budget_bytes: int, keep: Path) -> None:
+    """Delete the least recently used S3 copies until the cache holds at most ``budget_bytes`` (never ``keep``).
+
+    A reader that already opened a deleted copy keeps reading it (POSIX unlink semantics).
+    """
+    copies = []
+    for f in (cache_dir() / "s3").glob("*/*"):
+        try:
+            st = f.stat()
+        except FileNotFoundError:  # another process trimmed it first
+            continue
+        copies.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in copies)
+    for _, size, f in sorted(copies):
+        if total <= budget_bytes:
+            break
+        if f != keep and not f.name.startswith("."):
+            f.unlink(missing_ok=True)
+            total -= size

@@ -391,6 +391,14 @@ def make_trial(dataset: Path, *overrides: str):
     return Trial(cfg, mlflow_tracker_factory())
 
 
+def training_rows(trial, count: int = 10**6) -> dict:
+    """The first ``count`` training faces of ``trial``'s dataset as one batch (all of them by default)."""
+    from frontalab.data.stream import first_rows
+
+    cfg = trial.cfg
+    return first_rows(cfg.data.path, "train", cfg.encoder.name, cfg.model.out_size, count).to_batch(trial.device)
+
+
 @pytest.mark.parametrize("ratio", [1, 2, 4, 8])
 def test_generator_steps_per_discriminator_step(small_dataset, ratio):
     trial = make_trial(small_dataset, f"train.g_steps_per_d={ratio}")
@@ -447,15 +455,13 @@ def test_no_adversarial_no_mask_turns_the_mask_branch_off(small_dataset):
 
 
 def test_cole_decoder_trains_with_its_own_losses(small_dataset):
-    from frontalab.training.trial import collate
-
     trial = make_trial(small_dataset, "model.decoder=cole", "model.cole_hidden=32", "loss.cole.perceptual=30")
     assert trial.D is None
     metrics = trial.train_step()
     assert {"train/g/cole_texture", "train/g/cole_landmark", "train/g/cole_identity",
             "train/g/cole_perceptual"} <= set(metrics)
     # Our perceptual term compares with the (frontal) input itself: zero for the input, positive for a blur of it.
-    batch = collate(trial.train_set, torch.arange(4), trial.device)
+    batch = training_rows(trial, 4)
     assert trial.objective.perceptual(batch["image"], batch).item() == pytest.approx(0, abs=1e-6)
     assert trial.objective.perceptual(batch["image"].mean((2, 3), keepdim=True).expand_as(batch["image"]),
                                       batch).item() > 0.1
@@ -465,10 +471,8 @@ def test_recomputed_input_features_agree_with_the_cached_ones(small_dataset):
     """data.cached_features=false re-encodes each batch from its 64 px images: each face stays the
     same person (within the encoder's threshold) as its cached embedding, and closer to it than to
     other faces' cached embeddings on average."""
-    from frontalab.training.trial import collate
-
     trial = make_trial(small_dataset, "data.cached_features=false")
-    batch = collate(trial.train_set, torch.arange(len(trial.train_set)), trial.device)
+    batch = training_rows(trial)
     cached = batch["embedding"].clone()
     trial._encode_inputs(batch)
     same = trial.encoder.distance(cached, batch["embedding"])
@@ -487,7 +491,7 @@ def test_facenet_trial_feeds_its_encoder_as_prepare_did(small_source, tmp_path):
     from facenet_pytorch import InceptionResnetV1
 
     from frontalab.config import load_config
-    from frontalab.training.trial import Trial, collate, mlflow_tracker_factory
+    from frontalab.training.trial import Trial, mlflow_tracker_factory
 
     torch.manual_seed(0)
     weights = tmp_path / "facenet-random.pt"
@@ -499,7 +503,7 @@ def test_facenet_trial_feeds_its_encoder_as_prepare_did(small_source, tmp_path):
                              "tracking.enabled=false", "data.cached_features=false",
                              "encoder.name=facenet-vggface2", f"encoder.weights={weights}"])
     trial = Trial(cfg, mlflow_tracker_factory())
-    batch = collate(trial.train_set, torch.arange(len(trial.train_set)), trial.device)
+    batch = training_rows(trial)
     cached = batch["features"].clone()
     trial._encode_inputs(batch)
     assert (batch["features"] - cached).abs().max() < 1.5e-3

@@ -1,9 +1,12 @@
-"""Read a prepared dataset (local or S3) as a torch Dataset of training-ready tensors."""
+"""Read a prepared dataset (local or S3): its manifest, and its kept rows as stacked training-ready tensors."""
 
 from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,65 +47,132 @@ def read_manifest(uri: str) -> dict[str, Any]:
     return json.loads(storage.read_bytes(target))
 
 
+@dataclass
+class Rows:
+    """Kept faces as stacked tensors, the form batches are cut from (index, not Python items).
+
+    ``image`` stays uint8 until it reaches the device: a quarter of the bytes to copy.
+    """
+    image: torch.Tensor  # (N, 3, S, S) uint8
+    landmarks: torch.Tensor  # (N, 68, 2) teacher points in normalised units
+    features: torch.Tensor  # the frozen encoder's cached input features
+    embedding: torch.Tensor  # and its identity embedding
+    yaw: torch.Tensor  # degrees
+    pitch: torch.Tensor
+    index: torch.Tensor  # the row's index in the source listing
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, rows: torch.Tensor | slice) -> Rows:
+        return Rows(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: list[Rows]) -> Rows:
+        return Rows(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Rows)))
+
+    def pinned(self) -> Rows:
+        """Page-locked copies, so that the copy to a GPU can overlap compute (non_blocking)."""
+        return Rows(*(getattr(self, f.name).pin_memory() for f in fields(self)))
+
+    def to_batch(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The training batch on ``device``: ``image`` as float in [-1, 1] (the decoder's output range)."""
+        batch = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)}
+        batch["image"] = batch["image"].float() / 127.5 - 1.0
+        return batch
+
+
+def check_encoder(uri: str, manifest: dict[str, Any], encoder: str) -> None:
+    if encoder not in manifest["encoders"]:
+        raise ValueError(f"{uri} has no cached features for encoder {encoder!r}; "
+                         f"it has {sorted(manifest['encoders'])} (re-run prepare with --encoders)")
+
+
+def shards_of(manifest: dict[str, Any], split: str | None) -> list[str]:
+    """The shard files holding ``split``'s rows: the photos', and for training also Cole's morphs."""
+    morphs = manifest.get("morphs", {}).get("shards", []) if split in (None, "train") else []
+    return manifest["shards"] + morphs
+
+
+def read_table(uri: str, shard: str, split: str | None, columns: list[str], cache_bytes: int = 0) -> pd.DataFrame:
+    """The kept rows of ``split`` (None: all splits) in one shard, in source order."""
+    path = storage.cached(storage.join(uri, shard), cache_bytes)
+    wanted = [("status", "=", KEPT)] + ([("split", "=", split)] if split else [])
+    return pq.read_table(path, columns=columns, filters=wanted).to_pandas().sort_values("index")
+
+
+def read_rows(uri: str, shards: list[str], split: str | None, encoder: str, image_size: int, prepared: int,
+              threads: int = 1, limit: int = 0, cache_bytes: int = 0) -> Rows:
+    """``split``'s kept rows of ``shards`` (the first ``limit`` of them when given), images decoded at ``image_size``.
+
+    Pillow releases the GIL while it decodes and resizes, so ``threads`` decode in parallel.
+    """
+    columns = ["index", "image", "landmarks", "yaw", "pitch", f"features_{encoder}", f"embedding_{encoder}"]
+    tables, count = [], 0
+    for shard in shards:
+        if limit and count >= limit:
+            break
+        table = read_table(uri, shard, split, columns, cache_bytes)
+        tables.append(table)
+        count += len(table)
+    df = pd.concat(tables) if tables else pd.DataFrame(columns=columns)
+    df = df.iloc[:limit] if limit else df
+    decode = partial(decode_image, size=image_size)
+    if threads > 1 and len(df) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            images = list(pool.map(decode, df["image"], chunksize=64))
+    else:
+        images = [decode(b) for b in df["image"]]
+    pts = np.stack([np.frombuffer(b, np.float32).reshape(68, 2) for b in df["landmarks"]]) if len(df) else np.zeros((0, 68, 2), np.float32)
+
+    def vectors(column: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([np.frombuffer(b, np.float32) for b in df[column]])) if len(df) else torch.zeros(0, 0)
+
+    return Rows(
+        image=torch.from_numpy(np.stack(images)) if images else torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8),
+        landmarks=torch.from_numpy((pts + 0.5) / prepared),
+        features=vectors(f"features_{encoder}"),
+        embedding=vectors(f"embedding_{encoder}"),
+        yaw=torch.tensor(df["yaw"].to_numpy(np.float32)),
+        pitch=torch.tensor(df["pitch"].to_numpy(np.float32)),
+        index=torch.tensor(df["index"].to_numpy(np.int64)),
+    )
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """(3, size, size) uint8 from a stored crop."""
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(im).transpose(2, 0, 1).copy()
+
+
 class FaceDataset(torch.utils.data.Dataset):
-    """Kept faces of one split. Items are dicts of tensors:
+    """All kept faces of one split, decoded into memory at ``image_size`` (or the prepared size).
 
-    - ``image``: ``(3, S, S)`` float in [-1, 1] (the decoder's output range), S = ``image_size``
-      or the prepared size;
-    - ``landmarks``: ``(68, 2)`` teacher points in normalised units;
-    - ``features`` / ``embedding``: the frozen encoder's cached vectors for this input;
-    - ``yaw``, ``pitch``: degrees; ``index``: the row's index in the source listing.
-
-    Shards are read through the local S3 cache and decoded once, into memory, at ``image_size``.
+    For small sets read whole (the landmark student's, tests'); trials stream theirs (`frontalab.data.stream`).
+    Items are `Rows` fields: ``image`` as float in [-1, 1], ``landmarks``, ``features``, ``embedding``,
+    ``yaw``, ``pitch``, ``index``.
     """
 
     def __init__(self, uri: str, split: str | None = "train", encoder: str = DLIB_RESNET,
                  image_size: int | None = None):
         self.uri, self.split, self.encoder = uri, split, encoder
         self.manifest = read_manifest(uri)
-        if encoder not in self.manifest["encoders"]:
-            raise ValueError(f"{uri} has no cached features for encoder {encoder!r}; "
-                             f"it has {sorted(self.manifest['encoders'])} (re-run prepare with --encoders)")
+        check_encoder(uri, self.manifest, encoder)
         prepared = self.manifest["image"]["size"]
         self.image_size = image_size or prepared
-        columns = ["index", "status", "split", "image", "landmarks", "yaw", "pitch",
-                   f"features_{encoder}", f"embedding_{encoder}"]
-        tables = [pq.read_table(storage.cached(storage.join(uri, s)), columns=columns).to_pandas()
-                  for s in self.manifest["shards"] + self.manifest.get("morphs", {}).get("shards", [])]
-        rows = [t[(t["status"] == KEPT) & ((t["split"] == split) if split else True)] for t in tables]
-        rows = [r for r in rows if len(r)]
-        if not rows:
+        self.rows = read_rows(uri, shards_of(self.manifest, split), split, encoder, self.image_size, prepared)
+        if not len(self.rows):
             raise ValueError(f"{uri} has no kept faces in split {split!r}")
-        df = pd.concat(rows).sort_values("index")
-        self.index = torch.tensor(df["index"].to_numpy())
-        self.images = torch.from_numpy(np.stack([self._decode(b) for b in df["image"]]))
-        pts = np.stack([np.frombuffer(b, np.float32).reshape(68, 2) for b in df["landmarks"]])
-        self.landmarks = torch.from_numpy((pts + 0.5) / prepared)
-        self.features = torch.from_numpy(np.stack([np.frombuffer(b, np.float32) for b in df[f"features_{encoder}"]]))
-        self.embeddings = torch.from_numpy(np.stack([np.frombuffer(b, np.float32) for b in df[f"embedding_{encoder}"]]))
-        self.yaw = torch.tensor(df["yaw"].to_numpy(), dtype=torch.float32)
-        self.pitch = torch.tensor(df["pitch"].to_numpy(), dtype=torch.float32)
-
-    def _decode(self, data: bytes) -> np.ndarray:
-        im = Image.open(io.BytesIO(data)).convert("RGB")
-        if im.size != (self.image_size, self.image_size):
-            im = im.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
-        return np.asarray(im).transpose(2, 0, 1).copy()
+        self.images, self.landmarks, self.index = self.rows.image, self.rows.landmarks, self.rows.index
 
     @property
     def feature_dim(self) -> int:
-        return self.features.shape[1]
+        return self.rows.features.shape[1]
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {
-            "image": self.images[i].float() / 127.5 - 1.0,
-            "landmarks": self.landmarks[i],
-            "features": self.features[i],
-            "embedding": self.embeddings[i],
-            "yaw": self.yaw[i],
-            "pitch": self.pitch[i],
-            "index": self.index[i],
-        }
+        return {k: v[0] for k, v in self.rows.take(slice(i, i + 1)).to_batch(torch.device("cpu")).items()}

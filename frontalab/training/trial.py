@@ -5,9 +5,9 @@ nothing about Tune. It reports progress through an optional ``report(metrics, ch
 callback, at every validation point.
 
 The loop drives the objective's phases: a G update every step, a D update after every
-``train.g_steps_per_d`` G updates (the thesis uses 4). Batches come from a seeded
-permutation per epoch, so a run resumed from a checkpoint sees exactly the batches the
-uninterrupted run would have seen, and ends with the same parameters.
+``train.g_steps_per_d`` G updates (the thesis uses 4). Batches stream from the dataset's shards
+in a seeded order (`frontalab.data.stream`), so a run resumed from a checkpoint sees exactly the
+batches the uninterrupted run would have seen, and ends with the same parameters.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
 from frontalab.config import Config, ConfigError, config_hash, training_params
-from frontalab.data.dataset import FaceDataset
+from frontalab.data.stream import ShardStream, feature_sample, first_rows
 from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
 from frontalab.losses.landmark import symmetry_loss
 from frontalab.losses.objectives import build_objective, embed_faces
@@ -77,33 +77,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceUnavailable(f"train.device={name}: MPS is not available here; use train.device=auto or cpu")
     return device
-
-
-class BatchOrder:
-    """Seeded permutation per epoch; its state (epoch, position) is part of a checkpoint."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
-        self.epoch, self.position = 0, 0
-
-    def next(self) -> torch.Tensor:
-        if self.position + self.batch_size > self.n:  # drop the ragged tail: fixed batch shapes
-            self.epoch, self.position = self.epoch + 1, 0
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
-        batch = order[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
-        return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
-
-
-def collate(dataset: FaceDataset, indices: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
-    items = [dataset[int(i)] for i in indices]
-    return {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
 
 
 LABEL_HEIGHT = 12  # px of the strip above a grid's columns that names them
@@ -155,9 +128,11 @@ class Trial:
         self.device = resolve_device(t.device)
         self.checkpoint_dir = checkpoint_dir or Path(t.checkpoint_dir or default_checkpoint_dir(cfg))
 
-        self.train_set = FaceDataset(cfg.data.path, "train", cfg.encoder.name, image_size=cfg.model.out_size)
-        self.val_set = FaceDataset(cfg.data.path, "val", cfg.encoder.name, image_size=cfg.model.out_size)
-        self.dataset_hash = self.train_set.manifest["dataset_hash"]
+        d = cfg.data
+        self.stream = ShardStream(d.path, "train", cfg.encoder.name, cfg.model.out_size, t.batch_size, t.seed,
+                                  window=d.shuffle_window, threads=d.decode_threads, prefetch=d.prefetch,
+                                  cache_bytes=int(d.cache_gb * 1e9), pin=self.device.type == "cuda")
+        self.dataset_hash = self.stream.manifest["dataset_hash"]
 
         # Frozen networks may come prebuilt (a sweep ships them once through Ray's object store).
         self.encoder = (encoder if encoder is not None else encoder_from_config(cfg)).to(self.device)
@@ -169,8 +144,9 @@ class Trial:
         torch.manual_seed(t.seed)
         np.random.seed(t.seed)
         random.seed(t.seed)
-        self.G = build_generator(cfg, self.train_set.feature_dim)
-        self.G.standardize.fit(self.train_set.features)
+        features = feature_sample(d.path, "train", cfg.encoder.name, d.feature_sample)
+        self.G = build_generator(cfg, features.shape[1])
+        self.G.standardize.fit(features)
         if t.init_from and resume_from is None:
             self._init_from(t.init_from)
         self.G = self.G.to(self.device)
@@ -185,9 +161,7 @@ class Trial:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=betas) if self.D is not None else None
         canonical = lm.mean_face().to(self.device)
         self.objective = build_objective(cfg, self.G, self.D, self.encoder, self.landmark_net, canonical)
-        self.order = BatchOrder(len(self.train_set), t.batch_size, t.seed)
-        val_idx = torch.arange(min(t.val_faces, len(self.val_set)))
-        self.val_batch = collate(self.val_set, val_idx, self.device)
+        self.val_batch = first_rows(d.path, "val", cfg.encoder.name, cfg.model.out_size, t.val_faces).to_batch(self.device)
         self.state = TrialState()
         self.last_d: dict[str, float] = {}
 
@@ -230,7 +204,7 @@ class Trial:
             "step": self.state.step,
             "G": self.G.state_dict(), "D": self.D.state_dict() if self.D is not None else None,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
-            "order": self.order.state_dict(), "rng": rng_state(), "last_d": self.last_d,
+            "order": self.stream.state_dict(), "rng": rng_state(), "last_d": self.last_d,
             "config": OmegaConf.to_container(self.cfg, resolve=True), "dataset_hash": self.dataset_hash,
             "run_id": self.tracker.run_id,
             "metrics": self.state.metrics,
@@ -252,7 +226,10 @@ class Trial:
             self.D.load_state_dict(ckpt["D"])
             self.opt_d.load_state_dict(ckpt["opt_d"])
         self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.order.load_state_dict(ckpt["order"])
+        if "window" not in ckpt["order"]:
+            raise ValueError(f"checkpoint {path} predates streamed batches, so its batch order cannot be "
+                             f"replayed: start a new run from it with train.init_from={path}")
+        self.stream.load_state_dict(ckpt["order"])
         set_rng_state(ckpt["rng"])
         self.last_d = ckpt.get("last_d", {})
         self.state.step = ckpt["step"]
@@ -286,7 +263,7 @@ class Trial:
     def train_step(self) -> dict[str, float]:
         t = self.cfg.train
         self._set_learning_rates()
-        batch = collate(self.train_set, self.order.next(), self.device)
+        batch = self.stream.next(self.device)
         if t.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         if not self.cfg.data.cached_features:
