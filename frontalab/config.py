@@ -42,6 +42,9 @@ class ModelConfig:
     norm: str = _f("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
     width: int = _f(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 px "
                                        "its widths are 48..6 channels, too few for detail)")
+    test_views: int = _f(6, choices=(1, 2, 6), doc="encoder views averaged when frontalizing (frontalize, evaluate, "
+                                                    "serving; training and validation use one): 1 = the input chip, 2 = "
+                                                    "and its mirror image, 6 = both also zoomed by 0.93 and 1.07")
     cole_hidden: int = _f(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
     cole_channels: int = _f(256, lo=8, doc="channels of Cole's texture volume (the paper: 256 at S/4), halved by "
                                           "each transposed conv; its FC layer holds cole_hidden x (S/4)^2 x this")
@@ -198,6 +201,7 @@ class EvaluateConfig:
     seed: int = _f(0, lo=0, doc="seed of the people sample and of the different-identity pairs")
     batch_size: int = _f(32, lo=1, doc="faces per decoder/encoder batch")
     out: str = _f("", doc="report folder; default: $FRONTALAB_HOME/evaluations/<label>-<time>")
+    views: int = _f(0, choices=(0, 1, 2, 6), doc="encoder views averaged per input (model.test_views); 0 = the model's own")
     label: str = _f("", doc="name of this evaluation in reports (e.g. champion, no_adversarial); default: the model")
     experiment: str = _f("frontalab-evaluations", doc="MLflow experiment of evaluation runs")
     track: bool = _f(True, doc="log the evaluation as an MLflow run linked to the model")

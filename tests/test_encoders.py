@@ -151,6 +151,24 @@ def test_shapes_and_unit_conventions(encoder):
         encoder.embed(torch.rand(1, 3, 160, 160))
 
 
+def test_view_features_average_mirrored_and_zoomed_views(encoder, faces):
+    from frontalab.models.encoders import input_views
+
+    x = torch.rand(2, 3, 150, 150)
+    views = input_views(x, 6)
+    assert len(views) == 6 and torch.equal(views[0], x) and torch.equal(views[3], x.flip(3))
+    assert torch.allclose(views[4], views[1].flip(3))  # the mirror of a zoom is the zoom of the mirror
+    symmetric = torch.cat([x[..., :75], x[..., :75].flip(3)], dim=3)  # its mirror image is itself
+    with torch.no_grad():
+        assert torch.allclose(encoder.view_features(symmetric, 2), encoder.features(symmetric), atol=1e-5)
+        # A face's averaged views stay the same person: well within dlib's threshold of its single view.
+        chips = _to_tensor([chip for _, _, chip in faces["utk"][:8]])
+        apart = encoder.distance(encoder.embed_from_features(encoder.view_features(chips, 6)), encoder.embed(chips))
+    assert (apart < 0.3).all(), apart
+    with pytest.raises(ValueError, match="views"):
+        input_views(x, 3)
+
+
 # --------------------------------------------------------------------------------------
 # The torch chip against dlib's chip.
 # --------------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ class InputAsOutput:
 
     def __init__(self, size: int):
         self.size = size
+        self.views = 1  # the crop itself is the output: no encoder views
         self.teacher = LandmarkTeacher()
         self.encoder = build_encoder(DLIB_RESNET)
 
@@ -119,13 +120,14 @@ def model_outputs(f, batch: list[tuple[np.ndarray, Box, np.ndarray]]) -> np.ndar
     return f.frontalize_chips(np.stack([chip for _, _, chip in batch]))
 
 
-def load_model(spec: str) -> ModelUnderTest:
+def load_model(spec: str, views: int = 0) -> ModelUnderTest:
     """A packaged champion (pretrained:NAME), a registered model version (models:/NAME@ALIAS,
-    models:/NAME/VERSION), a run id, a checkpoint, or the no-frontalization baseline ``input:SIZE``."""
+    models:/NAME/VERSION), a run id, a checkpoint, or the no-frontalization baseline ``input:SIZE``;
+    ``views``: the encoder views a model averages (0: its own ``model.test_views``)."""
     if match := INPUT_BASELINE.fullmatch(spec):
         return ModelUnderTest(InputAsOutput(int(match[1])), spec)
     with tempfile.TemporaryDirectory() as tmp:
-        frontalizer = Frontalizer(checkpoint_file(spec, Path(tmp)))
+        frontalizer = Frontalizer(checkpoint_file(spec, Path(tmp)), views=views)
     if spec.startswith("models:/"):
         name, version = store.model_version(spec)
         return ModelUnderTest(frontalizer, spec, name, str(version.version),
@@ -248,7 +250,7 @@ def evaluate_model(cfg: DictConfig) -> dict[str, Any]:
     faces_root = Path(e.faces) if e.faces else identity_source()
     people = select_people(faces_root, e.min_photos, e.max_photos_per_person, e.max_people, e.seed)
     t0 = time.time()
-    model = load_model(e.model)
+    model = load_model(e.model, e.views)
     own = model.frontalizer.encoder
     encoder = own if e.encoder in ("", own.name) else build_encoder(e.encoder)
     label = e.label or re.sub(r"[^A-Za-z0-9_.-]+", "-", model.uri).strip("-")
@@ -259,7 +261,8 @@ def evaluate_model(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"evaluate: no face found in any of the {sum(len(p) for _, p in people)} photos of {faces_root}")
     results, arrays = summarise(faces, encoder.same_identity_threshold, e.seed)
     results.update(photos=sum(len(p) for _, p in people), skipped=dict(skipped), seconds=round(time.time() - t0, 1),
-                   encoder=encoder.name, model=model.uri, label=label)
+                   encoder=encoder.name, model=model.uri, label=label,
+                   views=model.frontalizer.views)
     command = command_line()
     write_report(out, results, arrays, faces, model, encoder.name, command)
     results["report"] = str(out / "report.md")

@@ -15,6 +15,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from frontalab.config import ModelConfig
 from frontalab.data.crop import encoder_chip
 from frontalab.data.teacher import LandmarkTeacher
 from frontalab.models.build import build_generator, encoder_from_config
@@ -22,9 +23,12 @@ from frontalab.training.checkpoints import load_checkpoint
 
 
 class Frontalizer:
-    def __init__(self, checkpoint: str | Path, encoder: Optional[torch.nn.Module] = None, device: str = "cpu"):
+    def __init__(self, checkpoint: str | Path, encoder: Optional[torch.nn.Module] = None, device: str = "cpu",
+                 views: int = 0):
         ckpt = load_checkpoint(checkpoint, device)
         self.cfg = OmegaConf.create(ckpt["config"])
+        # Checkpoints from before test-time views get the current default: how this code frontalizes.
+        self.views = views or self.cfg.model.get("test_views", ModelConfig.test_views)
         self.encoder = (encoder if encoder is not None else encoder_from_config(self.cfg)).to(device).eval()
         self.G = build_generator(self.cfg, self.encoder.feature_dim).to(device)
         # Checkpoints from before feature standardisation lack its buffers; their defaults
@@ -43,7 +47,7 @@ class Frontalizer:
     @torch.no_grad()
     def frontalize_chips(self, chips: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 frontal faces for (N, s, s, 3) uint8 input chips of this model's encoder."""
-        out = self.G(self.encoder.features(to_tensor(chips).to(self.device))).composite
+        out = self.G(self.encoder.view_features(to_tensor(chips).to(self.device), self.views)).composite
         return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
 
     @torch.no_grad()
