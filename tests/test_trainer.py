@@ -403,11 +403,11 @@ def training_rows(trial, count: int = 10**6) -> dict:
 def test_generator_steps_per_discriminator_step(small_dataset, ratio):
     trial = make_trial(small_dataset, f"train.g_steps_per_d={ratio}")
     d_steps = []
-    real_step = trial.opt_d.step
-    trial.opt_d.step = lambda *a, **k: (d_steps.append(trial.state.step), real_step(*a, **k))[1]
+    real_step = trial.learner.opt_d.step
+    trial.learner.opt_d.step = lambda *a, **k: (d_steps.append(trial.state.step + 1), real_step(*a, **k))[1]
     for _ in range(8):
         trial.train_step()
-    assert d_steps == list(range(ratio, 9, ratio))
+    assert d_steps == list(range(ratio, 9, ratio))  # the D updates come with G steps ratio, 2 ratio, ...
 
 
 def test_generator_phase_leaves_the_discriminator_alone(small_dataset):
@@ -442,7 +442,7 @@ def test_a_run_in_pieces_is_the_run_in_one_piece(small_dataset, tmp_path):
 
 def test_no_adversarial_builds_no_discriminator(small_dataset):
     trial = make_trial(small_dataset, "loss.adversarial=0")
-    assert trial.D is None and trial.opt_d is None
+    assert trial.D is None and trial.learner.opt_d is None
     metrics = trial.train_step()
     assert "train/g/adversarial" not in metrics and not any(k.startswith("train/d/") for k in metrics)
 
@@ -474,7 +474,7 @@ def test_recomputed_input_features_agree_with_the_cached_ones(small_dataset):
     trial = make_trial(small_dataset, "data.cached_features=false")
     batch = training_rows(trial)
     cached = batch["embedding"].clone()
-    trial._encode_inputs(batch)
+    trial.learner.encode_inputs(batch)
     same = trial.encoder.distance(cached, batch["embedding"])
     others = trial.encoder.distance(cached, batch["embedding"].roll(1, 0))
     assert not torch.equal(cached, batch["embedding"])
@@ -505,7 +505,7 @@ def test_facenet_trial_feeds_its_encoder_as_prepare_did(small_source, tmp_path):
     trial = Trial(cfg, mlflow_tracker_factory())
     batch = training_rows(trial)
     cached = batch["features"].clone()
-    trial._encode_inputs(batch)
+    trial.learner.encode_inputs(batch)
     assert (batch["features"] - cached).abs().max() < 1.5e-3
     assert trial.train_step()["train/g/identity"] >= 0
 

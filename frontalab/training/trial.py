@@ -13,14 +13,12 @@ batches the uninterrupted run would have seen, and ends with the same parameters
 from __future__ import annotations
 
 import logging
-import math
 import random
 import signal
 import sys
 import tempfile
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -34,13 +32,11 @@ from frontalab.config import Config, ConfigError, config_hash, training_params
 from frontalab.data.stream import ShardStream, feature_sample, first_rows
 from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
 from frontalab.losses.landmark import symmetry_loss
-from frontalab.losses.objectives import build_objective, embed_faces
+from frontalab.losses.objectives import embed_faces
 from frontalab.metrics import all_pairs, different_people_spread, frontalization_score
 from frontalab.models import landmarks as lm
-from frontalab.models.build import build_generator, encoder_from_config, uses_discriminator
-from frontalab.models.encoders import encoder_input
+from frontalab.models.build import build_generator, encoder_from_config
 from frontalab.models.landmark_net import default_weights_path, load_landmark_net
-from frontalab.models.thesis import Discriminator
 from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRIC, SPREAD_METRIC,
                               STOPPED_EARLY_TAG)
 from frontalab.tracking.provenance import git_commit, host
@@ -49,14 +45,11 @@ from frontalab.tracking.tracker import NullTracker, Tracker
 from frontalab.training.checkpoints import (claim_folder, default_checkpoint_dir, load_checkpoint,
                                             newest_readable_checkpoint, rng_state, save_atomic, set_rng_state)
 from frontalab.training.sources import checkpoint_file
+from frontalab.training.step import Learner, NonFiniteLoss
 
 log = logging.getLogger(__name__)
 
 Report = Callable[[dict[str, float], Optional[str]], None]
-
-
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or infinite: the trial stops instead of training on garbage."""
 
 
 # ---------------------------------------------------------------- pieces
@@ -149,21 +142,10 @@ class Trial:
         self.G.standardize.fit(features)
         if t.init_from and resume_from is None:
             self._init_from(t.init_from)
-        self.G = self.G.to(self.device)
-        self.D = None
-        if uses_discriminator(cfg):
-            self.D = Discriminator().to(self.device)
-        if t.channels_last:
-            self.G = self.G.to(memory_format=torch.channels_last)
-            self.D = self.D.to(memory_format=torch.channels_last) if self.D is not None else None
-        betas = (t.beta1, t.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=betas) if self.D is not None else None
-        canonical = lm.mean_face().to(self.device)
-        self.objective = build_objective(cfg, self.G, self.D, self.encoder, self.landmark_net, canonical)
+        self.learner = Learner(cfg, self.G, self.encoder, self.landmark_net, self.device)
+        self.G, self.D, self.objective = self.learner.G, self.learner.D, self.learner.objective
         self.val_batch = first_rows(d.path, "val", cfg.encoder.name, cfg.model.out_size, t.val_faces).to_batch(self.device)
         self.state = TrialState()
-        self.last_d: dict[str, float] = {}
 
         resume_run_id = None
         if resume_from is not None:
@@ -177,11 +159,6 @@ class Trial:
     def _tags(self) -> dict[str, str]:
         return {"git_commit": git_commit(), "config_hash": config_hash(self.cfg), "dataset_hash": self.dataset_hash,
                 "encoder": self.encoder.name, "host": host(), "decoder": self.cfg.model.decoder}
-
-    def _autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -201,10 +178,8 @@ class Trial:
     def checkpoint(self) -> Path:
         path = self.checkpoint_dir / f"step-{self.state.step:06d}.pt"
         save_atomic({
-            "step": self.state.step,
-            "G": self.G.state_dict(), "D": self.D.state_dict() if self.D is not None else None,
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
-            "order": self.stream.state_dict(), "rng": rng_state(), "last_d": self.last_d,
+            "step": self.state.step, **self.learner.state_dict(),
+            "order": self.stream.state_dict(), "rng": rng_state(),
             "config": OmegaConf.to_container(self.cfg, resolve=True), "dataset_hash": self.dataset_hash,
             "run_id": self.tracker.run_id,
             "metrics": self.state.metrics,
@@ -221,17 +196,12 @@ class Trial:
         if ckpt["dataset_hash"] != self.dataset_hash:
             raise ValueError(f"checkpoint {path} was trained on dataset {ckpt['dataset_hash']}, "
                              f"not {self.dataset_hash} ({self.cfg.data.path})")
-        self.G.load_state_dict(ckpt["G"])
-        if self.D is not None:
-            self.D.load_state_dict(ckpt["D"])
-            self.opt_d.load_state_dict(ckpt["opt_d"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.learner.load_state_dict(ckpt)
         if "window" not in ckpt["order"]:
             raise ValueError(f"checkpoint {path} predates streamed batches, so its batch order cannot be "
                              f"replayed: start a new run from it with train.init_from={path}")
         self.stream.load_state_dict(ckpt["order"])
         set_rng_state(ckpt["rng"])
-        self.last_d = ckpt.get("last_d", {})
         self.state.step = ckpt["step"]
         self.state.metrics = ckpt.get("metrics", {})
         self.state.checkpoint = str(path)
@@ -239,75 +209,10 @@ class Trial:
 
     # ---------------------------------------------------------------- steps
 
-    def _check_finite(self, total: torch.Tensor, terms: dict[str, torch.Tensor], phase: str) -> None:
-        if not torch.isfinite(total):
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["total"]
-            raise NonFiniteLoss(f"non-finite {phase} loss at step {self.state.step + 1}: "
-                                f"{', '.join(bad)} = {[float(terms[k]) if k in terms else float(total) for k in bad]}")
-
-    def _clip(self, params) -> None:
-        if self.cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.grad_clip)
-
-    def _set_learning_rates(self) -> None:
-        """The rates for the coming step, a function of the step alone (so a resumed run continues the schedule)."""
-        t = self.cfg.train
-        scale = 1.0
-        if t.lr_schedule == "cosine":
-            scale = 0.5 * (1 + math.cos(math.pi * min(self.state.step / t.steps, 1.0)))
-        for opt, lr in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d)):
-            if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] = lr * scale
-
     def train_step(self) -> dict[str, float]:
-        t = self.cfg.train
-        self._set_learning_rates()
-        batch = self.stream.next(self.device)
-        if t.channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        if not self.cfg.data.cached_features:
-            self._encode_inputs(batch)
-        self.G.train()
-        if self.D is not None:
-            # The G phase backpropagates through D only to its input: D's weight gradients would be
-            # computed for nothing: the D phase sets them to zero before its own backward.
-            self.D.requires_grad_(False)
-        with self._autocast():
-            g = self.objective.generator_phase(batch)
-        total = g.loss.total
-        if t.inject_nan_at and self.state.step + 1 == t.inject_nan_at:
-            total = total * float("nan")
-        self._check_finite(total, g.loss.terms, "generator")
-        self.opt_g.zero_grad(set_to_none=True)
-        total.backward()
-        if self.D is not None:
-            self.D.requires_grad_(True)
-        self._clip(self.G.parameters())
-        self.opt_g.step()
+        metrics = self.learner.step(self.stream.next(self.device), self.state.step)
         self.state.step += 1
-        metrics = {f"train/g/{k}": v.item() for k, v in g.loss.terms.items()}
-        metrics["train/g/total"] = total.item()
-        if self.D is not None and self.state.step % t.g_steps_per_d == 0:
-            with self._autocast():
-                d = self.objective.discriminator_phase(batch["image"], g.noisy)
-            self._check_finite(d.total, d.terms, "discriminator")
-            self.opt_d.zero_grad(set_to_none=True)
-            d.total.backward()
-            self._clip(self.D.parameters())
-            self.opt_d.step()
-            self.last_d = {"train/d/adversarial": d.terms["adversarial"].item(), "train/d/total": d.total.item()}
-        metrics.update(self.last_d)
-        metrics["train/lr_g"] = self.opt_g.param_groups[0]["lr"]
-        if self.opt_d is not None:
-            metrics["train/lr_d"] = self.opt_d.param_groups[0]["lr"]
         return metrics
-
-    @torch.no_grad()
-    def _encode_inputs(self, batch: dict[str, torch.Tensor]) -> None:
-        """The encoder forward on the inputs that cached features save (the benchmark's baseline)."""
-        features = self.encoder.features(encoder_input(self.encoder, (batch["image"] + 1) / 2, batch["landmarks"]))
-        batch["features"], batch["embedding"] = features, self.encoder.embed_from_features(features)
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], np.ndarray]:
