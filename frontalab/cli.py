@@ -95,7 +95,7 @@ def use_services(cfg, needed: bool = True) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from frontalab.data.prepare import prepare  # deferred: torch and Ray Data, seconds to import
+    from frontalab.data.prepare import prepare  # deferred: torch and Ray, seconds to import
 
     flags = {"source": args.source, "out": args.out, "size": args.size, "limit": args.limit,
              "encoders": f"[{args.encoders}]" if args.encoders else None,
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     _config_args(add("config", cmd_config, "print the resolved, validated config (like Hydra's --cfg job)"))
-    p = add("prepare", cmd_prepare, "photos -> aligned crops, landmarks, pose and cached encoder features (Ray Data)")
+    p = add("prepare", cmd_prepare, "photos -> aligned crops, landmarks, pose and cached encoder features (on Ray)")
     p.add_argument("--source", help="folders or s3:// prefixes of photos, comma-separated (prepare.source)")
     p.add_argument("--out", help="dataset folder or s3:// prefix (prepare.out)")
     p.add_argument("--size", type=int, help="crop side in pixels (prepare.size, default 160)")

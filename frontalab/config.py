@@ -182,8 +182,8 @@ class PrepareConfig:
     grey_share: float = _f(0.0, lo=0, hi=1, doc="turn this share of the photos grey (3 equal channels) before anything "
                                                "else, chosen by content hash: a model trained on colour photos "
                                                "then also meets grey ones, such as LFW's")
-    batch_size: int = _f(32, lo=1, doc="images per map_batches call")
-    concurrency: int = _f(0, lo=0, doc="actors per stage; 0 = the cluster's CPUs")
+    batch_size: int = _f(32, lo=1, doc="photos decoded, aligned and encoded together (a shard holds several batches)")
+    concurrency: int = _f(0, lo=0, doc="shard workers, one CPU each; 0 = one per CPU of the cluster")
     morphs: int = _f(0, lo=0, doc="Cole §5.1: this many random morphs between nearest training faces, as extra "
                                   "training rows; 0 = none")
     morph_neighbours: int = _f(200, lo=1, doc="a morph's partner is one of the seed face's k nearest (Cole: 200)")

@@ -1,13 +1,18 @@
 """`frontalab prepare`: photos -> aligned crops, teacher landmarks, pose and cached encoder features.
 
 Everything here is the same for every trial and every step, so it is computed once, on
-Ray Data (embedded, or a cluster with ``--address``), and stored as Parquet shards plus a
+Ray (embedded, or a cluster with ``--address``), and stored as Parquet shards plus a
 ``manifest.json`` where every Ray worker can read them (a folder or S3).
 
-    files (sorted, sharded) -> decode -> detect + align + landmarks + pose -> encoder features
-                            -> one Parquet shard per `shard_size` photos
+    files (sorted, sharded) -> per shard, in one worker: decode -> detect + align + landmarks + pose
+                                                         -> encoder features -> its Parquet shard
                             -> [--morphs N: Cole's random morphs of training faces, extra shards]
-                            -> manifest.json (last)
+                            -> manifest.json (last, by the driver)
+
+The shard is the unit of work: a pool of actors, one per CPU, each loading the teacher and encoders
+once, takes whole shards and writes them itself, so no image passes through the driver or Ray's
+object store (a job is a shard's URIs, a result its counts) and the CPUs scale without a shuffle.
+A source of fewer shards than CPUs leaves CPUs idle: lower ``shard_size`` for it.
 
 Every photo yields exactly one row: kept, or skipped with its reason, so
 ``kept + sum(skipped) == input_count`` always holds. A shard is written atomically once
@@ -110,10 +115,10 @@ def list_inputs(source: str, limit: int, shard_size: int) -> list[dict[str, Any]
     return rows
 
 
-# ---------------------------------------------------------------- Ray Data stages
+# ---------------------------------------------------------------- the stages of a shard
 
 def _empty_columns(n: int) -> dict[str, Any]:
-    """Every column every row carries, so blocks share one schema whatever was skipped."""
+    """Every column every row carries, so a shard's batches share one schema whatever was skipped."""
     return {"status": [KEPT] * n, "detail": [""] * n, "conversion": [""] * n, "sha256": [""] * n,
             "image": [b""] * n, "landmarks": [b""] * n, "landmarks5": [b""] * n,
             "yaw": [np.nan] * n, "pitch": [np.nan] * n, "roll": [np.nan] * n, "faces": [0] * n}
@@ -233,11 +238,58 @@ class EncodeStage:
         return pd.DataFrame(rows).drop(columns=["crop_raw", "dlib_chip"])
 
 
+# ---------------------------------------------------------------- a shard, in its worker
+
+def _assign_split(shard: pd.DataFrame, settings: dict[str, Any], by_uri: dict[str, str]) -> pd.Series:
+    """`identity_splits`'s answer for a photo with an identity, else by content hash."""
+    return pd.Series([by_uri.get(u) or split_of("", h, settings["seed"], settings["val_fraction"])
+                      for u, h in zip(shard["uri"], shard["sha256"])], index=shard.index)
+
+
+def _write_parquet(uri: str, rows: pd.DataFrame) -> None:
+    """One shard, atomically: a reader sees all of it or none."""
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), buf, compression="zstd")
+    storage.write_bytes_atomic(uri, buf.getvalue())
+
+
+class ShardWorker:
+    """Whole shards: decode, align and encode their photos in batches, write each shard, return its counts.
+
+    Photos are decoded where they are aligned, never shipped, so decoding keeps the resolution the teacher
+    finds faces and landmarks at (up to `decode.MAX_SIDE`) and costs no transfer for it."""
+
+    def __init__(self, settings: dict[str, Any], out: str):
+        self.s, self.out = settings, out
+        self.align, self.encode = AlignStage(settings), EncodeStage(settings)
+
+    def write(self, shard_id: int, inputs: list[dict[str, Any]], splits: dict[str, str]) -> dict[str, int]:
+        """Shard ``shard_id`` of ``inputs`` (its photos, in order) with `identity_splits`'s ``splits`` of them;
+        returns how many rows have each status."""
+        bs = self.s["batch_size"]
+        shard = pd.concat([self.encode(self.align(decode_stage(pd.DataFrame(inputs[i:i + bs]), self.s["min_side"],
+                                                               self.s["grey_share"], self.s["seed"])))
+                           for i in range(0, len(inputs), bs)], ignore_index=True)
+        shard["split"] = _assign_split(shard, self.s, splits)
+        _write_parquet(storage.join(self.out, shard_name(shard_id)), shard.drop(columns=["height", "width"]))
+        return dict(Counter(shard["status"]))
+
+
+def shard_jobs(todo: list[dict[str, Any]], by_uri: dict[str, str]) -> list[tuple]:
+    """`ShardWorker.write`'s arguments for each shard of ``todo``: only its own photos' splits travel with it."""
+    shards: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in todo:
+        shards[row["shard"]].append(row)
+    return [(shard_id, rows, {r["uri"]: by_uri[r["uri"]] for r in rows if r["uri"] in by_uri})
+            for shard_id, rows in sorted(shards.items())]
+
+
 # ---------------------------------------------------------------- driver
 
 def _settings(cfg: DictConfig) -> dict[str, Any]:
+    """What the stages need: the settings that define the rows (`CONTENT_KEYS`), then how to run them."""
     pc = OmegaConf.to_container(cfg.prepare, resolve=True)
-    return {k: pc[k] for k in CONTENT_KEYS}
+    return {k: pc[k] for k in (*CONTENT_KEYS, "batch_size", "concurrency", *MORPH_KEYS)}
 
 
 def _check_settings(out: str, settings: dict[str, Any]) -> None:
@@ -277,60 +329,25 @@ def _check_inputs(out: str, source: str, inputs: list[dict[str, Any]]) -> None:
         storage.write_bytes_atomic(uri, json.dumps({"count": len(inputs), "sha256": listing}).encode())
 
 
-def _assign_split(shard: pd.DataFrame, settings: dict[str, Any], by_uri: dict[str, str]) -> pd.Series:
-    """`identity_splits`'s answer for a photo with an identity, else by content hash."""
-    return pd.Series([by_uri.get(u) or split_of("", h, settings["seed"], settings["val_fraction"])
-                      for u, h in zip(shard["uri"], shard["sha256"])], index=shard.index)
-
-
-def _write_shard(out: str, shard_id: int, parts: list[pd.DataFrame], settings: dict[str, Any],
-                 by_uri: dict[str, str]) -> None:
-    shard = pd.concat(parts).sort_values("index").reset_index(drop=True)
-    shard["split"] = _assign_split(shard, settings, by_uri)
-    _write_parquet(storage.join(out, shard_name(shard_id)), shard.drop(columns=["height", "width"], errors="ignore"))
-
-
-def _write_parquet(uri: str, rows: pd.DataFrame) -> None:
-    """One shard, atomically: a reader sees all of it or none."""
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), buf, compression="zstd")
-    storage.write_bytes_atomic(uri, buf.getvalue())
-
-
 def _progress(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="img", desc="prepare", dynamic_ncols=True, mininterval=1.0)
 
 
 def run_pipeline(todo: list[dict[str, Any]], settings: dict[str, Any], out: str, bar, counts: Counter,
                  by_uri: dict[str, str]) -> None:
+    """The shards of ``todo`` on a pool of `ShardWorker` actors (one CPU each); ``counts`` and ``bar`` follow
+    each shard as it is written."""
     import ray  # deferred: Ray takes seconds to import; reading a dataset never needs it
+    from ray.util import ActorPool
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours shows kept / skipped, Ray's would only add noise
-    cpus = cluster_cpus()
-    align_actors = settings.get("concurrency") or max(1, cpus - 1)
-    bs = settings["batch_size"]
-    ds = (ray.data.from_items(todo)
-          .map_batches(decode_stage, fn_kwargs={"min_side": settings["min_side"], "grey_share": settings["grey_share"],
-                                                "seed": settings["seed"]}, batch_format="pandas",
-                       batch_size=bs, num_cpus=0.25)
-          .map_batches(AlignStage, fn_constructor_args=(settings,), batch_format="pandas", batch_size=bs,
-                       compute=ray.data.ActorPoolStrategy(size=align_actors),
-                       num_cpus=min(1.0, max(0.25, (cpus - 0.75) / align_actors)))
-          .map_batches(EncodeStage, fn_constructor_args=(settings,), batch_format="pandas", batch_size=bs,
-                       compute=ray.data.ActorPoolStrategy(size=max(1, align_actors // 4)), num_cpus=0.5))
-    expected = Counter(r["shard"] for r in todo)
-    pending: dict[int, list[pd.DataFrame]] = defaultdict(list)
-    for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
-        for shard_id, part in batch.groupby("shard"):
-            pending[shard_id].append(part)
-            if sum(len(p) for p in pending[shard_id]) == expected[shard_id]:
-                _write_shard(out, int(shard_id), pending.pop(shard_id), settings, by_uri)
-        counts.update(batch["status"])
-        bar.update(len(batch))
+    jobs = shard_jobs(todo, by_uri)
+    worker = ray.remote(num_cpus=1)(ShardWorker)
+    actors = min(settings["concurrency"] or cluster_cpus(), len(jobs))
+    pool = ActorPool([worker.remote(settings, out) for _ in range(actors)])
+    for done in pool.map_unordered(lambda actor, job: actor.write.remote(*job), jobs):
+        counts.update(done)
+        bar.update(sum(done.values()))
         bar.set_postfix(kept=counts[KEPT], skipped=sum(v for k, v in counts.items() if k != KEPT), refresh=False)
-    if pending:
-        raise RuntimeError(f"shards {sorted(pending)} did not receive all their rows")
 
 
 def _read_index(out: str, shard_id: int) -> pd.DataFrame:
@@ -424,7 +441,6 @@ def prepare(cfg: DictConfig, address: str | None = None) -> dict[str, Any]:
     if not pc.source or not pc.out:
         raise ConfigError("prepare needs a source and an out (prepare.source=..., prepare.out=...)")
     settings = _settings(cfg)
-    settings.update(batch_size=pc.batch_size, concurrency=pc.concurrency, **{k: pc[k] for k in MORPH_KEYS})
     content = {k: settings[k] for k in CONTENT_KEYS}
     start = time.perf_counter()
     inputs = list_inputs(pc.source, pc.limit, pc.shard_size)
