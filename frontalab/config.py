@@ -124,9 +124,9 @@ class TrainConfig:
     # GPU speed-ups: "auto" turns each on where it is fastest and correct (CUDA); CPU runs stay as they were.
     precision: str = _f("auto", choices=("auto", "fp32", "bf16"), doc="bf16 enables autocast; auto = bf16 on CUDA")
     channels_last: bool = _f(False)
-    compile: str = _f("auto", choices=("auto", "on", "off"), doc="torch.compile G and D; auto = on CUDA")
-    tf32: str = _f("auto", choices=("auto", "on", "off"), doc="TF32 matmuls and convolutions; auto = on CUDA")
-    fused_optimizer: str = _f("auto", choices=("auto", "on", "off"), doc="fused Adam kernels; auto = on CUDA")
+    compile: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="torch.compile G and D; auto = on CUDA")
+    tf32: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="TF32 matmuls and convolutions; auto = on CUDA")
+    fused_optimizer: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="fused Adam kernels; auto = on CUDA")
     log_every: int = _f(10, lo=1, doc="steps between training-metric logs")
     val_every: int = _f(50, lo=1, doc="steps between validation metrics and sample grids")
     # Each checkpoint (G, D and both Adam states: 25 MB at 64 px) is uploaded; on a GPU 50 steps take seconds.

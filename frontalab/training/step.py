@@ -26,8 +26,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 def speedup_on(setting: str, device: torch.device) -> bool:
-    """A GPU speed-up's setting: on, off, or auto (on CUDA only, where each is fastest and correct)."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
+    """A GPU speed-up's setting: enabled, disabled, or auto (on CUDA only, where each is fastest and correct)."""
+    return setting == "enabled" or (setting == "auto" and device.type == "cuda")
 
 
 class Learner:
