@@ -371,6 +371,8 @@ def _run_trial(cfg: DictConfig, folder: Path, resume: bool | str, report: Option
         trial.state.status = "FAILED"
         trial.tracker.finish("FAILED", reason=f"{type(err).__name__}: {err}", timeout=30)
         raise
+    finally:
+        trial.stream.close()  # its reader thread holds a window of decoded faces
     state.tracking_complete = trial.tracker.finish("FINISHED")
     return state
 
