@@ -142,12 +142,12 @@ class TrainConfig:
 class DataConfig:
     path: str = _f("s3://frontalab/datasets/faces", doc="prepared dataset: local folder or s3:// URI")
     cached_features: bool = _f(True, doc="read the encoder's input features from the dataset (false: recompute every step)")
+    feature_sample: int = _f(4096, lo=1, doc="training rows whose cached features standardise the decoder's input")
     # Streaming (frontalab/data/stream.py): memory holds two windows, whatever the dataset's size.
     shuffle_window: int = _f(8, lo=1, doc="shards read, decoded and shuffled together; batches mix the faces of one window")
     decode_threads: int = _f(1, lo=1, doc="threads decoding a window's images (Pillow decodes without the GIL)")
     prefetch: int = _f(2, lo=1, doc="batches assembled ahead of the training step")
     cache_gb: float = _f(20.0, lo=0, doc="bound of the local copy of S3 shards, least recently used deleted first; 0 = unbounded")
-    feature_sample: int = _f(4096, lo=1, doc="training rows whose cached features standardise the decoder's input")
 
 
 @dataclass
@@ -419,7 +419,8 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
 # checkpoints go, how often it logs) is in the run's config.yaml artifact, not among the params it would bury.
 TRAINING_SECTIONS = ("model.", "encoder.", "loss.", "data.", "train.")
 BOOKKEEPING_KEYS = frozenset({"train.log_every", "train.checkpoint_every", "train.checkpoint_dir",
-                              "train.keep_checkpoints", "train.workers", "train.device"})
+                              "train.keep_checkpoints", "train.workers", "train.device",
+                              "data.decode_threads", "data.prefetch", "data.cache_gb"})
 
 
 def training_params(cfg: DictConfig) -> dict[str, Any]:
