@@ -79,7 +79,7 @@ def test_batches_are_tensors_in_the_decoders_range(sharded):
     assert batch["landmarks"].shape == (5, 68, 2) and batch["features"].shape[0] == 5
 
 
-def test_validation_rows_are_the_first_faces_of_the_split_and_feature_sample_stops_early(sharded, small_dataset):
+def test_validation_rows_are_the_first_faces_and_the_feature_sample_spreads_over_the_shards(sharded, small_dataset):
     from frontalab.data.dataset import FaceDataset
     from frontalab.data.stream import feature_sample, first_rows
 
@@ -88,6 +88,9 @@ def test_validation_rows_are_the_first_faces_of_the_split_and_feature_sample_sto
     assert torch.equal(first.index, whole.index[:4]) and torch.equal(first.image, whole.images[:4])
     train = FaceDataset(str(small_dataset), "train")
     assert torch.equal(feature_sample(str(sharded), "train", "dlib-resnet", 6), train.rows.features[:6])
+    # A larger sample comes from shards spread over the dataset: shard 0, then every third one.
+    spread = feature_sample(str(sharded), "train", "dlib-resnet", 18)
+    assert len(spread) == 18 and not torch.equal(spread, train.rows.features[:18])
 
 
 def test_a_split_without_faces_is_refused_at_once(sharded, tmp_path):

@@ -144,12 +144,16 @@ class ShardStream:
 
 
 def feature_sample(uri: str, split: str, encoder: str, count: int) -> torch.Tensor:
-    """The cached features of ``split``'s first ``count`` kept rows: enough to standardise them, at a cost
-    that does not grow with the dataset (no images are read)."""
+    """The cached features of about ``count`` of ``split``'s kept rows, from shards spread evenly over the
+    dataset (shards follow the source's sorted names, which may group like with like): enough to
+    standardise them, at a cost that does not grow with the dataset (no images are read)."""
     manifest = read_manifest(uri)
     check_encoder(uri, manifest, encoder)
+    shards = shards_of(manifest, split)
+    per_shard = max(1, manifest["split"][split] // max(1, len(manifest["shards"])))
+    stride = max(1, len(shards) // -(-count // per_shard))
     column, tables, found = f"features_{encoder}", [], 0
-    for shard in shards_of(manifest, split):
+    for shard in shards[::stride]:
         if found >= count:
             break
         tables.append(read_table(uri, shard, split, ["index", column]))
