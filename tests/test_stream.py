@@ -87,10 +87,10 @@ def test_validation_rows_are_the_first_faces_and_the_feature_sample_spreads_over
     first = first_rows(str(sharded), "val", "dlib-resnet", 32, 4)
     assert torch.equal(first.index, whole.index[:4]) and torch.equal(first.image, whole.images[:4])
     train = FaceDataset(str(small_dataset), "train")
-    assert torch.equal(feature_sample(str(sharded), "train", "dlib-resnet", 6), train.rows.features[:6])
+    assert torch.equal(feature_sample(str(sharded), "train", "dlib-resnet", 6), train.features[:6])
     # A larger sample comes from shards spread over the dataset: shard 0, then every third one.
     spread = feature_sample(str(sharded), "train", "dlib-resnet", 18)
-    assert len(spread) == 18 and not torch.equal(spread, train.rows.features[:18])
+    assert len(spread) == 18 and not torch.equal(spread, train.features[:18])
 
 
 def test_a_split_without_faces_is_refused_at_once(sharded, tmp_path):

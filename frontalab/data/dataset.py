@@ -147,12 +147,12 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     return np.asarray(im).transpose(2, 0, 1).copy()
 
 
-class FaceDataset(torch.utils.data.Dataset):
+class FaceDataset:
     """All kept faces of one split, decoded into memory at ``image_size`` (or the prepared size).
 
     For small sets read whole (the landmark student's, tests'); trials stream theirs (`frontalab.data.stream`).
-    Items are `Rows` fields: ``image`` as float in [-1, 1], ``landmarks``, ``features``, ``embedding``,
-    ``yaw``, ``pitch``, ``index``.
+    Attributes are `Rows`' fields: ``images`` (uint8), ``landmarks``, ``features``, ``embeddings``, ``yaw``,
+    ``pitch``, ``index`` (a caller may drop ``images`` once it has what it needs of them).
     """
 
     def __init__(self, uri: str, split: str | None = "train", encoder: str = DLIB_RESNET,
@@ -162,17 +162,15 @@ class FaceDataset(torch.utils.data.Dataset):
         check_encoder(uri, self.manifest, encoder)
         prepared = self.manifest["image"]["size"]
         self.image_size = image_size or prepared
-        self.rows = read_rows(uri, shards_of(self.manifest, split), split, encoder, self.image_size, prepared)
-        if not len(self.rows):
+        rows = read_rows(uri, shards_of(self.manifest, split), split, encoder, self.image_size, prepared)
+        if not len(rows):
             raise ValueError(f"{uri} has no kept faces in split {split!r}")
-        self.images, self.landmarks, self.index = self.rows.image, self.rows.landmarks, self.rows.index
+        self.images, self.landmarks, self.features, self.embeddings = rows.image, rows.landmarks, rows.features, rows.embedding
+        self.yaw, self.pitch, self.index = rows.yaw, rows.pitch, rows.index
 
     @property
     def feature_dim(self) -> int:
-        return self.rows.features.shape[1]
+        return self.features.shape[1]
 
     def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.rows.take(slice(i, i + 1)).to_batch(torch.device("cpu")).items()}
+        return len(self.index)
