@@ -123,7 +123,7 @@ class TrainConfig:
     device: str = _f("auto", pattern=r"auto|cpu|mps|cuda(:\d+)?", doc="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     # GPU speed-ups: "auto" turns each on where it is fastest and correct (CUDA); CPU runs stay as they were.
     precision: str = _f("auto", choices=("auto", "fp32", "bf16"), doc="bf16 enables autocast; auto = bf16 on CUDA")
-    channels_last: bool = _f(False)
+    channels_last: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="channels-last memory format; auto = on CUDA")
     compile: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="torch.compile G and D; auto = on CUDA")
     tf32: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="TF32 matmuls and convolutions; auto = on CUDA")
     fused_optimizer: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="fused Adam kernels; auto = on CUDA")

@@ -40,7 +40,8 @@ class Learner:
         self.cfg, self.device, self.encoder = cfg, device, encoder
         self.G = G.to(device)
         self.D = Discriminator().to(device) if uses_discriminator(cfg) else None
-        if t.channels_last:
+        self.channels_last = speedup_on(t.channels_last, device)
+        if self.channels_last:
             self.G = self.G.to(memory_format=torch.channels_last)
             self.D = self.D.to(memory_format=torch.channels_last) if self.D is not None else None
         if speedup_on(t.tf32, device):
@@ -83,7 +84,7 @@ class Learner:
         """Step ``step + 1``: a G update, and a D update every ``train.g_steps_per_d`` G updates."""
         t = self.train
         self.set_learning_rates(step)
-        if t.channels_last:
+        if self.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         if not self.cfg.data.cached_features:
             self.encode_inputs(batch)
