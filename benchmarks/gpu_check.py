@@ -41,12 +41,14 @@ from frontalab.models.landmark_net import load_landmark_net  # noqa: E402
 from frontalab.training.step import Learner  # noqa: E402
 
 
+BARRIER_SECONDS = 600  # a trial waits this long for the others to be warm
+
+
 def build_learner(data: str, size: int, batch: int, device: torch.device, compile: str = "auto",
                   encoder_bundle: str = "") -> Learner:
     """What a 320 px thesis trial trains, as `frontalab train` builds it (the dataset's features standardised)."""
     cfg = load_config(None, [f"model.out_size={size}", f"data.path={data}", f"train.batch_size={batch}",
-                             f"train.device={device}", "train.g_steps_per_d=2", "tracking.enabled=false",
-                             f"train.compile={compile}"])
+                             f"train.device={device}", "tracking.enabled=false", f"train.compile={compile}"])
     encoder = (encoder_from_bundle(torch.load(encoder_bundle, weights_only=True)) if encoder_bundle
                else encoder_from_config(cfg)).to(device)
     landmark_net = load_landmark_net().to(device).eval().requires_grad_(False)
@@ -69,7 +71,10 @@ def trial(args: argparse.Namespace) -> dict:
         learner.step(stream.next(device), step)
     sync()
     Path(args.barrier, f"ready-{args.rank}").touch()
+    deadline = time.monotonic() + BARRIER_SECONDS
     while len(list(Path(args.barrier).glob("ready-*"))) < args.trials:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gpu_check: trial {args.rank}: the other trials never got ready")
         time.sleep(0.05)
     start = time.perf_counter()
     for step in range(args.warmup, args.warmup + args.steps):
@@ -113,7 +118,12 @@ def shared(args: argparse.Namespace, trials: int) -> dict:
         while len(list(Path(barrier).glob("ready-*"))) < trials and all(p.poll() is None for p in procs):
             time.sleep(0.05)
         sampler.start()
-        outs = [p.communicate()[0] for p in procs]
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):  # one failed (out of memory?): stop the rest
+                for p in procs:
+                    p.kill()
+            time.sleep(0.2)
+        outs = [p.stdout.read() for p in procs]
         sampler.stop.set()
     if any(p.returncode for p in procs):
         raise SystemExit(f"gpu_check: a trial process failed ({[p.returncode for p in procs]})")

@@ -116,9 +116,9 @@ def cached(uri: str, budget_bytes: int = 0) -> Path:
         raise FileNotFoundError(uri)
     key = hashlib.sha256(f"{uri}|{info.size}|{info.mtime_ns}".encode()).hexdigest()[:24]
     local = cache_dir() / "s3" / key / Path(urlparse(uri).path).name
-    if local.exists():
+    try:
         os.utime(local)  # recently used: trimmed last
-    else:
+    except FileNotFoundError:  # not cached yet, or trimmed by another process since
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(read_bytes(uri))

@@ -6,7 +6,6 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +95,16 @@ def shards_of(manifest: dict[str, Any], split: str | None) -> list[str]:
 
 def read_table(uri: str, shard: str, split: str | None, columns: list[str], cache_bytes: int = 0) -> pd.DataFrame:
     """The kept rows of ``split`` (None: all splits) in one shard, in source order."""
-    path = storage.cached(storage.join(uri, shard), cache_bytes)
     wanted = [("status", "=", KEPT)] + ([("split", "=", split)] if split else [])
-    return pq.read_table(path, columns=columns, filters=wanted).to_pandas().sort_values("index")
+
+    def read() -> pd.DataFrame:
+        path = storage.cached(storage.join(uri, shard), cache_bytes)
+        return pq.read_table(path, columns=columns, filters=wanted).to_pandas().sort_values("index")
+
+    try:
+        return read()
+    except FileNotFoundError:  # another trial on this node trimmed its cached copy in between: fetch again
+        return read()
 
 
 def read_rows(uri: str, shards: list[str], split: str | None, encoder: str, image_size: int, prepared: int,
@@ -117,19 +123,25 @@ def read_rows(uri: str, shards: list[str], split: str | None, encoder: str, imag
         count += len(table)
     df = pd.concat(tables) if tables else pd.DataFrame(columns=columns)
     df = df.iloc[:limit] if limit else df
-    decode = partial(decode_image, size=image_size)
+    # Decoded straight into one array: a window's images are held once, not once per step of the way.
+    images = np.empty((len(df), 3, image_size, image_size), np.uint8)
+
+    def decode_into(i: int) -> None:
+        images[i] = decode_image(df["image"].iloc[i], image_size)
+
     if threads > 1 and len(df) > 1:
         with ThreadPoolExecutor(threads) as pool:
-            images = list(pool.map(decode, df["image"], chunksize=64))
+            list(pool.map(decode_into, range(len(df))))
     else:
-        images = [decode(b) for b in df["image"]]
+        for i in range(len(df)):
+            decode_into(i)
     pts = np.stack([np.frombuffer(b, np.float32).reshape(68, 2) for b in df["landmarks"]]) if len(df) else np.zeros((0, 68, 2), np.float32)
 
     def vectors(column: str) -> torch.Tensor:
         return torch.from_numpy(np.stack([np.frombuffer(b, np.float32) for b in df[column]])) if len(df) else torch.zeros(0, 0)
 
     return Rows(
-        image=torch.from_numpy(np.stack(images)) if images else torch.zeros(0, 3, image_size, image_size, dtype=torch.uint8),
+        image=torch.from_numpy(images),
         landmarks=torch.from_numpy((pts + 0.5) / prepared),
         features=vectors(f"features_{encoder}"),
         embedding=vectors(f"embedding_{encoder}"),
@@ -151,7 +163,7 @@ class FaceDataset:
     """All kept faces of one split, decoded into memory at ``image_size`` (or the prepared size).
 
     For small sets read whole (the landmark student's, tests'); trials stream theirs (`frontalab.data.stream`).
-    Attributes are `Rows`' fields: ``images`` (uint8), ``landmarks``, ``features``, ``embeddings``, ``yaw``,
+    Attributes hold `Rows`' tensors: ``images`` (uint8), ``landmarks``, ``features``, ``embeddings``, ``yaw``,
     ``pitch``, ``index`` (a caller may drop ``images`` once it has what it needs of them).
     """
 

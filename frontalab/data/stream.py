@@ -50,10 +50,11 @@ class ShardStream:
         self.prepared = self.manifest["image"]["size"]
         self.image_size = image_size or self.prepared
         self.shards = shards_of(self.manifest, split)
-        faces = self.manifest["split"][split]
-        if not faces:
+        if not self.manifest["split"][split]:
             raise ValueError(f"{uri} has no kept faces in split {split!r}")
-        self.batch_size = min(batch_size, faces)  # a set smaller than a batch still trains, on fixed shapes
+        morphs = self.manifest.get("morphs", {}).get("count", 0) if split == "train" else 0
+        # A set smaller than a batch still trains, on fixed shapes.
+        self.batch_size = min(batch_size, self.manifest["split"][split] + morphs)
         self.window = max(1, min(window, len(self.shards)))
         self.windows_per_epoch = -(-len(self.shards) // self.window)
         self.threads, self.prefetch, self.cache_bytes, self.pin = threads, prefetch, cache_bytes, pin
@@ -67,42 +68,44 @@ class ShardStream:
         order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(_seed(self.seed, epoch)))
         return [self.shards[i] for i in order[window * self.window:(window + 1) * self.window]]
 
-    def load_window(self, epoch: int, window: int) -> Rows:
+    def load_window(self, epoch: int, window: int) -> tuple[Rows, torch.Tensor]:
+        """A window's rows in source order, and the shuffled order they are handed out in (batches gather
+        by it, so no shuffled copy of the window is ever held)."""
         rows = read_rows(self.uri, self.window_shards(epoch, window), self.split, self.encoder, self.image_size,
                          self.prepared, self.threads, cache_bytes=self.cache_bytes)
-        shuffle = torch.randperm(len(rows), generator=torch.Generator().manual_seed(_seed(self.seed, epoch, window + 1)))
-        return rows.take(shuffle)
+        return rows, torch.randperm(len(rows), generator=torch.Generator().manual_seed(_seed(self.seed, epoch, window + 1)))
 
     def _following(self, epoch: int, window: int) -> tuple[int, int]:
         return (epoch, window + 1) if window + 1 < self.windows_per_epoch else (epoch + 1, 0)
 
     # -- the background producer ------------------------------------------------------------------
     def _produce(self, start: Position) -> None:
+        reader = ThreadPoolExecutor(1)  # reads and decodes the next window meanwhile
         try:
-            with ThreadPoolExecutor(1) as reader:
-                epoch, window, offset = start
-                rows = self.load_window(epoch, window)
-                upcoming: Future = reader.submit(self.load_window, *self._following(epoch, window))
-                empty_windows = 0
-                while not self._stop.is_set():
-                    parts, need = [], self.batch_size
-                    while need:
-                        if offset >= len(rows):
-                            empty_windows = empty_windows + 1 if not len(rows) else 0
-                            if empty_windows > self.windows_per_epoch:  # guards a manifest that lies
-                                raise ValueError(f"{self.uri}: no {self.split!r} rows in any shard")
-                            epoch, window = self._following(epoch, window)
-                            rows, offset = upcoming.result(), 0
-                            upcoming = reader.submit(self.load_window, *self._following(epoch, window))
-                            continue
-                        take = min(need, len(rows) - offset)
-                        parts.append(rows.take(slice(offset, offset + take)))
-                        offset, need = offset + take, need - take
-                    batch = Rows.concat(parts)
-                    self._put((batch.pinned() if self.pin else batch, Position(epoch, window, offset)))
-                upcoming.cancel()
+            epoch, window, offset = start
+            rows, order = self.load_window(epoch, window)
+            upcoming: Future = reader.submit(self.load_window, *self._following(epoch, window))
+            empty_windows = 0
+            while not self._stop.is_set():
+                parts, need = [], self.batch_size
+                while need:
+                    if offset >= len(rows):
+                        empty_windows = empty_windows + 1 if not len(rows) else 0
+                        if empty_windows > self.windows_per_epoch:  # guards a manifest that lies
+                            raise ValueError(f"{self.uri}: no {self.split!r} rows in any shard")
+                        epoch, window = self._following(epoch, window)
+                        (rows, order), offset = upcoming.result(), 0
+                        upcoming = reader.submit(self.load_window, *self._following(epoch, window))
+                        continue
+                    take = min(need, len(rows) - offset)
+                    parts.append(rows.take(order[offset:offset + take]))  # a copy: no view keeps a window alive
+                    offset, need = offset + take, need - take
+                batch = Rows.concat(parts)
+                self._put((batch.pinned() if self.pin else batch, Position(epoch, window, offset)))
         except BaseException as err:  # handed to the consumer, which raises it in the training loop
             self._put((err, None))
+        finally:
+            reader.shutdown(wait=False, cancel_futures=True)  # `close` need not wait for a window's read
 
     def _put(self, item: Any) -> None:
         while not self._stop.is_set():
@@ -151,9 +154,11 @@ def feature_sample(uri: str, split: str, encoder: str, count: int) -> torch.Tens
     check_encoder(uri, manifest, encoder)
     shards = shards_of(manifest, split)
     per_shard = max(1, manifest["split"][split] // max(1, len(manifest["shards"])))
-    stride = max(1, len(shards) // -(-count // per_shard))
+    needed = min(len(shards), -(-count // per_shard))
+    picked = sorted(set(np.linspace(0, len(shards) - 1, needed).round().astype(int).tolist()))
+    picked += [i for i in range(len(shards)) if i not in picked]  # the rest, should those hold too few
     column, tables, found = f"features_{encoder}", [], 0
-    for shard in shards[::stride]:
+    for shard in [shards[i] for i in picked]:
         if found >= count:
             break
         tables.append(read_table(uri, shard, split, ["index", column]))
@@ -165,8 +170,8 @@ def feature_sample(uri: str, split: str, encoder: str, count: int) -> torch.Tens
 
 
 def first_rows(uri: str, split: str, encoder: str, image_size: int, count: int) -> Rows:
-    """The first ``count`` kept rows of ``split`` in source order: a fixed validation batch, or a feature
-    sample, read from as few shards as hold them."""
+    """The first ``count`` kept rows of ``split`` in source order, read from as few shards as hold them: a
+    trial's fixed validation batch."""
     manifest = read_manifest(uri)
     check_encoder(uri, manifest, encoder)
     rows = read_rows(uri, shards_of(manifest, split), split, encoder, image_size or manifest["image"]["size"],

@@ -3,7 +3,7 @@
 In the spirit of stylegan2-ada's loss objects: an objective knows *what* each phase
 computes; the training loop decides *when* each runs (the G:D update ratio lives there).
 
-A batch is a dict of tensors from `FaceDataset`: ``image`` (N, 3, S, S) in [-1, 1] at the
+A batch is a dict of tensors (`frontalab.data.dataset.Rows.to_batch`): ``image`` (N, 3, S, S) in [-1, 1] at the
 output size, ``landmarks`` (N, 68, 2) teacher points (normalised), ``features`` and
 ``embedding`` (the frozen encoder's, cached at preparation).
 """

@@ -44,8 +44,8 @@ class Learner:
         if self.channels_last:
             self.G = self.G.to(memory_format=torch.channels_last)
             self.D = self.D.to(memory_format=torch.channels_last) if self.D is not None else None
-        if speedup_on(t.tf32, device):
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if device.type == "cuda":  # set both ways: an earlier trial in this process may have turned it on
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = speedup_on(t.tf32, device)
         if speedup_on(t.compile, device):  # in place: parameter names, and so checkpoints, are unchanged
             self.G.compile()
             if self.D is not None:

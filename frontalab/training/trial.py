@@ -168,7 +168,7 @@ class Trial:
             ckpt = load_checkpoint(checkpoint_file(spec, Path(tmp)))
         source = OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])
         differs = [f"model.{k}: {source.model[k]} there, {self.cfg.model[k]} here" for k in self.cfg.model
-                   if source.model[k] != self.cfg.model[k]]
+                   if source.model[k] != self.cfg.model[k] and k != "test_views"]  # views: inference only
         if source.encoder.name != self.cfg.encoder.name:
             differs.append(f"encoder.name: {source.encoder.name} there, {self.cfg.encoder.name} here")
         if differs:
@@ -196,10 +196,10 @@ class Trial:
         if ckpt["dataset_hash"] != self.dataset_hash:
             raise ValueError(f"checkpoint {path} was trained on dataset {ckpt['dataset_hash']}, "
                              f"not {self.dataset_hash} ({self.cfg.data.path})")
-        self.learner.load_state_dict(ckpt)
         if "window" not in ckpt["order"]:
             raise ValueError(f"checkpoint {path} predates streamed batches, so its batch order cannot be "
                              f"replayed: start a new run from it with train.init_from={path}")
+        self.learner.load_state_dict(ckpt)
         self.stream.load_state_dict(ckpt["order"])
         set_rng_state(ckpt["rng"])
         self.state.step = ckpt["step"]
