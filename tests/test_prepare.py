@@ -91,16 +91,17 @@ def test_bad_inputs_are_tallied_and_no_good_face_is_lost(bad_input_folder, embed
     assert summary["kept"] + sum(summary["skipped"].values()) == summary["input_count"]
 
     # --- the reader, from S3 through the local cache, in this process
-    from frontalab.data.dataset import FaceDataset
+    import torch
+
     from frontalab import services
+    from frontalab.data.dataset import FaceDataset
 
     for key, value in services.client_env(cfg).items():  # this test only: later ones start commands of their own
         monkeypatch.setenv(key, value)
     ds = FaceDataset(out, split=None, image_size=64)
     assert len(ds) == expected["kept"]
-    item = ds[0]
-    assert item["image"].shape == (3, 64, 64) and -1 <= item["image"].min() and item["image"].max() <= 1
-    assert item["features"].shape == (256,) and item["embedding"].shape == (128,)
+    assert ds.images.shape[1:] == (3, 64, 64) and ds.images.dtype == torch.uint8 and ds.images.float().std() > 10
+    assert ds.features.shape[1:] == (256,) and ds.embeddings.shape[1:] == (128,)
     assert (ds.landmarks >= 0).all() and (ds.landmarks <= 1).all()
     # Landmarks are in the crop's frame: the face's centre is near the crop's centre.
     assert (ds.landmarks.mean(1) - 0.5).abs().max() < 0.15
