@@ -33,7 +33,8 @@ def datasets_beside(uri: str) -> list[str]:
         return []
 
 
-def read_manifest(uri: str) -> dict[str, Any]:
+def read_manifest(uri: str, encoder: str = "") -> dict[str, Any]:
+    """The dataset's manifest; with ``encoder``, refused unless the dataset caches that encoder's features."""
     target = storage.join(uri, MANIFEST)
     if not storage.exists(uri):
         others = datasets_beside(uri)
@@ -43,7 +44,15 @@ def read_manifest(uri: str) -> dict[str, Any]:
     if not storage.exists(target):
         raise IncompleteDataset(f"{uri} has no {MANIFEST}: it is not a finished dataset "
                                 f"(run or resume `frontalab prepare --out {uri}`)")
-    return json.loads(storage.read_bytes(target))
+    manifest = json.loads(storage.read_bytes(target))
+    if encoder and encoder not in manifest["encoders"]:
+        raise ValueError(f"{uri} has no cached features for encoder {encoder!r}; "
+                         f"it has {sorted(manifest['encoders'])} (re-run prepare with --encoders)")
+    return manifest
+
+
+def no_faces(uri: str, split: str | None) -> ValueError:
+    return ValueError(f"{uri} has no kept faces in split {split!r}")
 
 
 @dataclass
@@ -79,12 +88,6 @@ class Rows:
         batch = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)}
         batch["image"] = batch["image"].float() / 127.5 - 1.0
         return batch
-
-
-def check_encoder(uri: str, manifest: dict[str, Any], encoder: str) -> None:
-    if encoder not in manifest["encoders"]:
-        raise ValueError(f"{uri} has no cached features for encoder {encoder!r}; "
-                         f"it has {sorted(manifest['encoders'])} (re-run prepare with --encoders)")
 
 
 def shards_of(manifest: dict[str, Any], split: str | None) -> list[str]:
@@ -170,13 +173,12 @@ class FaceDataset:
     def __init__(self, uri: str, split: str | None = "train", encoder: str = DLIB_RESNET,
                  image_size: int | None = None):
         self.uri, self.split, self.encoder = uri, split, encoder
-        self.manifest = read_manifest(uri)
-        check_encoder(uri, self.manifest, encoder)
+        self.manifest = read_manifest(uri, encoder)
         prepared = self.manifest["image"]["size"]
         self.image_size = image_size or prepared
         rows = read_rows(uri, shards_of(self.manifest, split), split, encoder, self.image_size, prepared)
         if not len(rows):
-            raise ValueError(f"{uri} has no kept faces in split {split!r}")
+            raise no_faces(uri, split)
         self.images, self.landmarks, self.features, self.embeddings = rows.image, rows.landmarks, rows.features, rows.embedding
         self.yaw, self.pitch, self.index = rows.yaw, rows.pitch, rows.index
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import torch
 
-from frontalab.data.dataset import Rows, check_encoder, read_manifest, read_rows, read_table, shards_of
+from frontalab.data.dataset import Rows, no_faces, read_manifest, read_rows, read_table, shards_of
 
 
 class Position(NamedTuple):
@@ -45,13 +45,12 @@ class ShardStream:
                  window: int = 8, threads: int = 1, prefetch: int = 2, cache_bytes: int = 0,
                  pin: bool = False):
         self.uri, self.split, self.encoder, self.seed = uri, split, encoder, seed
-        self.manifest = read_manifest(uri)
-        check_encoder(uri, self.manifest, encoder)
+        self.manifest = read_manifest(uri, encoder)
         self.prepared = self.manifest["image"]["size"]
         self.image_size = image_size or self.prepared
         self.shards = shards_of(self.manifest, split)
         if not self.manifest["split"][split]:
-            raise ValueError(f"{uri} has no kept faces in split {split!r}")
+            raise no_faces(uri, split)
         morphs = self.manifest.get("morphs", {}).get("count", 0) if split == "train" else 0
         # A set smaller than a batch still trains, on fixed shapes.
         self.batch_size = min(batch_size, self.manifest["split"][split] + morphs)
@@ -150,8 +149,7 @@ def feature_sample(uri: str, split: str, encoder: str, count: int) -> torch.Tens
     """The cached features of about ``count`` of ``split``'s kept rows, from shards spread evenly over the
     dataset (shards follow the source's sorted names, which may group like with like): enough to
     standardise them, at a cost that does not grow with the dataset (no images are read)."""
-    manifest = read_manifest(uri)
-    check_encoder(uri, manifest, encoder)
+    manifest = read_manifest(uri, encoder)
     shards = shards_of(manifest, split)
     per_shard = max(1, manifest["split"][split] // max(1, len(manifest["shards"])))
     needed = min(len(shards), -(-count // per_shard))
@@ -165,17 +163,16 @@ def feature_sample(uri: str, split: str, encoder: str, count: int) -> torch.Tens
         found += len(tables[-1])
     vectors = [np.frombuffer(b, np.float32) for table in tables for b in table[column]][:count]
     if not vectors:
-        raise ValueError(f"{uri} has no kept faces in split {split!r}")
+        raise no_faces(uri, split)
     return torch.from_numpy(np.stack(vectors))
 
 
 def first_rows(uri: str, split: str, encoder: str, image_size: int, count: int) -> Rows:
     """The first ``count`` kept rows of ``split`` in source order, read from as few shards as hold them: a
     trial's fixed validation batch."""
-    manifest = read_manifest(uri)
-    check_encoder(uri, manifest, encoder)
+    manifest = read_manifest(uri, encoder)
     rows = read_rows(uri, shards_of(manifest, split), split, encoder, image_size or manifest["image"]["size"],
                      manifest["image"]["size"], limit=count)
     if not len(rows):
-        raise ValueError(f"{uri} has no kept faces in split {split!r}")
+        raise no_faces(uri, split)
     return rows
