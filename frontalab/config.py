@@ -124,7 +124,9 @@ class TrainConfig:
     # GPU speed-ups: "auto" turns each on where it is fastest and correct (CUDA); CPU runs stay as they were.
     precision: str = _f("auto", choices=("auto", "fp32", "bf16"), doc="bf16 enables autocast; auto = bf16 on CUDA")
     channels_last: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="channels-last memory format; auto = on CUDA")
-    compile: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="torch.compile G and D; auto = on CUDA")
+    # Off by default: on an H200 it trained no faster than eager at 1, 2 or 4 trials (docs/SCALE.md), and
+    # costs compilation at every start.
+    compile: str = _f("disabled", choices=("auto", "enabled", "disabled"), doc="torch.compile G and D; auto = on CUDA")
     tf32: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="TF32 matmuls and convolutions; auto = on CUDA")
     fused_optimizer: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="fused Adam kernels; auto = on CUDA")
     log_every: int = _f(10, lo=1, doc="steps between training-metric logs")

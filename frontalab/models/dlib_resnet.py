@@ -293,9 +293,15 @@ def convert(parsed: dict[str, Any]) -> tuple[dict[str, Any], dict[str, torch.Ten
 # The network.
 # --------------------------------------------------------------------------------------
 
-def _frozen_affine(channels: int) -> nn.BatchNorm2d:
-    """dlib's ``affine_`` as a BatchNorm2d frozen at mean 0, var 1, eps 0: exactly gamma*x + beta."""
-    return nn.BatchNorm2d(channels, eps=0.0)
+class FrozenAffine(nn.BatchNorm2d):
+    """dlib's ``affine_``: exactly gamma*x + beta per channel. It keeps a BatchNorm2d's parameters and
+    buffers (mean 0, var 1), so converted weights and bundles load as before, but applies them itself:
+    ``F.batch_norm`` with eps 0, the exact form, is refused by some torch versions (2.11 does)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * torch.rsqrt(self.running_var)
+        shift = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype).view(1, -1, 1, 1) + shift.to(x.dtype).view(1, -1, 1, 1)
 
 
 def add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -322,9 +328,9 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(spec["in"], spec["out"], 3, stride=tuple(spec["stride"]),
                                padding=tuple(spec["padding"]))
-        self.bn1 = _frozen_affine(spec["out"])
+        self.bn1 = FrozenAffine(spec["out"])
         self.conv2 = nn.Conv2d(spec["out"], spec["out"], 3, stride=1, padding=1)
-        self.bn2 = _frozen_affine(spec["out"])
+        self.bn2 = FrozenAffine(spec["out"])
         pool = spec["shortcut_pool"]
         self.shortcut = (nn.AvgPool2d(tuple(pool["kernel"]), tuple(pool["stride"])) if pool
                          else nn.Identity())
@@ -355,7 +361,7 @@ class DlibResNet(nn.Module):
         stem = spec["stem"]
         self.conv1 = nn.Conv2d(3, stem["channels"], stem["kernel"], stride=tuple(stem["stride"]),
                                padding=tuple(stem["padding"]))
-        self.bn1 = _frozen_affine(stem["channels"])
+        self.bn1 = FrozenAffine(stem["channels"])
         self.pool1 = nn.MaxPool2d(tuple(stem["pool_kernel"]), tuple(stem["pool_stride"]))
         self.blocks = nn.Sequential(*(ResidualBlock(b) for b in spec["blocks"]))
         self.fc = nn.Linear(self.feature_dim, self.embedding_dim, bias=False)

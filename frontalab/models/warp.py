@@ -51,6 +51,10 @@ def solve_spline(points: torch.Tensor, values: torch.Tensor, order: int = 1) -> 
     bottom = torch.cat([b.transpose(1, 2), points.new_zeros(n, 3, 3)], dim=2)
     lhs = torch.cat([top, bottom], dim=1)  # (N, P+3, P+3)
     rhs = torch.cat([values, values.new_zeros(n, 3, values.shape[-1])], dim=1)
+    if lhs.is_cuda:
+        # MAGMA's batched LU, torch's default here, reads out of bounds now and then (pytorch#77527):
+        # seen on an H200 as an illegal memory access with 8 trials sharing the GPU; cuSOLVER was fine.
+        torch.backends.cuda.preferred_linalg_library("cusolver")
     wv = torch.linalg.solve(lhs, rhs)
     return wv[:, :p], wv[:, p:]
 
