@@ -172,12 +172,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     from frontalab.serving.promotion import promote  # deferred: torch and MLflow, seconds to import
+    from frontalab.serving.pyfunc import serving_limits
 
     cfg = _load(args)
     use_services(cfg)
     with contextlib.redirect_stdout(sys.stderr):
         result = promote(args.sweep, metric=args.metric, mode=args.mode, name=args.name,
-                         min_face_share=cfg.promote.min_face_share)
+                         min_face_share=cfg.promote.min_face_share,
+                         limits=serving_limits(cfg.promote.serve_max_batch, cfg.promote.serve_max_request_mb))
     print(json.dumps(result, indent=1))
     return 0
 

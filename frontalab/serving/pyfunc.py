@@ -21,6 +21,8 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 import pandas as pd
 import torch
 
@@ -92,16 +94,46 @@ def signature():
                                           ColSpec("string", "error")]))
 
 
+def serving_limits(max_batch: int = 64, max_request_mb: float = 64.0) -> dict[str, float]:
+    """The served model's request limits, as its MLflow ``model_config`` (config: promote.serve_*)."""
+    return {"max_batch": int(max_batch), "max_request_mb": float(max_request_mb)}
+
+
+def _cell_bytes(item: Any) -> int:
+    if isinstance(item, np.ndarray):
+        return item.nbytes
+    if isinstance(item, (str, bytes, bytearray, memoryview)):
+        return len(item)
+    return 0
+
+
+class RequestTooLarge(MlflowException):
+    """A request over the served model's limits: MLflow answers it 400 with this one-line message."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 class FrontalizerModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc around `Frontalizer`; artifacts: ``checkpoint`` and ``encoder`` (`encoder_bundle`: its
-    name and weights), both read as tensors only."""
+    name and weights), both read as tensors only; ``model_config``: its `serving_limits`."""
+
+    limits = serving_limits()  # a version registered before the limits travelled with it
 
     def load_context(self, context) -> None:
         encoder = load_encoder_artifact(context.artifacts["encoder"])
         self.frontalizer = Frontalizer(context.artifacts["checkpoint"], encoder=encoder)
+        self.limits = {**serving_limits(), **(context.model_config or {})}
 
     def predict(self, context, model_input, params=None):
         items = list(model_input["image"]) if isinstance(model_input, pd.DataFrame) else list(model_input)
+        if len(items) > self.limits["max_batch"]:
+            raise RequestTooLarge(f"{len(items)} photos in one request, over this model's limit of "
+                                  f"{self.limits['max_batch']:g}; send them in smaller batches")
+        size_mb = sum(map(_cell_bytes, items)) / 2**20
+        if size_mb > self.limits["max_request_mb"]:
+            raise RequestTooLarge(f"{size_mb:.1f} MB of photos in one request, over this model's limit of "
+                                  f"{self.limits['max_request_mb']:g} MB; send them in smaller batches")
         images, found, errors = [], [], []
         for item in items:
             try:

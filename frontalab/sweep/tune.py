@@ -240,10 +240,12 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
 @contextlib.contextmanager
 def _ends_with_the_sweep(client, parent: str):
     """The parent run never stays RUNNING: KILLED when the sweep is stopped (Ctrl-C; SIGTERM, which Ray's driver
-    turns into SystemExit), FAILED when it raises. A sweep that ends ends it FINISHED (`store.log_sweep_results`)."""
+    turns into SystemExit), FAILED when it raises; the trials it stopped end KILLED. A sweep that ends ends it
+    FINISHED (`store.log_sweep_results`)."""
     try:
         yield
     except BaseException as err:
+        store.end_running_trials(client, parent, status="KILLED")
         client.set_terminated(parent, status="KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
         raise
 

@@ -96,6 +96,15 @@ def end_trial_run(experiment: str, trial_id: str, status: str) -> None:
         c.set_terminated(run_id, status=status)
 
 
+def end_running_trials(client, parent: str, status: str) -> None:
+    """Mark every still-RUNNING trial run under sweep run ``parent`` ``status``: a stopped sweep's trials are
+    stopped by Tune without a chance to end their own runs (``--resume`` reopens them)."""
+    experiment = client.get_run(parent).info.experiment_id
+    for run in client.search_runs([experiment], max_results=10000,
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, status=status)
+
+
 def sweep_parent_run(client, experiment_id: str, sweep: str, resume: bool, command: str) -> str:
     """The sweep's parent run: the latest one again when resuming, else a new one."""
     if resume:
@@ -196,7 +205,7 @@ def model_version(spec: str):
 
 def log_pyfunc_version(run_id: str, python_model: Any, artifacts: dict[str, str], code_paths: list[str],
                        registered_model_name: str, pip_requirements: list[str], signature: Any,
-                       input_example: Any, description: str) -> str:
+                       input_example: Any, description: str, model_config: dict[str, Any]) -> str:
     """Log a pyfunc model in the run that trained it and register it, so the version links to its training
     curves; returns the new version. The run keeps its end status."""
     import mlflow  # deferred: MLflow takes seconds to import
@@ -207,7 +216,7 @@ def log_pyfunc_version(run_id: str, python_model: Any, artifacts: dict[str, str]
         info = mlflow.pyfunc.log_model(name="frontalizer", python_model=python_model, artifacts=artifacts,
                                        code_paths=code_paths, registered_model_name=registered_model_name,
                                        pip_requirements=pip_requirements, signature=signature,
-                                       input_example=input_example)
+                                       input_example=input_example, model_config=model_config)
     c.set_terminated(run_id, status=status)
     version = str(info.registered_model_version)
     c.update_model_version(registered_model_name, version, description=description)
