@@ -31,6 +31,27 @@ def test_auc_matches_the_area_under_its_own_curve():
     assert ev.roc_auc(scores, positive) == pytest.approx(0.760, abs=0.05)
 
 
+def test_weights_count_a_pair_that_many_times():
+    rng = np.random.default_rng(3)
+    scores, positive = rng.normal(size=40), rng.random(40) < 0.5
+    weights = rng.integers(0, 4, 40)
+    repeated = np.repeat(np.arange(40), weights)
+    assert ev.roc_auc(scores, positive, weights) == pytest.approx(ev.roc_auc(scores[repeated], positive[repeated]))
+
+
+def test_auc_interval_over_people_brackets_the_auc():
+    rng = np.random.default_rng(0)
+    person = np.repeat(np.arange(60), 3)
+    emb = rng.normal(size=(60, 8))[person] + rng.normal(scale=0.9, size=(180, 8))  # people overlap a little
+    pairs, same = ev.verification_pairs(person, seed=0)
+    scores = -ev.pair_distances(emb, pairs)
+    auc = ev.roc_auc(scores, same)
+    low, high = ev.auc_interval(scores, same, pairs, person, seed=0)
+    assert low < auc < high and 0.005 < high - low < 0.2
+    apart = -ev.pair_distances(np.eye(60)[person] * 10, pairs)  # perfectly separated: no uncertainty
+    assert ev.auc_interval(apart, same, pairs, person, seed=0) == (1.0, 1.0)
+
+
 def test_roc_curve_moves_tied_scores_together():
     # A collapsed generator: every pair at the same distance. The curve is the diagonal, like its AUC.
     fpr, tpr = ev.roc_curve(np.zeros(6), np.array([True, True, True, False, False, False]))

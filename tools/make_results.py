@@ -35,6 +35,12 @@ CURVES = ("val/frontalization_score", "val/face_detected_share", "val/different_
 REPORT_FILES = ("pairs.png", "identity_distance.png", "pair_distances.png", "roc.png", "yaw.png", "metrics.json")
 
 
+def auc_interval(m: dict) -> str:
+    """The outputs' AUC's 95% interval over people, where the evaluation measured one."""
+    low_high = m.get("auc_outputs_ci95")
+    return f" ({low_high[0]:.3f}–{low_high[1]:.3f})" if low_high else ""
+
+
 def latest_evaluation(client, experiment_id: str, label: str):
     runs = client.search_runs([experiment_id], filter_string=f"tags.`frontalab.label` = '{label}' and "
                               "tags.`frontalab.role` = 'evaluation' and attributes.status = 'FINISHED'",
@@ -133,12 +139,12 @@ def main() -> None:
                f"`{sources[label].data.params.get('data.path', '?') if label in sources else '?'}`"
                for (label, m), run in zip(metrics.items(), evals.values())], "",
              "## Headline numbers", "",
-             "| model | within threshold | people normalised | AUC outputs / inputs | mean abs yaw out / in | "
+             "| model | within threshold | people normalised | AUC outputs (95% interval over people) / inputs | mean abs yaw out / in | "
              "outputs with a detectable face | different people's spread out / in | faces / people |",
              "|---|---|---|---|---|---|---|---|"]
     for label, m in metrics.items():
         lines.append(f"| {label} | {m['identity_within_threshold']:.1%} | {m['normalized_share']:.1%} | "
-                     f"{m['auc_outputs']:.3f} / {m['auc_inputs']:.3f} | {m['mean_abs_yaw']:.1f}° / "
+                     f"{m['auc_outputs']:.3f}{auc_interval(m)} / {m['auc_inputs']:.3f} | {m['mean_abs_yaw']:.1f}° / "
                      f"{m['inputs_mean_abs_yaw']:.1f}° | {m['output_face_detected']:.1%} | "
                      f"{m['different_people_spread']:.2f} | {m['n_faces']} / {m['n_people']} |")
     lines += ["", f"## Gates (the shipped champions: {', '.join(champions)})", "", f"| model | {header(GATES)} |",

@@ -12,14 +12,35 @@ from scipy.stats import rankdata
 from frontalab.models import landmarks as lm
 
 
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting half."""
+def roc_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties counting half; with
+    ``weights``, each pair counts that many times (the people bootstrap of `auc_interval`)."""
     scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
+    w = np.ones(len(scores)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w_pos, w_neg = w[positive].sum(), w[~positive].sum()
+    if w_pos == 0 or w_neg == 0:
         raise ValueError("ROC-AUC needs both positive and negative pairs")
-    ranks = rankdata(scores)  # average ranks for ties (Mann-Whitney U)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    levels, group = np.unique(scores, return_inverse=True)
+    neg = np.bincount(group, weights=w * ~positive, minlength=len(levels))
+    beaten = np.cumsum(neg) - neg + neg / 2  # negative weight below each score, ties counting half (Mann-Whitney U)
+    return float((w[positive] * beaten[group[positive]]).sum() / (w_pos * w_neg))
+
+
+def auc_interval(scores: np.ndarray, positive: np.ndarray, pairs: np.ndarray, person: np.ndarray,
+                 seed: int, resamples: int = 1000) -> tuple[float, float]:
+    """95% interval of `roc_auc` over the people evaluated: people drawn with replacement, each pair
+    counted as often as both its people were drawn (pairs of one person are not independent)."""
+    people, index = np.unique(np.asarray(person), return_inverse=True)
+    first, second = index[pairs[:, 0]], index[pairs[:, 1]]
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(resamples):
+        drawn = np.bincount(rng.integers(0, len(people), len(people)), minlength=len(people)).astype(np.float64)
+        weights = np.where(positive, drawn[first], drawn[first] * drawn[second])
+        if weights[positive].sum() and weights[~positive].sum():
+            aucs.append(roc_auc(scores, positive, weights))
+    low, high = np.percentile(aucs, [2.5, 97.5])
+    return float(low), float(high)
 
 
 def roc_curve(scores: np.ndarray, positive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -86,7 +86,8 @@ def write_report(out: Path, results: dict[str, Any], arrays: dict[str, np.ndarra
     (out / "metrics.json").write_text(json.dumps(results, indent=1, sort_keys=True))
     rows = [("outputs within the threshold of their input", f"{results['identity_within_threshold']:.1%}"),
             ("people whose outputs are closer together than their inputs", f"{results['normalized_share']:.1%}"),
-            ("verification AUC, outputs / inputs", f"{results['auc_outputs']:.3f} / {results['auc_inputs']:.3f}"),
+            ("verification AUC, outputs / inputs", f"{results['auc_outputs']:.3f} / {results['auc_inputs']:.3f} "
+             f"(outputs' 95% interval over people: {results['auc_outputs_ci95'][0]:.3f}–{results['auc_outputs_ci95'][1]:.3f})"),
             ("mean abs yaw, outputs / inputs (deg)", f"{results['mean_abs_yaw']:.1f} / {results['inputs_mean_abs_yaw']:.1f}"),
             ("mean abs pitch, outputs / inputs (deg)",
              f"{results['mean_abs_pitch']:.1f} / {results['inputs_mean_abs_pitch']:.1f}"),

@@ -35,7 +35,8 @@ from frontalab.data.crop import crop, encoder_chip, loose_crop_box
 from frontalab.data.decode import IMAGE_SUFFIXES, UNREADABLE, Skip, decode
 from frontalab.data.faces import identity_source
 from frontalab.data.teacher import Box, LandmarkTeacher, head_pose, read_output
-from frontalab.evaluation.metrics import mouth_opening, normalized_share, pair_distances, roc_auc, verification_pairs
+from frontalab.evaluation.metrics import (auc_interval, mouth_opening, normalized_share, pair_distances, roc_auc,
+                                          verification_pairs)
 from frontalab.evaluation.report import log_evaluation, write_report
 from frontalab.metrics import different_people_spread
 from frontalab.models.encoders import build_encoder
@@ -218,6 +219,7 @@ def summarise(faces: Faces, threshold: float, seed: int) -> tuple[dict[str, Any]
         "identity_within_threshold": float((identity < threshold).mean()),
         "normalized_share": normalized_share(emb_in, emb_out, person),
         "auc_outputs": roc_auc(-d_out, same),
+        "auc_outputs_ci95": auc_interval(-d_out, same, pairs, person, seed),
         "auc_inputs": roc_auc(-d_in, same),
         "mean_abs_yaw": float(np.nanmean(np.abs(pose_out[:, 0]))),
         "n_faces": int(len(person)),
