@@ -397,3 +397,48 @@ def test_train_against_a_remote_stack_named_by_the_standard_variables(remote_sta
     recorded += [s3.get_object(Bucket=ep.bucket, Key=k)["Body"].read().decode("latin-1") for k in checkpoints]
     for secret in (secret_of(cfg), member.secret_key):
         assert not any(secret in text for text in recorded), "a secret was printed, recorded or checkpointed"
+
+
+@pytest.mark.slow  # a one-trial sweep, a promotion and a frontalization: ~3 min
+def test_sweep_promote_frontalize_against_the_remote_stack(remote_stack, small_dataset, tmp_path, monkeypatch):
+    """The product's main path with only the standard variables naming the stack: the trial's run, its
+    checkpoint and the registered champion land on the remote servers, nothing embedded starts, and a request
+    without a login is refused."""
+    from mlflow import MlflowClient
+
+    from frontalab.paths import faces_dir
+
+    cfg, ep, member = remote_stack
+    face = sorted((faces_dir() / "lfw-gray").rglob("*.jpg"))[:1]
+    if not face:
+        pytest.skip(f"no faces at {faces_dir() / 'lfw-gray'}")
+    home, env = tmp_path / "home", remote_env(cfg, ep, member, tmp_path / "home")
+    name = f"remote-{uuid.uuid4().hex[:6]}"
+    res = frontalab("sweep", str(REPO / "sweeps" / "quick.yaml"), "--name", name, f"base.data.path={small_dataset}",
+                    "base.train.steps=10", "base.train.batch_size=4", "base.train.val_faces=8", "base.train.val_every=10",
+                    "base.train.checkpoint_every=10", "base.train.log_every=5", "scheduler.name=fifo",
+                    "search.loss.texture={grid:[50]}", "search.train.g_steps_per_d={grid:[1]}", "max_concurrent=1",
+                    "resources.cpu=1", env=env, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert json.loads(res.stdout)["errors"] == 0
+    promoted = frontalab("promote", name, "promote.min_face_share=0", env=env, timeout=600)
+    assert promoted.returncode == 0, promoted.stderr[-4000:]
+    champion = json.loads(promoted.stdout)
+    out = tmp_path / "frontal"
+    done = frontalab("frontalize", "--model", "models:/frontalizer@champion", str(face[0]), str(out), env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads(done.stdout)["written"] == 1 and len(list(out.glob("*.png"))) == 1
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", member.access_key)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", member.secret_key)
+    client = MlflowClient(ep.mlflow)
+    version = client.get_model_version_by_alias("frontalizer", "champion")
+    assert version.version == champion["version"] and version.run_id == champion["run_id"]
+    assert client.get_run(champion["run_id"]).info.status == "FINISHED"
+    keys = [o["Key"] for o in services.s3_client(cfg).list_objects_v2(Bucket=ep.bucket, Prefix="mlflow/")
+            .get("Contents", [])]
+    assert any(champion["run_id"] in k and "/checkpoints/" in k for k in keys)
+    for res in (res, promoted, done):
+        assert_nothing_embedded(home, res)
+        assert secret_of(cfg) not in res.stdout + res.stderr and member.secret_key not in res.stdout + res.stderr
+    assert http_get(f"{ep.mlflow}/api/2.0/mlflow/registered-models/get?name=frontalizer")[0] == 401
