@@ -41,6 +41,8 @@ EXIT_STATUS = {
     5: ("a dataset missing or unprepared", "frontalab.data.dataset.IncompleteDataset"),
     6: ("a model URI not found", "frontalab.tracking.store.ModelNotFound"),
     7: ("a device asked for that this machine lacks (train.device=cuda)", "frontalab.training.trial.DeviceUnavailable"),
+    8: ("a checkpoint could not be written (a full disk): make room, then --resume",
+        "frontalab.training.checkpoints.CheckpointNotWritten"),
     130: ("interrupted (Ctrl-C, SIGTERM)", None),
 }
 _FAILURES = {name: status for status, (_, name) in EXIT_STATUS.items() if name}

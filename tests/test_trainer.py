@@ -129,6 +129,38 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
                                                       f"step-{STEPS:06d}.pt"]
 
 
+@pytest.mark.slow  # two short trainings into a tmpfs: ~2 min
+def test_a_full_disk_fails_the_run_in_one_line_and_resume_completes_it(small_dataset, embedded_services, tmp_path):
+    """Checkpoints into a 40 MB tmpfs: the first (~25 MB) fits, the second cannot. The run ends FAILED with one
+    line and exit 8, no partial file is left, and `--resume` after the disk is grown finishes the same run."""
+    cfg, endpoints = embedded_services
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(ckpt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        args = train_args(small_dataset, cfg, ckpt, "train.steps=30", "train.checkpoint_every=10",
+                          "train.val_every=30")
+        out = run_cli("train", *args, check=False)
+        assert out.returncode == 8, out.stderr[-3000:]
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("frontalab train: could not write checkpoint") and "--resume" in last, last
+        assert "Traceback" not in out.stderr
+        assert sorted(p.name for p in ckpt.glob("step-*.pt")) == ["step-000010.pt"] and not list(ckpt.glob(".*.tmp"))
+        run_id = torch.load(ckpt / "step-000010.pt", weights_only=True)["run_id"]
+        run = rest(endpoints, "runs/get", run_id=run_id)["run"]
+        assert run["info"]["status"] == "FAILED"
+        assert "could not write checkpoint" in {t["key"]: t["value"] for t in run["data"]["tags"]}["frontalab.status_reason"]
+
+        subprocess.run(["mount", "-o", "remount,size=200m", str(ckpt)], check=True)  # room made
+        resumed = run_cli("train", *args, "--resume")
+        assert run_of(resumed.stdout) == run_id
+        assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
+        assert history(endpoints, run_id, "train/g/total") == [10, 20, 30]
+    finally:
+        subprocess.run(["umount", "-l", str(ckpt)], capture_output=True)
+
+
 def objects_of_run(cfg, run_id: str) -> list[str]:
     """The keys of the run's artifacts in the bucket."""
     from frontalab import services

@@ -8,6 +8,7 @@ import fcntl
 import os
 import pickle
 import random
+import shutil
 import socket
 import sys
 import time
@@ -55,12 +56,24 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
                               f"frontalab never does ({str(err).strip().splitlines()[0]})") from None
 
 
+class CheckpointNotWritten(OSError):
+    """A checkpoint could not be written whole, most often for a full disk. The run ends FAILED with this
+    one line; the checkpoints before it stay, so ``--resume`` continues once there is room."""
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """Whole or absent, also across a power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    replace_durably(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        replace_durably(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports a failed write as a RuntimeError
+        tmp.unlink(missing_ok=True)  # the part written must not hold the room the next try needs
+        free = shutil.disk_usage(path.parent).free / 2**20
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointNotWritten(f"could not write checkpoint {path} ({cause}); {free:.1f} MB free there: "
+                                   f"make room, then rerun with --resume") from None
 
 
 def newest_readable_checkpoint(folder: Path) -> Optional[Path]:
