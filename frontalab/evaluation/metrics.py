@@ -7,7 +7,6 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from frontalab.models import landmarks as lm
 

@@ -26,6 +26,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 import pandas as pd
 import torch
 
+from frontalab.config import PromoteConfig
 from frontalab.data.decode import MAX_PIXELS, NO_FACE, NOT_AN_IMAGE, TOO_LARGE, Skip, decode
 from frontalab.models import pretrained
 from frontalab.models.encoders import FaceEncoder, encoder_from_bundle
@@ -94,8 +95,10 @@ def signature():
                                           ColSpec("string", "error")]))
 
 
-def serving_limits(max_batch: int = 64, max_request_mb: float = 64.0) -> dict[str, float]:
-    """The served model's request limits, as its MLflow ``model_config`` (config: promote.serve_*)."""
+def serving_limits(max_batch: int = PromoteConfig.serve_max_batch,
+                   max_request_mb: float = PromoteConfig.serve_max_request_mb) -> dict[str, float]:
+    """The served model's request limits, as its MLflow ``model_config``; the defaults are config's
+    promote.serve_*."""
     return {"max_batch": int(max_batch), "max_request_mb": float(max_request_mb)}
 
 
