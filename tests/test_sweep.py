@@ -491,6 +491,10 @@ def test_trial_runs_read_as_an_mlflow_user_expects(champion_sweep, embedded_serv
                                                                     "run_uuid": child["info"]["run_id"]}, timeout=30)
         assert r.status_code == 200 and "log_every: 2" in r.text and "services" not in r.text
     assert len(configs) == 2, "no two trials of a grid share a config"
+    # The printed link opens the runs table sorted by the sweep's metric, best first: the UI lists trials flat.
+    assert champion_sweep["mlflow_ui"].endswith(
+        f"/#/experiments/{parent['info']['experiment_id']}/runs?workflowType=machine_learning"
+        "&orderByKey=metrics.%60val%2Ffrontalization_score%60&orderByAsc=false"), champion_sweep["mlflow_ui"]
 
 
 def test_tune_state_in_s3_holds_no_credential(embedded_services, champion_sweep):

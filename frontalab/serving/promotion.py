@@ -101,4 +101,5 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
             description=describe_version(lineage), model_config=limits or serving_limits())
     previous = store.make_champion(client, name, new_version, lineage)
     return {"name": name, "version": new_version, "alias": CHAMPION, "previous": previous,
-            "uri": f"models:/{name}@{CHAMPION}", "mlflow_ui": store.runs_table_url(best.info.experiment_id), **lineage}
+            "uri": f"models:/{name}@{CHAMPION}", "mlflow_ui": store.runs_table_url(best.info.experiment_id, metric, mode),
+            **lineage}

@@ -320,6 +320,6 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, sweep_file: 
                         f"{sweep.metric} = {value:.4g} ({sweep.mode}).")
         summary.update(best_trial=trial_id, best_run_id=best_run, best_metric=value, best_config=best.config)
     store.log_sweep_results(client, parent, df, best_tags, description)
-    summary["mlflow_ui"] = store.runs_table_url(exp_id)
+    summary["mlflow_ui"] = store.runs_table_url(exp_id, sweep.metric, sweep.mode)
     summary["parent_run_id"] = parent
     return summary

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import quote
 
 import yaml
 
@@ -40,10 +41,15 @@ def client():
     return MlflowClient()
 
 
-def runs_table_url(experiment_id: str) -> str:
+def runs_table_url(experiment_id: str, metric: str | None = None, mode: str = "max") -> str:
     """The MLflow UI's training-runs table of an experiment (a bare #/experiments/N opens the GenAI overview);
-    printed, so a user:password@ in the tracking URI is masked."""
-    return f"{mask_userinfo(os.environ.get('MLFLOW_TRACKING_URI', ''))}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    printed, so a user:password@ in the tracking URI is masked. Sorted by ``metric``, best first: the UI then
+    lists the trials flat (it nests children under the parent only when sorted by date)."""
+    url = f"{mask_userinfo(os.environ.get('MLFLOW_TRACKING_URI', ''))}/#/experiments/{experiment_id}/runs" \
+          "?workflowType=machine_learning"
+    if metric:
+        url += f"&orderByKey={quote(f'metrics.`{metric}`', safe='')}&orderByAsc={str(mode == 'min').lower()}"
+    return url
 
 
 def experiment_id(client, name: str) -> str:
