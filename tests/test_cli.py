@@ -78,6 +78,7 @@ def test_cuda_where_there_is_none_and_debug_shows_the_traceback(tmp_path):
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "DeviceUnavailable" in debug.stderr
 
 
+@pytest.mark.slow  # waits out the 30 s a remote endpoint is given to answer
 def test_service_unreachable(tmp_path):
     """A remote stack named by the standard variables that does not answer: one line, no embedded fallback."""
     dead = f"http://127.0.0.1:{free_port()}"
@@ -130,6 +131,7 @@ def one_trial_sweep(name: str, dataset: Path, cfg, *extra: str) -> list[str]:
             "scheduler.name=fifo", "max_failures=0", "resources.cpu=1", *service_overrides(cfg), *extra]
 
 
+@pytest.mark.slow  # a one-trial sweep on embedded Ray: ~60 s
 def test_sweep_with_a_failed_trial_exits_1_naming_it(embedded_services, small_dataset):
     cfg, endpoints = embedded_services
     name = f"t{uuid.uuid4().hex[:6]}-nan"
@@ -145,6 +147,7 @@ def test_sweep_with_a_failed_trial_exits_1_naming_it(embedded_services, small_da
     assert [t.info.status for t in trials] == ["FAILED"]
 
 
+@pytest.mark.slow  # ~30 s
 def test_a_sweep_that_fails_itself_ends_its_parent_run_failed(embedded_services, tmp_path):
     cfg, endpoints = embedded_services
     name = f"t{uuid.uuid4().hex[:6]}-broken"

@@ -118,6 +118,7 @@ def test_unreadable_s3_object_is_counted(services_env):
     assert out.loc[0, "status"] == "unreadable" and out.loc[0, "rgb"] == b""
 
 
+@pytest.mark.slow  # a killed prepare and its resume: ~85 s
 def test_killed_prepare_resumes_without_duplicates(tmp_path):
     src = tmp_path / "src"
     src.mkdir()

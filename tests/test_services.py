@@ -364,6 +364,7 @@ def test_the_embedded_admin_login_lives_only_in_its_0600_file(remote_stack):
     assert holders == [ini.relative_to(root)]
 
 
+@pytest.mark.slow  # ~45 s; the sweep test below runs the same stack further
 def test_train_against_a_remote_stack_named_by_the_standard_variables(remote_stack, small_dataset, tmp_path,
                                                                       monkeypatch):
     """No services.* key: MLFLOW_TRACKING_URI with a member's MLFLOW_TRACKING_USERNAME/PASSWORD, MLFLOW_S3_ENDPOINT_URL

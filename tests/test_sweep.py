@@ -1,7 +1,7 @@
 """Sweeps on real Ray against real services. In the default suite, the champion path: a small sweep on
 embedded Ray, its runs read back as a user of the MLflow UI meets them, no credential in Tune's S3 state,
 then promote, frontalize and `mlflow models serve`. Slow: a multi-node cluster, a killed worker node, a
-killed driver and `--resume`.
+killed driver and `--resume`, SIGTERM, and SeaweedFS or the MLflow server killed mid-sweep.
 
 Everything runs for real: `ray start` processes for the head and worker node (LocalCluster),
 the embedded SeaweedFS + MLflow servers, `frontalab` commands as subprocesses, and

@@ -91,6 +91,7 @@ def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(referenc
     assert any("/images/samples" in k for k in objects_of_run(cfg, run_id))
 
 
+@pytest.mark.slow  # a killed 300-step run resumed and compared with the reference: ~2 min
 def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_services, tmp_path):
     ref_id, ref_ckpt, _ = reference_run
     cfg, endpoints = embedded_services
@@ -291,6 +292,7 @@ def start_training(args: list[str], ckpt: Path, until_step: int) -> subprocess.P
     return proc
 
 
+@pytest.mark.slow  # two interrupted and resumed runs: ~90 s each
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_interrupted_run_ends_killed_with_every_logged_step_and_resumes_once(stop, small_dataset, embedded_services,
                                                                              tmp_path):
@@ -327,6 +329,7 @@ def test_interrupted_run_ends_killed_with_every_logged_step_and_resumes_once(sto
     assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
 
 
+@pytest.mark.slow  # ~45 s
 def test_a_dead_senders_run_is_delivered_by_the_trial(small_dataset, embedded_services, tmp_path):
     """The sender killed mid-run: the trial sends the rest itself and, at the end, its journal and held files
     again (MLflow drops the duplicates). Nothing is missing, so the run carries no tracking_incomplete tag."""
@@ -515,6 +518,7 @@ def test_recomputed_input_features_agree_with_the_cached_ones(small_dataset):
     assert trial.train_step()["train/g/identity"] >= 0
 
 
+@pytest.mark.slow  # a FaceNet prepare and trial: ~35 s
 def test_facenet_trial_feeds_its_encoder_as_prepare_did(small_source, tmp_path):
     """FaceNet sees the whole loose crop (not dlib's aligned chip), in training as in `prepare`: at
     the stored crop size, re-encoding a batch reproduces the cached features. Random weights saved
