@@ -152,6 +152,15 @@ def s3_keys(cfg, prefix: str) -> list[str]:
     return keys
 
 
+def wait_for_a_checkpoint(proc: subprocess.Popen, log: Path, cfg, name: str, before: str) -> None:
+    """Until a trial of sweep ``name`` has a checkpoint in S3; the sweep must not end first (``before`` what)."""
+    def checkpointed():
+        assert proc.poll() is None, f"the sweep ended before {before}:\n{log.read_text()[-3000:]}"
+        return any("/checkpoint_" in k for k in s3_keys(cfg, f"sweeps/{name}/"))
+
+    wait_for("a trial checkpoint in S3", checkpointed, 300)
+
+
 def assert_no_credentials(cfg, prefix: str) -> list[str]:
     """Download every object under ``prefix`` (Tune's experiment state, trial state, checkpoints)
     and check that neither S3 key is in its bytes; returns the keys."""
@@ -312,11 +321,7 @@ def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, 
     from frontalab.services.processes import kill_pids, pids_with_env
 
     try:
-        def checkpointed():
-            assert proc.poll() is None, f"the sweep ended before it was killed:\n{log.read_text()[-3000:]}"
-            return any("/checkpoint_" in k for k in s3_keys(cfg, f"sweeps/{name}/"))
-
-        wait_for("a trial checkpoint in S3", checkpointed, 300)
+        wait_for_a_checkpoint(proc, log, cfg, name, "it was killed")
         tree = process_tree(proc.pid) | set(pids_with_env(DRIVER_MARK, mark))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -366,11 +371,7 @@ def test_sigterm_stops_the_sweep_killed_and_resume_finishes_every_trial_once(emb
     log = tmp_path / "first.log"
     proc = start_sweep(args, log)
     try:
-        def checkpointed():
-            assert proc.poll() is None, f"the sweep ended before SIGTERM:\n{log.read_text()[-3000:]}"
-            return any("/checkpoint_" in k for k in s3_keys(cfg, f"sweeps/{name}/"))
-
-        wait_for("a trial checkpoint in S3", checkpointed, 300)
+        wait_for_a_checkpoint(proc, log, cfg, name, "SIGTERM")
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=180)
     finally:
@@ -409,7 +410,7 @@ def breakable_services(tmp_path):
 
 @pytest.mark.slow  # ~4 min each
 @pytest.mark.parametrize("victim", ["weed", "mlflow"])
-def test_a_service_killed_mid_sweep_and_restarted_within_30_s(victim, breakable_services, small_dataset, tmp_path):
+def test_a_service_killed_mid_sweep_and_restarted_finishes_every_trial_once(victim, breakable_services, small_dataset, tmp_path):
     """SIGKILL to SeaweedFS (Tune's storage, every artifact) or to the MLflow server while two trials train, and
     `frontalab up` 5 s later: the sweep completes, every trial exactly once with every logged step once, and
     every checkpoint is in the trial's MLflow run and Tune's storage."""
@@ -422,11 +423,7 @@ def test_a_service_killed_mid_sweep_and_restarted_within_30_s(victim, breakable_
     log = tmp_path / "sweep.log"
     proc = start_sweep(args, log)
     try:
-        def checkpointed():
-            assert proc.poll() is None, f"the sweep ended before the outage:\n{log.read_text()[-3000:]}"
-            return any("/checkpoint_" in k for k in s3_keys(cfg, f"sweeps/{name}/"))
-
-        wait_for("a trial checkpoint in S3", checkpointed, 300)
+        wait_for_a_checkpoint(proc, log, cfg, name, "the outage")
         info, members = recorded_group(state_paths(cfg), victim)
         assert info is not None and members, f"{victim} runs"
         killed = time.monotonic()
