@@ -160,6 +160,7 @@ class TrackingConfig:
     system_metrics: bool = _f(True, doc="CPU/memory/GPU metrics of the machine running the trial")
     buffer_limit: int = _f(100000, lo=100, doc="metric points held in memory while the server is unreachable; more spill to disk")
     send_interval: float = _f(10.0, lo=0, hi=60, doc="seconds the background sender gathers points before a round of requests (each round costs the server per request, not per point)")
+    reconnect_s: float = _f(180.0, lo=0, doc="how long a sweep's trials and driver retry an MLflow request that cannot connect (a server restarting); commands a user waits on fail at once")
 
 
 @dataclass

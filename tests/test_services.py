@@ -443,3 +443,49 @@ def test_sweep_promote_frontalize_against_the_remote_stack(remote_stack, small_d
         assert_nothing_embedded(home, res)
         assert secret_of(cfg) not in res.stdout + res.stderr and member.secret_key not in res.stdout + res.stderr
     assert http_get(f"{ep.mlflow}/api/2.0/mlflow/registered-models/get?name=frontalizer")[0] == 401
+
+
+# ---------------------------------------------------------------- a tracking server that restarts
+
+
+def test_a_client_rides_out_a_server_restart_only_where_told(monkeypatch):
+    """A request that cannot connect fails at once by default (a user's command); after `ride_out_outages`
+    (a sweep's driver and trials) it is retried until the server answers, here one that starts 3 s late."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from frontalab.tracking import store
+
+    class Experiments(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"experiment": {"experiment_id": "7", "name": "late", "lifecycle_stage": "active"}})
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    port = free_port()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    t0 = time.monotonic()
+    with pytest.raises(Exception, match="Connection refused|NewConnectionError"):
+        store.client().get_experiment_by_name("late")
+    assert time.monotonic() - t0 < 10
+    server = None
+
+    def start_late():
+        nonlocal server
+        time.sleep(3)
+        server = HTTPServer(("127.0.0.1", port), Experiments)
+        server.serve_forever()
+
+    threading.Thread(target=start_late, daemon=True).start()
+    monkeypatch.setattr(store, "_reconnect_s", 0.0)  # restored after the test
+    store.ride_out_outages(60)
+    try:
+        assert store.client().get_experiment_by_name("late").experiment_id == "7"
+    finally:
+        if server is not None:
+            server.shutdown()

@@ -95,6 +95,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
     from ray import tune
 
     cfg = load_config(None, [*search_overrides(config), f"tracking.experiment={experiment}"], base=base)
+    store.ride_out_outages(cfg.tracking.reconnect_s)  # a (re)started trial waits out a tracking-server restart
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     client = store.client()
@@ -169,7 +170,11 @@ class EndRunCallback:
         self.experiment = experiment
 
     def _end(self, trial, status: str) -> None:
-        store.end_trial_run(self.experiment, trial.trial_id, status)
+        try:
+            store.end_trial_run(self.experiment, trial.trial_id, status)
+        except Exception as err:  # the sweep outlives its tracking server; `promote` skips a RUNNING trial
+            print(f"sweep: could not mark trial {trial.trial_id}'s run {status}: {str(err).splitlines()[0][:300]}",
+                  file=sys.stderr, flush=True)
 
     def as_tune_callback(self):
         from ray.tune import Callback  # deferred: Ray takes seconds to import
@@ -208,6 +213,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
     parent = store.sweep_parent_run(client, exp_id, sweep.name, resume, command)
     with _ends_with_the_sweep(client, parent):
         store.log_sweep_files(client, parent, sweep_file, OmegaConf.to_yaml(sweep), OmegaConf.to_container(sweep.search))
+        store.ride_out_outages(trial_cfg.tracking.reconnect_s)  # started: from here on, outlive a server restart
 
         where = connect(address)
         print(f"sweep {sweep.name}: Ray {where}; MLflow experiment {exp_name}", file=sys.stderr)

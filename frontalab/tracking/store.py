@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
@@ -34,11 +35,57 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
+_reconnect_s = 0.0  # see `ride_out_outages`
+
+
+def ride_out_outages(seconds: float) -> None:
+    """From now on, in this process, a client call whose request cannot connect to the tracking server is
+    retried for up to ``seconds``: a sweep's driver and trials outlive a server restart. A request that never
+    connected never reached the server, so retrying it cannot apply it twice."""
+    global _reconnect_s
+    _reconnect_s = float(seconds)
+
+
+def _could_not_connect(err: Exception) -> bool:
+    text = str(err)
+    return "NewConnectionError" in text or "Connection refused" in text
+
+
+class _Client:
+    """`MlflowClient`, its calls retried while the server cannot be reached (`ride_out_outages`)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            deadline = time.monotonic() + _reconnect_s
+            delay, told = 1.0, False
+            while True:
+                try:
+                    return attr(*args, **kwargs)
+                except Exception as err:
+                    if not _could_not_connect(err) or time.monotonic() + delay > deadline:
+                        raise
+                    if not told:
+                        print(f"MLflow unreachable ({name}); retrying for up to {deadline - time.monotonic():.0f} s",
+                              file=sys.stderr, flush=True)
+                        told = True
+                    time.sleep(delay)
+                    delay = min(2 * delay, 10.0)
+
+        return call
+
+
 def client():
-    """An MLflow client for ``$MLFLOW_TRACKING_URI``."""
+    """An MLflow client for ``$MLFLOW_TRACKING_URI``: every frontalab call to MLflow goes through one."""
     from mlflow import MlflowClient  # deferred: MLflow takes seconds to import
 
-    return MlflowClient()
+    return _Client(MlflowClient())
 
 
 def runs_table_url(experiment_id: str, metric: str | None = None, mode: str = "max") -> str:
@@ -55,7 +102,15 @@ def runs_table_url(experiment_id: str, metric: str | None = None, mode: str = "m
 def experiment_id(client, name: str) -> str:
     """Get or create the experiment, tagged so the UI opens on training runs."""
     exp = client.get_experiment_by_name(name)
-    eid = exp.experiment_id if exp else client.create_experiment(name)
+    if exp is not None:
+        eid = exp.experiment_id
+    else:
+        try:
+            eid = client.create_experiment(name)
+        except Exception as err:  # created meanwhile by another trial
+            if "RESOURCE_ALREADY_EXISTS" not in str(err):
+                raise
+            eid = client.get_experiment_by_name(name).experiment_id
     client.set_experiment_tag(eid, *EXPERIMENT_KIND_TAG)
     return eid
 

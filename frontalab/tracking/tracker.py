@@ -32,6 +32,7 @@ import numpy as np
 
 from frontalab.config import TrackingConfig
 from frontalab.naming import PARENT_RUN_TAG, STATUS_REASON_TAG, TRACKING_INCOMPLETE_TAG
+from frontalab.tracking.store import client as store_client
 from frontalab.tracking.store import create_run, experiment_id
 from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step, release_upload
 
@@ -114,12 +115,11 @@ class Tracker:
              journal: Path | None = None, resume_step: int = 0, source: str = "") -> "Tracker":
         # deferred: MLflow takes seconds to import; a trial without tracking never needs it
         import mlflow
-        from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
 
         process, conn = _start_sender()  # it imports MLflow while we open the run
         try:
-            client = MlflowClient()
+            client = store_client()
             done: dict[str, set[int]] = {}
             if resume_run_id:
                 run = client.get_run(resume_run_id)
