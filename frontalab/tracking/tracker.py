@@ -32,8 +32,7 @@ import numpy as np
 
 from frontalab.config import TrackingConfig
 from frontalab.naming import PARENT_RUN_TAG, STATUS_REASON_TAG, TRACKING_INCOMPLETE_TAG
-from frontalab.tracking.store import client as store_client
-from frontalab.tracking.store import create_run, experiment_id
+from frontalab.tracking.store import client as store_client, create_run, experiment_id
 from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step, release_upload
 
 log = logging.getLogger(__name__)
