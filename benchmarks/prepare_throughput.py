@@ -35,18 +35,11 @@ RAY = """
 import sys, time, ray
 from frontalab.config import load_config
 from frontalab.data.prepare import prepare
-ray.init(num_cpus=int(sys.argv[3]), include_dashboard=False, _node_ip_address="127.0.0.1")
-cfg = load_config(None, [f"prepare.source={sys.argv[1]}", f"prepare.out={sys.argv[2]}"])
-start = time.perf_counter()
-manifest = prepare(cfg)
-print(manifest["input_count"] / (time.perf_counter() - start))
-"""
-
-CLUSTER = """
-import sys, time, ray
-from frontalab.config import load_config
-from frontalab.data.prepare import prepare
-ray.init(address=sys.argv[3])
+where = sys.argv[3]  # a CPU count for embedded Ray, or a cluster's address
+if where.isdigit():
+    ray.init(num_cpus=int(where), include_dashboard=False, _node_ip_address="127.0.0.1")
+else:
+    ray.init(address=where)
 cfg = load_config(None, [f"prepare.source={sys.argv[1]}", f"prepare.out={sys.argv[2]}"])
 start = time.perf_counter()
 manifest = prepare(cfg)
@@ -65,7 +58,7 @@ def on_cluster(nodes: int, src: Path, out: Path) -> float:
     from frontalab.testing import LocalCluster
 
     with LocalCluster(workers=nodes - 1, cpus_per_node=1, state_dir=out.with_name(out.name + "-ray")) as cluster:
-        return run(CLUSTER, str(src), str(out), cluster.address, env=cluster.driver_env())
+        return run(RAY, str(src), str(out), cluster.address, env=cluster.driver_env())
 
 
 def main() -> None:
