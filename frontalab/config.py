@@ -100,6 +100,9 @@ class LossConfig:
     mask_p: float = _f(1.0, lo=0.0, hi=16.0, doc="mask penalty exponent p")
     identity: float = _f(1.0, lo=0, doc="1 - cosine between encoder embeddings of input and output")
     identity_l2: float = _f(0.0, lo=0, doc="L2 distance between encoder embeddings of input and output")
+    identity_relation: float = _f(0.0, lo=0, doc="our addition (0 = the thesis): mean |d(out_i, out_j) - "
+                                                 "d(in_i, in_j)| over the batch's pairs of encoder embeddings, so "
+                                                 "that different people's outputs stay as far apart as their inputs")
     adversarial: float = _f(1.0, lo=0, doc="LSGAN generator loss on the noisy face (eq. 3.10)")
     cole: ColeLossConfig = field(default_factory=ColeLossConfig)
 

@@ -5,7 +5,7 @@ import torch
 
 from frontalab.losses.adversarial import discriminator_adversarial_loss, generator_adversarial_loss
 from frontalab.losses.composite import weighted_sum
-from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss
+from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss, identity_relation_loss
 from frontalab.losses.landmark import expression_loss, geometry_loss, symmetry_loss, tilt_loss
 from frontalab.losses.mask import mask_loss, total_variation
 from frontalab.losses.perceptual import perceptual_loss
@@ -89,6 +89,22 @@ def test_identity_losses():
     assert identity_cosine_loss(e, e).item() == pytest.approx(0, abs=1e-6)
     assert identity_cosine_loss(e, -e).item() == pytest.approx(2, abs=1e-6)
     assert identity_l2_loss(e, e + torch.tensor([3.0] + [0.0] * 127)).item() == pytest.approx(3, abs=1e-5)
+
+
+def test_identity_relation_keeps_people_apart():
+    # Three people at the corners of a right triangle (3-4-5): their pairwise distances are 3, 4 and 5.
+    people = torch.zeros(3, 128)
+    people[1, 0], people[2, 1] = 3.0, 4.0
+    shifted = people + 7.0  # a translation keeps every distance: nothing to pay
+    assert identity_relation_loss(people, shifted).item() == pytest.approx(0, abs=1e-5)
+    alike = torch.ones(3, 128)  # one face for everyone: the inputs' mean distance
+    assert identity_relation_loss(people, alike).item() == pytest.approx(4, abs=1e-4)
+    halved = people / 2  # outputs half as far apart: half that
+    assert identity_relation_loss(people, halved).item() == pytest.approx(2, abs=1e-5)
+    assert identity_relation_loss(people[:1], alike[:1]).item() == 0  # one face has no pairs
+    out = alike.clone().requires_grad_()
+    identity_relation_loss(people, out).backward()  # zero distances: no NaN in the gradient
+    assert torch.isfinite(out.grad).all()
 
 
 def test_texture_loss_is_zero_for_identical_faces_and_masked():

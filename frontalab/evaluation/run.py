@@ -47,9 +47,9 @@ from frontalab.tracking import store
 from frontalab.tracking.provenance import command_line
 from frontalab.training.sources import checkpoint_file
 
-HEADLINE = ("identity_within_threshold", "normalized_share", "auc_outputs", "auc_inputs", "mean_abs_yaw",
-            "output_face_detected", "different_people_spread", "mean_mouth_opening", "inputs_mean_mouth_opening",
-            "n_faces", "n_people")
+HEADLINE = ("identity_within_threshold", "normalized_share", "auc_outputs", "auc_outputs_ci95", "auc_inputs",
+            "mean_abs_yaw", "output_face_detected", "different_people_spread", "mean_mouth_opening",
+            "inputs_mean_mouth_opening", "n_faces", "n_people")
 
 
 GRID_PAIRS = 16

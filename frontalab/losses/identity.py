@@ -14,3 +14,19 @@ def identity_cosine_loss(input_embedding: torch.Tensor, output_embedding: torch.
 def identity_l2_loss(input_embedding: torch.Tensor, output_embedding: torch.Tensor) -> torch.Tensor:
     """|e_in - e_out|_2, batch mean: the distance the same-identity threshold is stated for."""
     return (input_embedding - output_embedding).pow(2).sum(1).clamp_min(1e-12).sqrt().mean()
+
+
+def identity_relation_loss(input_embedding: torch.Tensor, output_embedding: torch.Tensor) -> torch.Tensor:
+    """Mean |d(out_i, out_j) - d(in_i, in_j)| over the batch's pairs (L2 distances): 0 when the outputs keep
+    how far apart every two inputs are; the inputs' mean distance when the outputs are all alike. The
+    identity terms compare each output with its own input only, so they leave outputs free to drift
+    towards one average face; this term holds different people apart."""
+    n = input_embedding.shape[0]
+    if n < 2:
+        return input_embedding.new_zeros(())
+    i, j = torch.triu_indices(n, n, offset=1, device=input_embedding.device)
+
+    def distances(e: torch.Tensor) -> torch.Tensor:
+        return (e[i] - e[j]).pow(2).sum(1).clamp_min(1e-12).sqrt()
+
+    return (distances(output_embedding) - distances(input_embedding)).abs().mean()

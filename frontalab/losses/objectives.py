@@ -21,7 +21,7 @@ from frontalab.losses import landmark as lml
 from frontalab.losses.adversarial import discriminator_adversarial_loss, generator_adversarial_loss
 from frontalab.losses.cole import cole_identity_loss, cole_landmark_loss, cole_texture_loss
 from frontalab.losses.composite import WeightedLoss, weighted_sum
-from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss
+from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss, identity_relation_loss
 from frontalab.losses.mask import mask_loss
 from frontalab.losses.perceptual import perceptual_loss
 from frontalab.losses.texture import canonical_inputs, texture_loss
@@ -64,7 +64,8 @@ class ThesisObjective:
     Options that depart from the thesis (config keys; evidence in docs/RESULTS.md): the texture term over
     the canonical face region instead of the learned mask (``texture_region``), a mask term that holds the
     mask to that region (``mask_target``), the identity chip cut at the canonical points
-    (``identity_chip``), and a perceptual term from the encoder's feature maps (``perceptual``).
+    (``identity_chip``), a perceptual term from the encoder's feature maps (``perceptual``), and a term that
+    keeps different people's outputs as far apart as their inputs (``identity_relation``).
     """
 
     def __init__(self, generator: nn.Module, discriminator: Optional[nn.Module], encoder: nn.Module,
@@ -129,12 +130,13 @@ class ThesisObjective:
             "mask": lambda: mask_loss(out.mask, w.mask_p, region if w.mask_target == "face" else None),
             "identity": lambda: identity_cosine_loss(batch["embedding"], identity_embedding()),
             "identity_l2": lambda: identity_l2_loss(batch["embedding"], identity_embedding()),
+            "identity_relation": lambda: identity_relation_loss(batch["embedding"], identity_embedding()),
             "perceptual": perceptual,
             "adversarial": lambda: generator_adversarial_loss(self.D(out.noisy)),
         }
         weights = {"texture": w.texture, "geo": w.alpha_geo, "sym": w.sym, "tilt": w.tilt, "expr": w.expr,
                    "mask": w.mask if out.mask is not None else 0.0, "identity": w.identity,
-                   "identity_l2": w.identity_l2, "perceptual": w.perceptual, "adversarial": w.adversarial}
+                   "identity_l2": w.identity_l2, "identity_relation": w.identity_relation, "perceptual": w.perceptual, "adversarial": w.adversarial}
         loss = weighted_sum(weights, terms)
         return GeneratorPass(loss, out.composite, out.noisy, out.mask, points)
 
