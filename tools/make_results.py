@@ -106,8 +106,8 @@ def header(checks) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--labels", default="pretrained-thesis,pretrained-cole,full,no_adversarial,no_adversarial_no_mask,"
-                                        "input-64")
+    ap.add_argument("--labels", default="pretrained-thesis,pretrained-cole,stage3-control,full,no_adversarial,"
+                                        "no_adversarial_no_mask,input-64")
     ap.add_argument("--champions", default="pretrained-thesis,pretrained-cole", help="labels the gates apply to")
     ap.add_argument("--experiment", default="frontalab-evaluations")
     ap.add_argument("--notes", default=str(REPO / "docs" / "results_notes.md"), help="hand-written analysis, included verbatim")
@@ -180,8 +180,9 @@ def main() -> None:
         p = run.data.params
         keys = (("loss.cole.texture", "loss.cole.landmark", "loss.cole.identity", "loss.cole.perceptual")
                 if p.get("model.decoder") == "cole"
-                else ("loss.texture", "loss.identity", "loss.perceptual", "loss.adversarial", "loss.mask"))
-        weights = ", ".join(f"{k.split('.')[-1]} {p.get(k)}" for k in keys)
+                else ("loss.texture", "loss.identity", "loss.identity_relation", "loss.perceptual", "loss.adversarial",
+                      "loss.mask"))
+        weights = ", ".join(f"{k.split('.')[-1]} {p[k]}" for k in keys if k in p)  # older runs lack newer terms
         lines.append(f"| {label} | `{run.info.run_id}` | {run.data.tags.get('frontalab.sweep', '-')} | "
                      f"{p.get('model.decoder')} | {p.get('train.steps')} x {p.get('train.batch_size')} | "
                      f"{p.get('model.out_size')} | {weights} | {minutes(run):.0f} min |")
