@@ -11,9 +11,14 @@ def identity_cosine_loss(input_embedding: torch.Tensor, output_embedding: torch.
     return (1 - F.cosine_similarity(input_embedding, output_embedding, dim=1, eps=1e-12)).mean()
 
 
+def _l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise |a - b|_2, kept off 0 so that the gradient of equal rows is finite."""
+    return (a - b).pow(2).sum(1).clamp_min(1e-12).sqrt()
+
+
 def identity_l2_loss(input_embedding: torch.Tensor, output_embedding: torch.Tensor) -> torch.Tensor:
     """|e_in - e_out|_2, batch mean: the distance the same-identity threshold is stated for."""
-    return (input_embedding - output_embedding).pow(2).sum(1).clamp_min(1e-12).sqrt().mean()
+    return _l2(input_embedding, output_embedding).mean()
 
 
 def identity_relation_loss(input_embedding: torch.Tensor, output_embedding: torch.Tensor) -> torch.Tensor:
@@ -25,8 +30,5 @@ def identity_relation_loss(input_embedding: torch.Tensor, output_embedding: torc
     if n < 2:
         return input_embedding.new_zeros(())
     i, j = torch.triu_indices(n, n, offset=1, device=input_embedding.device)
-
-    def distances(e: torch.Tensor) -> torch.Tensor:
-        return (e[i] - e[j]).pow(2).sum(1).clamp_min(1e-12).sqrt()
-
-    return (distances(output_embedding) - distances(input_embedding)).abs().mean()
+    d_in, d_out = _l2(input_embedding[i], input_embedding[j]), _l2(output_embedding[i], output_embedding[j])
+    return (d_out - d_in).abs().mean()

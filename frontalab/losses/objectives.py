@@ -136,7 +136,8 @@ class ThesisObjective:
         }
         weights = {"texture": w.texture, "geo": w.alpha_geo, "sym": w.sym, "tilt": w.tilt, "expr": w.expr,
                    "mask": w.mask if out.mask is not None else 0.0, "identity": w.identity,
-                   "identity_l2": w.identity_l2, "identity_relation": w.identity_relation, "perceptual": w.perceptual, "adversarial": w.adversarial}
+                   "identity_l2": w.identity_l2, "identity_relation": w.identity_relation, "perceptual": w.perceptual,
+                   "adversarial": w.adversarial}
         loss = weighted_sum(weights, terms)
         return GeneratorPass(loss, out.composite, out.noisy, out.mask, points)
 
