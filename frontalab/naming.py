@@ -12,6 +12,8 @@ from __future__ import annotations
 
 DLIB_RESNET = "dlib-resnet"
 ENCODER_NAMES = (DLIB_RESNET, "facenet-vggface2", "facenet-casia")
+# The independent judge (`frontalab.evaluation.judge`): evaluation only, never one of ENCODER_NAMES.
+JUDGE_ENCODER = "hse-faceres"
 
 # ---------------------------------------------------------------- metrics
 

@@ -121,3 +121,23 @@ def test_checkpoints_from_before_standardisation_still_load(tmp_path):
     torch.save({"G": state, "config": OmegaConf.to_container(cfg), "step": 1}, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError, match="does not fit the decoder"):
         Frontalizer(tmp_path / "bad.pt")
+
+
+def test_input_texture_decoder_starts_as_the_input_on_its_face_region_and_learns_from_there():
+    """model.input_texture: at initialisation F_N is I* and the mask is the canonical face region, so the
+    composite is the input's own face on white; every parameter then gets a gradient."""
+    from frontalab.models import landmarks as lm
+
+    region = lm.face_region(lm.mean_face(), 64, scale=1.4)
+    G = ThesisDecoder(32, 64, width=1, input_texture=True, mask_prior=region)
+    texture = torch.rand(3, 3, 64, 64) * 1.8 - 0.9
+    out = G(torch.randn(3, 32), texture)
+    assert torch.allclose(out.noisy, texture, atol=1e-5)
+    assert torch.allclose(out.mask[:, 0], region.clamp(0.02, 0.98).expand(3, -1, -1), atol=1e-5)
+    assert torch.allclose(out.composite, out.mask * texture + 1 - out.mask, atol=1e-5)
+    out.composite.mean().backward()
+    assert all(p.grad is not None for p in G.parameters())
+    with pytest.raises(ValueError, match="needs the input's canonical texture"):
+        G(torch.randn(3, 32))
+    with pytest.raises(ValueError, match="takes no input texture"):
+        ThesisDecoder(32, 64)(torch.randn(3, 32), texture)

@@ -51,6 +51,6 @@ def encoder_chip(teacher, rgb: np.ndarray, box: Box, encoder) -> np.ndarray:
     policy (`FaceEncoder.aligned_chip`): dlib's aligned chip, or the loose crop (default face ratio)
     resampled straight to the encoder's side."""
     if encoder.aligned_chip:
-        return teacher.chip(rgb, box, encoder.input_size)
+        return teacher.chip(rgb, box, encoder.input_size, encoder.chip_padding)
     face, _, _ = crop(rgb, loose_crop_box(teacher.landmarks68(rgb, box)), encoder.input_size)
     return face

@@ -106,3 +106,96 @@ def mouth_opening(points68: np.ndarray) -> float:
     gap = np.abs(points68[lower, 1] - points68[upper, 1]).mean()
     left, right = lm.OUTER_EYE_CORNERS
     return float(gap / np.linalg.norm(points68[right] - points68[left]))
+
+
+def distance_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances between every row of ``a`` and every row of ``b``, ``(len(a), len(b))``."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    squared = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
+    return np.sqrt(np.clip(squared, 0.0, None))
+
+
+def auc_output_vs_photos(outputs: np.ndarray, photos: np.ndarray, person: np.ndarray) -> float:
+    """Verification ROC-AUC of every output against every *other* real photo: is output i closer to
+    photo j when j shows the same person? (Output i and photo i come from the same input: that pair
+    is left out, so an output is judged by the person's other photos only.)"""
+    person = np.asarray(person)
+    d = distance_matrix(outputs, photos)
+    keep = ~np.eye(len(person), dtype=bool)
+    same = (person[:, None] == person[None])[keep]
+    return roc_auc(-d[keep], same)
+
+
+def lineup_rank1(outputs: np.ndarray, photos: np.ndarray, person: np.ndarray, size: int = 100,
+                 seed: int = 0) -> tuple[float, int]:
+    """Line-up identification: the share of outputs whose own person is the nearest of a line-up.
+
+    For output i, the line-up is its own person and ``size - 1`` other people drawn at random (all
+    others when fewer exist); each person is scored by their photo nearest to the output, the
+    input photo i itself excluded, so only outputs of people with another photo are asked. A hit
+    counts 1, a tie for first with k others 1 / (k + 1): one face for everyone scores chance,
+    1 / size. Returns (rank-1 share, the line-up size used).
+    """
+    person = np.asarray(person)
+    people, index = np.unique(person, return_inverse=True)
+    d = distance_matrix(outputs, photos)
+    np.fill_diagonal(d, np.inf)
+    # Each output's distance to each person: their nearest photo.
+    nearest = np.full((len(person), len(people)), np.inf)
+    for k in range(len(people)):
+        nearest[:, k] = d[:, index == k].min(1)
+    size = min(size, len(people))
+    rng = np.random.default_rng(seed)
+    scores = []
+    for i in np.flatnonzero(np.isfinite(nearest[np.arange(len(person)), index])):
+        others = np.delete(np.arange(len(people)), index[i])
+        drawn = rng.choice(others, size - 1, replace=False)
+        own, rivals = nearest[i, index[i]], nearest[i, drawn]
+        tied = np.abs(rivals - own) <= 1e-9 * max(1.0, own)  # equal but for the distances' rounding
+        if (rivals[~tied] < own).any():
+            scores.append(0.0)
+        else:
+            scores.append(1.0 / (1 + int(tied.sum())))
+    if not scores:
+        raise ValueError("a line-up needs a person with two photos")
+    return float(np.mean(scores)), size
+
+
+def equal_error_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """The distance below which pairs are called the same person where false accepts and false
+    rejects are equally frequent: (threshold, that error rate)."""
+    distances, same = np.asarray(distances, dtype=np.float64), np.asarray(same, dtype=bool)
+    candidates = np.unique(distances)
+    false_reject = np.array([(distances[same] >= t).mean() for t in candidates])
+    false_accept = np.array([(distances[~same] < t).mean() for t in candidates])
+    best = int(np.argmin(np.abs(false_reject - false_accept)))
+    return float(candidates[best]), float((false_reject[best] + false_accept[best]) / 2)
+
+
+LINEUP_SIZE = 100  # people in a line-up: its own and 99 others, so rank-1 compares across face sets
+
+
+def identity_measures(photos: np.ndarray, outputs: np.ndarray, person: np.ndarray, threshold: float,
+                      seed: int) -> dict[str, Any]:
+    """How recognisably each output is its person, by one encoder's embeddings of the input photos and
+    of their outputs (row i of both: the same face), with the photos' own values as the ceiling.
+
+    - ``auc_outputs``: verification among the outputs (same person vs different people);
+    - ``auc_output_vs_photos``: each output against every other real photo;
+    - ``lineup_rank1``: in line-ups of `LINEUP_SIZE` people, the output's nearest person is its own;
+    - ``within_threshold``: the output lies within the encoder's same-person threshold of its input.
+    """
+    pairs, same = verification_pairs(person, seed)
+    rank1, size = lineup_rank1(outputs, photos, person, LINEUP_SIZE, seed)
+    photos_rank1, _ = lineup_rank1(photos, photos, person, LINEUP_SIZE, seed)
+    return {
+        "auc_outputs": roc_auc(-pair_distances(outputs, pairs), same),
+        "auc_output_vs_photos": auc_output_vs_photos(outputs, photos, person),
+        "lineup_rank1": rank1,
+        "within_threshold": float((np.linalg.norm(photos - outputs, axis=1) < threshold).mean()),
+        "threshold": float(threshold),
+        "lineup_size": size,
+        "photos": {"auc_outputs": roc_auc(-pair_distances(photos, pairs), same),
+                   "auc_output_vs_photos": auc_output_vs_photos(photos, photos, person),
+                   "lineup_rank1": photos_rank1},
+    }

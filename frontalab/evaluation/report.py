@@ -98,6 +98,12 @@ def write_report(out: Path, results: dict[str, Any], arrays: dict[str, np.ndarra
              f"{results['identity_distance_mean']:.3f} / {results['identity_distance_median']:.3f} / "
              f"{results['identity_distance_p95']:.3f}"),
             ("faces / people (2+ faces) / same pairs", f"{results['n_faces']} / {results['n_people']} / {results['same_pairs']}")]
+    for encoder, m in results.get("identity", {}).items():
+        rows.append((f"by {encoder}: line-up rank-1 (of {m['lineup_size']}) / AUC output vs photos / AUC among "
+                     f"outputs / within threshold",
+                     f"{m['lineup_rank1']:.1%} / {m['auc_output_vs_photos']:.3f} / {m['auc_outputs']:.3f} / "
+                     f"{m['within_threshold']:.1%} (the photos themselves: {m['photos']['lineup_rank1']:.1%} / "
+                     f"{m['photos']['auc_output_vs_photos']:.3f} / {m['photos']['auc_outputs']:.3f})"))
     lines = [f"# Evaluation of `{model.uri}`", "",
              f"Encoder: `{encoder_name}` (same-identity threshold {thr:g}). Command: `{command}`", "",
              "| measure | value |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows], "",
@@ -116,5 +122,8 @@ def log_evaluation(e, faces_root: Path, results: dict[str, Any], out: Path, mode
     params = {"faces": str(faces_root), "encoder": encoder_name, "min_photos": e.min_photos,
               "max_photos_per_person": e.max_photos_per_person, "max_people": e.max_people, "seed": e.seed}
     metrics = {f"eval/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))}
+    for encoder, measures in results.get("identity", {}).items():
+        for of, values in (("outputs", measures), ("photos", measures["photos"])):
+            metrics.update({f"eval/{encoder}/{of}/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))})
     return store.log_evaluation_run(e.experiment, evaluation_run(label), tags, params, metrics, out, model.name,
                                     model.version, f"evaluation.{label}")

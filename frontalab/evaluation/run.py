@@ -35,8 +35,9 @@ from frontalab.data.crop import crop, encoder_chip, loose_crop_box
 from frontalab.data.decode import IMAGE_SUFFIXES, UNREADABLE, Skip, decode
 from frontalab.data.faces import identity_source
 from frontalab.data.teacher import Box, LandmarkTeacher, head_pose, read_output
-from frontalab.evaluation.metrics import (auc_interval, mouth_opening, normalized_share, pair_distances, roc_auc,
-                                          verification_pairs)
+from frontalab.evaluation.judge import FaceResJudge
+from frontalab.evaluation.metrics import (auc_interval, identity_measures, mouth_opening, normalized_share,
+                                          pair_distances, roc_auc, verification_pairs)
 from frontalab.evaluation.report import log_evaluation, write_report
 from frontalab.metrics import different_people_spread
 from frontalab.models.encoders import build_encoder
@@ -49,7 +50,7 @@ from frontalab.training.sources import checkpoint_file
 
 HEADLINE = ("identity_within_threshold", "normalized_share", "auc_outputs", "auc_outputs_ci95", "auc_inputs",
             "mean_abs_yaw", "output_face_detected", "different_people_spread", "mean_mouth_opening",
-            "inputs_mean_mouth_opening", "n_faces", "n_people")
+            "inputs_mean_mouth_opening", "n_faces", "n_people", "identity")
 
 
 GRID_PAIRS = 16
@@ -118,7 +119,8 @@ def model_outputs(f, batch: list[tuple[np.ndarray, Box, np.ndarray]]) -> np.ndar
     """(N, S, S, 3) uint8 outputs for (photo, face box, model input chip) triples."""
     if isinstance(f, InputAsOutput):
         return np.stack([f.crop(rgb, box) for rgb, box, _ in batch])
-    return f.frontalize_chips(np.stack([chip for _, _, chip in batch]))
+    textures = np.stack([f.canonical_texture(rgb, box) for rgb, box, _ in batch]) if f.takes_texture else None
+    return f.frontalize_chips(np.stack([chip for _, _, chip in batch]), textures)
 
 
 def load_model(spec: str, views: int = 0) -> ModelUnderTest:
@@ -140,8 +142,11 @@ def load_model(spec: str, views: int = 0) -> ModelUnderTest:
 class Faces:
     """Per evaluated face: who, and what the evaluation measured on its input and output."""
     person: list[int] = field(default_factory=list)
-    emb_in: list[np.ndarray] = field(default_factory=list)
+    emb_in: list[np.ndarray] = field(default_factory=list)  # by the evaluation encoder
     emb_out: list[np.ndarray] = field(default_factory=list)
+    # By each other grading encoder (the judge): name -> embeddings of the inputs, of the outputs.
+    graded_in: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    graded_out: dict[str, list[np.ndarray]] = field(default_factory=dict)
     pose_in: list[tuple[float, float, float]] = field(default_factory=list)
     pose_out: list[tuple[float, float, float]] = field(default_factory=list)
     detected_out: list[bool] = field(default_factory=list)  # does the teacher's detector see a face in the output?
@@ -154,23 +159,28 @@ def _embed(encoder, chips: list[np.ndarray]) -> np.ndarray:
 
 
 def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[Path]]], batch_size: int,
-              skipped: Counter) -> Faces:
+              skipped: Counter, graders: tuple = ()) -> Faces:
+    """Every photo's face through the model; inputs and outputs embedded by ``eval_encoder`` and by each
+    of ``graders`` (encoders that only grade, each through its own crop of the same faces)."""
     f = model.frontalizer
     teacher = f.teacher
     same_encoder = eval_encoder.name == f.encoder.name
     photos = [(i, p) for i, (_, paths) in enumerate(people) for p in paths]
-    faces = Faces()
+    faces = Faces(graded_in={g.name: [] for g in graders}, graded_out={g.name: [] for g in graders})
     grid_people: set[int] = set()
     pending: list[tuple[int, tuple, np.ndarray, tuple]] = []
 
     def flush() -> None:
         outputs = model_outputs(f, [photo for _, photo, _, _ in pending])
         out_chips = []
-        for (who, _, eval_chip, pose_in), out in zip(pending, outputs):
+        graded_chips: dict[str, list[np.ndarray]] = {g.name: [] for g in graders}
+        for (who, (rgb, box_in, _), eval_chip, pose_in), out in zip(pending, outputs):
             view, box, detected = read_output(teacher, out)
             faces.pose_out.append(pose_and_mouth(teacher, view, box))
             faces.detected_out.append(detected)
             out_chips.append(encoder_chip(teacher, view, box, eval_encoder))
+            for g in graders:
+                graded_chips[g.name] += [encoder_chip(teacher, rgb, box_in, g), encoder_chip(teacher, view, box, g)]
             faces.person.append(who)
             faces.pose_in.append(pose_in)
             if who not in grid_people and len(faces.grid) < GRID_PAIRS:
@@ -178,6 +188,10 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
                 faces.grid.append((eval_chip, out))
         faces.emb_in.extend(_embed(eval_encoder, [e for _, _, e, _ in pending]))
         faces.emb_out.extend(_embed(eval_encoder, out_chips))
+        for g in graders:
+            embedded = _embed(g, graded_chips[g.name])
+            faces.graded_in[g.name].extend(embedded[0::2])
+            faces.graded_out[g.name].extend(embedded[1::2])
         pending.clear()
 
     for who, path in tqdm(photos, desc="evaluate", unit="photo", file=sys.stderr, mininterval=2):
@@ -203,8 +217,11 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
     return faces
 
 
-def summarise(faces: Faces, threshold: float, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Headline numbers and the arrays behind the plots."""
+def summarise(faces: Faces, threshold: float, seed: int, encoder_name: str = DLIB_RESNET,
+              grader_thresholds: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Headline numbers (by the evaluation encoder ``encoder_name``), the identity measures by it and by
+    each grader (under ``identity``, keyed by encoder name, each with its same-person threshold), and
+    the arrays behind the plots."""
     person = np.array(faces.person)
     counts = Counter(person.tolist())
     if sum(1 for c in counts.values() if c >= 2) < 2:
@@ -240,7 +257,11 @@ def summarise(faces: Faces, threshold: float, seed: int) -> tuple[dict[str, Any]
         "different_people_spread": different_people_spread(emb_in, emb_out, pairs[~same]),
         "same_pairs": int(same.sum()),
         "different_pairs": int((~same).sum()),
+        "identity": {encoder_name: identity_measures(emb_in, emb_out, person, threshold, seed)},
     }
+    for name, grader_threshold in (grader_thresholds or {}).items():
+        results["identity"][name] = identity_measures(np.stack(faces.graded_in[name]), np.stack(faces.graded_out[name]),
+                                                      person, grader_threshold, seed)
     arrays = {"identity": identity, "same": same, "pair_in": d_in, "pair_out": d_out,
               "yaw_in": pose_in[:, 0], "yaw_out": pose_out[:, 0]}
     return results, arrays
@@ -257,11 +278,13 @@ def evaluate_model(cfg: DictConfig) -> dict[str, Any]:
     encoder = own if e.encoder in ("", own.name) else build_encoder(e.encoder)
     label = e.label or re.sub(r"[^A-Za-z0-9_.-]+", "-", model.uri).strip("-")
     out = Path(e.out) if e.out else state_dir(cfg.services.state_dir) / "evaluations" / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    graders = (FaceResJudge(),) if e.judge else ()
     skipped: Counter = Counter()
-    faces = run_faces(model, encoder, people, e.batch_size, skipped)
+    faces = run_faces(model, encoder, people, e.batch_size, skipped, graders)
     if not faces.person:
         raise ConfigError(f"evaluate: no face found in any of the {sum(len(p) for _, p in people)} photos of {faces_root}")
-    results, arrays = summarise(faces, encoder.same_identity_threshold, e.seed)
+    results, arrays = summarise(faces, encoder.same_identity_threshold, e.seed, encoder.name,
+                                {g.name: g.same_identity_threshold for g in graders})
     results.update(photos=sum(len(p) for _, p in people), skipped=dict(skipped), seconds=round(time.time() - t0, 1),
                    encoder=encoder.name, model=model.uri, label=label,
                    views=model.frontalizer.views)

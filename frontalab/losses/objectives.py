@@ -83,14 +83,18 @@ class ThesisObjective:
             self._regions[size] = region.to(self.canonical.device)
         return self._regions[size]
 
+    def canonical_texture(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """I*: the batch's inputs warped to the canonical landmarks at the output size (data: no gradient)."""
+        with torch.no_grad():
+            return canonical_inputs(batch["image"], batch["landmarks"], self.canonical, self.G.out_size)
+
+    def decode(self, batch: dict[str, torch.Tensor], texture: Optional[torch.Tensor] = None):
+        """G on a batch: its features, and I* too when the decoder takes the input's texture."""
+        if not self.G.input_texture:
+            return self.G(batch["features"])
+        return self.G(batch["features"], self.canonical_texture(batch) if texture is None else texture)
+
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
-        out = self.G(batch["features"])
-        points = self.landmark_net(out.composite)
-        l_in = batch["landmarks"]
-        size = out.composite.shape[-1]
-        region = self.region(size)
-        canonical = self.canonical.expand_as(points)
-        w = self.w
         cached: dict[str, Any] = {}
 
         def once(key: str, make):
@@ -98,9 +102,16 @@ class ThesisObjective:
                 cached[key] = make()
             return cached[key]
 
-        def target() -> torch.Tensor:  # I*, no gradient needed: it is data
-            with torch.no_grad():
-                return canonical_inputs(batch["image"], l_in, self.canonical, size)
+        def target() -> torch.Tensor:  # I*
+            return self.canonical_texture(batch)
+
+        out = self.decode(batch, once("target", target) if self.G.input_texture else None)
+        points = self.landmark_net(out.composite)
+        l_in = batch["landmarks"]
+        size = out.composite.shape[-1]
+        region = self.region(size)
+        canonical = self.canonical.expand_as(points)
+        w = self.w
 
         def output_pass(chip: str):
             at = canonical if chip == "canonical" else points
@@ -158,8 +169,11 @@ class ColeObjective:
     def __init__(self, generator: nn.Module, encoder: nn.Module, weights: DictConfig):
         self.G, self.D, self.encoder, self.w = generator, None, encoder, weights
 
+    def decode(self, batch: dict[str, torch.Tensor]):
+        return self.G(batch["features"])
+
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
-        out = self.G(batch["features"])
+        out = self.decode(batch)
         size = out.texture.shape[-1]
         with torch.no_grad():
             src = lm.to_pixels(batch["landmarks"], size)

@@ -19,8 +19,10 @@ def build_generator(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
     if cfg.model.decoder == "cole":
         return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden,
                            channels=cfg.model.cole_channels)
+    prior = (lm.face_region(lm.mean_face(), cfg.model.out_size, scale=cfg.loss.region_scale)
+             if cfg.model.input_texture and cfg.model.mask else None)
     return ThesisDecoder(feature_dim, out_size=cfg.model.out_size, mask=cfg.model.mask, norm=cfg.model.norm,
-                         width=cfg.model.width)
+                         width=cfg.model.width, input_texture=cfg.model.input_texture, mask_prior=prior)
 
 
 def uses_discriminator(cfg: DictConfig) -> bool:

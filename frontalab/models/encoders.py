@@ -113,12 +113,13 @@ class FaceEncoder(nn.Module):
     # network was trained on those), or the whole loose crop resized to its input (False: FaceNet,
     # thesis §3). `input_from_crop` applies it to face crops; `frontalab.data.crop.encoder_chip` to photos.
     aligned_chip: bool = False
+    chip_padding: float = 0.25  # the aligned chip's margin, dlib's default (get_face_chip's padding)
 
     def input_from_crop(self, faces: torch.Tensor, five: torch.Tensor, quantize: bool = False) -> torch.Tensor:
         """What this encoder sees of square faces ``(N, 3, S, S)`` in [0, 1] whose 5 chip points are
         ``five`` ``(N, 5, 2)`` (pixels), differentiably: the aligned chip, or the crop resized."""
         if self.aligned_chip:
-            return face_chip(faces, five, size=self.input_size, quantize=quantize)
+            return face_chip(faces, five, size=self.input_size, padding=self.chip_padding, quantize=quantize)
         return fit_input(self, faces)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,13 @@ Decoder: encoder features (standardised, see features.py) -> two FC layers -> a 
 output's: at 64 px the thesis' widths are 48 -> 24 -> 12 -> 6 channels, too few for a face's detail. An attention-mask branch of the same
 design starts from the out_size/4 tensor (80x80x12 at 320 px) and ends in a conv to one
 channel; the output composites the "noisy" face onto white: F_O = M*F_N + (1-M)*1.
+
+Our departure, ``input_texture`` (config ``model.input_texture``; off = the thesis): the decoder also sees
+the input's own texture warped to the canonical landmarks, I* (the very target of the texture term,
+eq. 3.1), through U-Net skips into every stage, and draws F_N as a residual over I* (zero at
+initialisation), with the mask starting at the canonical face region. From encoder features alone
+(the thesis) a decoder draws a face of *someone*: a second recognizer picked the person out of 100 for
+one output in five; the skips carry the person's own eyes, skin and hair (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -78,8 +85,37 @@ class Stage(nn.Sequential):
         super().__init__(*layers)
 
 
+class TextureSkips(nn.Module):
+    """I* ``(N, 3, S, S)`` -> one feature map per decoder stage, at that stage's input side (coarse first)."""
+
+    def __init__(self, out_size: int, side: int, stage_widths: list[int], norm: str):
+        super().__init__()
+        self.down = nn.ModuleList()
+        c_in, size = 3, out_size
+        channels = []
+        while size > side:  # stride-2 convs down to the decoder's first side
+            c_out = min(32 * 2 ** len(self.down), 128)
+            self.down.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), norm_layer(norm, c_out),
+                                           nn.ReLU(inplace=True)))
+            c_in, size = c_out, size // 2
+            channels.append(c_out)
+        # Stage i's input side is side * 2**i: the map made by down layer (len - 1 - i).
+        self.project = nn.ModuleList(nn.Conv2d(channels[len(channels) - 1 - i], w, 1)
+                                     for i, w in enumerate(stage_widths))
+
+    def forward(self, texture: torch.Tensor) -> list[torch.Tensor]:
+        maps, x = [], texture
+        for layer in self.down:
+            x = layer(x)
+            maps.append(x)
+        return [project(maps[len(maps) - 1 - i]) for i, project in enumerate(self.project)]
+
+
 class ThesisDecoder(nn.Module):
-    def __init__(self, in_features: int, out_size: int = 320, mask: bool = True, norm: str = "batch", width: int = 1):
+    def __init__(self, in_features: int, out_size: int = 320, mask: bool = True, norm: str = "batch", width: int = 1,
+                 input_texture: bool = False, mask_prior: Optional[torch.Tensor] = None):
+        """``input_texture``: our departure (module docstring); ``mask_prior`` ``(S, S)`` in [0, 1], where the
+        mask starts (the canonical face region), only with it."""
         super().__init__()
         self.out_size = out_size
         self.side, depth = decoder_geometry(out_size)
@@ -97,15 +133,35 @@ class ThesisDecoder(nn.Module):
                                           Stage(widths[-1], norm, last=True),
                                           nn.Conv2d(3, 1, 3, padding=1))
                             if mask else None)
+        self.input_texture = input_texture
+        if input_texture:
+            self.skips = TextureSkips(out_size, self.side, widths, norm)
+            # Zero residual and mask logits at first: F_N = I*, M = the prior, so training starts from the
+            # input's own face on white and learns what to change.
+            for last in (self.stages[-1][-1], *((self.mask_stages[-1],) if mask else ())):
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
+            prior = torch.full((out_size, out_size), 0.5) if mask_prior is None else mask_prior.float()
+            self.register_buffer("mask_prior_logit", torch.logit(prior.clamp(0.02, 0.98))[None, None])
 
-    def forward(self, features: torch.Tensor) -> DecoderOutput:
+    def forward(self, features: torch.Tensor, texture: Optional[torch.Tensor] = None) -> DecoderOutput:
+        """``texture``: I*, the input warped to the canonical landmarks, ``(N, 3, S, S)`` in [-1, 1] (with
+        ``input_texture`` only)."""
+        if self.input_texture != (texture is not None):
+            raise ValueError("this decoder " + ("needs the input's canonical texture" if self.input_texture
+                                                else "takes no input texture (model.input_texture=false)"))
         x = self.fc(self.standardize(features)).view(-1, self.channels, self.side, self.side)
+        skips = self.skips(texture) if texture is not None else None
         mask = None
         for i, stage in enumerate(self.stages):
+            if skips is not None:
+                x = x + skips[i]
             if i == self.mask_from and self.mask_stages is not None:
-                mask = torch.sigmoid(self.mask_stages(x))
+                logits = self.mask_stages(x)
+                mask = torch.sigmoid(logits + self.mask_prior_logit if texture is not None else logits)
             x = stage(x)
-        noisy = torch.tanh(x)
+        # With the input's texture, F_N is a residual over it (in tanh's domain, so it stays in [-1, 1]).
+        noisy = torch.tanh(x if texture is None else x + torch.atanh(texture.clamp(-0.995, 0.995)))
         composite = noisy if mask is None else mask * noisy + (1 - mask)  # white background = 1
         return DecoderOutput(noisy, mask, composite)
 

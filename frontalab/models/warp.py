@@ -73,15 +73,17 @@ def interpolate_spline(points: torch.Tensor, values: torch.Tensor, query: torch.
 
     Both point sets are first centred and scaled to unit size: the interpolant does not
     change (k=1 and k=2 splines with a linear term are similarity-equivariant), but the
-    linear system is far better conditioned than in pixel units. It is solved in float64, where
-    near-coincident points (a closed mouth's inner lips) cost no accuracy: in float32 they leave
-    errors of pixels at the points. The evaluation, the bulk of the work, stays in ``values``'s dtype.
+    linear system is far better conditioned than in pixel units. It is solved and evaluated in
+    float64: near-coincident points (a closed mouth's inner lips) get large weights of opposite
+    sign, and in float32 the solve left errors of pixels at the points while the evaluation's sum
+    cancelled into per-pixel noise: every warped texture had vertical stripes (high-frequency
+    energy across columns twice the photo's; tests/test_warp.py), which the models learnt to draw.
     """
     centre = points.mean(dim=1, keepdim=True)
     scale = (points - centre).abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
-    points, query = (points - centre) / scale, (query - centre) / scale
-    w, v = solve_spline(points.double(), values.double(), order)
-    return evaluate_spline(points, w.to(values.dtype), v.to(values.dtype), query, order)
+    points, query = ((points - centre) / scale).double(), ((query - centre) / scale).double()
+    w, v = solve_spline(points, values.double(), order)
+    return evaluate_spline(points, w, v, query, order).to(values.dtype)
 
 
 def boundary_points(height: int, width: int, per_edge: int, like: torch.Tensor) -> torch.Tensor:

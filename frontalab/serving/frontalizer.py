@@ -15,9 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from frontalab.config import ModelConfig
-from frontalab.data.crop import encoder_chip
-from frontalab.data.teacher import LandmarkTeacher
+from frontalab.config import ModelConfig, PrepareConfig
+from frontalab.data.crop import crop, encoder_chip, loose_crop_box, points_to_crop
+from frontalab.data.teacher import Box, LandmarkTeacher
+from frontalab.losses.texture import canonical_inputs
+from frontalab.models import landmarks as lm
 from frontalab.models.build import build_generator, encoder_from_config
 from frontalab.training.checkpoints import load_checkpoint
 
@@ -44,25 +46,66 @@ class Frontalizer:
         self.step = ckpt["step"]
         self.run_id = ckpt.get("run_id") or ""  # the training run that wrote the checkpoint
 
+    @property
+    def takes_texture(self) -> bool:
+        """Does the decoder also take the input's canonical texture (model.input_texture)?"""
+        return bool(getattr(self.G, "input_texture", False))
+
+    def canonical_texture(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+        """(S, S, 3) float32 in [-1, 1]: I*, the face in ``box`` warped to the canonical landmarks, made as
+        training made it (the loose crop at the prepared size, resized to the output size, then warped)."""
+        prepare = self.cfg.get("prepare", {})
+        prepared, ratio = prepare.get("size", PrepareConfig.size), prepare.get("face_ratio", PrepareConfig.face_ratio)
+        points = self.teacher.landmarks68(rgb, box)
+        face, scale, shift = crop(rgb, loose_crop_box(points, ratio), prepared)
+        size = self.G.out_size
+        face = np.asarray(Image.fromarray(face).resize((size, size), Image.Resampling.LANCZOS))
+        normalised = lm.to_normalised(torch.from_numpy(points_to_crop(points, scale, shift)), prepared)
+        texture = canonical_inputs(to_tensor(face[None]) * 2 - 1, normalised[None], lm.mean_face(), size)
+        return texture[0].permute(1, 2, 0).numpy()
+
     @torch.no_grad()
-    def frontalize_chips(self, chips: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 frontal faces for (N, s, s, 3) uint8 input chips of this model's encoder."""
-        out = self.G(self.encoder.view_features(to_tensor(chips).to(self.device), self.views)).composite
-        return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
+    def frontalize_chips(self, chips: np.ndarray, textures: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N, S, S, 3) uint8 frontal faces for (N, s, s, 3) uint8 input chips of this model's encoder (and,
+        for a decoder that takes it, their `canonical_texture` ``(N, S, S, 3)``)."""
+        features = self.encoder.view_features(to_tensor(chips).to(self.device), self.views)
+        if self.takes_texture:
+            if textures is None:
+                raise ValueError("this model also takes each input's canonical texture (model.input_texture)")
+            out = self.G(features, torch.from_numpy(textures).permute(0, 3, 1, 2).to(self.device)).composite
+        else:
+            out = self.G(features).composite
+        return to_uint8(out)
 
     @torch.no_grad()
     def average_face(self) -> np.ndarray:
         """(S, S, 3) uint8: the face the decoder draws for the mean of its training features (a registered
-        model's input example: a photo it can take, made by the model itself)."""
-        out = self.G(self.G.standardize.mean[None]).composite
-        return ((out.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()[0]
+        model's input example: a photo it can take, made by the model itself); over a blank grey texture
+        for a decoder that takes one."""
+        mean = self.G.standardize.mean[None]
+        if self.takes_texture:
+            out = self.G(mean, mean.new_zeros(1, 3, self.G.out_size, self.G.out_size))
+        else:
+            out = self.G(mean)
+        return to_uint8(out.composite)[0]
+
+    def frontalize_face(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+        """(S, S, 3) uint8 frontal face for the face in ``box`` of a (H, W, 3) uint8 RGB photo."""
+        chip = encoder_chip(self.teacher, rgb, box, self.encoder)[None]
+        textures = self.canonical_texture(rgb, box)[None] if self.takes_texture else None
+        return self.frontalize_chips(chip, textures)[0]
 
     def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         """(S, S, 3) uint8 frontal face for a (H, W, 3) uint8 RGB photo, or None when no face is found."""
         box, _ = self.teacher.central_face(rgb)
         if box is None:
             return None
-        return self.frontalize_chips(encoder_chip(self.teacher, rgb, box, self.encoder)[None])[0]
+        return self.frontalize_face(rgb, box)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, S, S) in [-1, 1] -> (N, S, S, 3) uint8."""
+    return ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -21,8 +21,8 @@ import torch
 
 from frontalab.config import ConfigError
 from frontalab.models.encoders import encoder_bundle
-from frontalab.naming import (CHAMPION, FACE_SHARE_METRIC, MODEL_NAME, SELECTION_METRIC, SELECTION_MODE, TRIAL_TAG,
-                              sweep_experiment)
+from frontalab.naming import (CHAMPION, FACE_SHARE_METRIC, JUDGE_ENCODER, MODEL_NAME, SELECTION_METRIC,
+                              SELECTION_MODE, TRIAL_TAG, sweep_experiment)
 from frontalab.serving.frontalizer import Frontalizer, to_png
 from frontalab.serving.pyfunc import FrontalizerModel, serving_limits, signature
 from frontalab.tracking import store
@@ -35,6 +35,9 @@ def best_trial_run(client, sweep: str, metric: Optional[str], mode: Optional[str
     """(run, metric, mode) of the best FINISHED trial of ``sweep`` that reported ``metric`` (default: the
     frontalization score) and whose last face share is at least ``min_face_share``; a ConfigError naming the
     best trial and its share when none qualifies."""
+    if metric and JUDGE_ENCODER in metric:
+        raise ConfigError(f"promote --metric {metric}: the judge ({JUDGE_ENCODER}) grades evaluations only; "
+                          f"selecting by it would make it one more encoder to please")
     exp, runs = store.finished_trial_runs(client, sweep_experiment(sweep))
     if exp is None:
         raise ConfigError(f"no sweep named {sweep!r} (no MLflow experiment {sweep_experiment(sweep)})")

@@ -218,7 +218,7 @@ class Trial:
     def validate(self) -> tuple[dict[str, float], np.ndarray]:
         self.G.eval()
         batch = self.val_batch
-        out = self.G(batch["features"])
+        out = self.objective.decode(batch)
         composite = out.composite
         points = self.landmark_net(composite)
         embeddings = embed_faces(self.encoder, composite, points)
