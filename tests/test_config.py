@@ -110,7 +110,7 @@ def test_sweep_files_hold_the_issue_search_spaces():
         assert [a["name"] for a in arms] == ["full", "no_adversarial", "no_adversarial_no_mask"]
     quick, trial = load_sweep(files["quick"])
     grid = [len(spec["grid"]) for spec in quick.search.values()]
-    assert trial.model.out_size == 64 and quick.num_samples * math.prod(grid) == 6 and quick.scheduler.name == "asha"
+    assert trial.model.out_size == 128 and quick.num_samples * math.prod(grid) == 6 and quick.scheduler.name == "asha"
     assert trial.train.init_from == "pretrained:thesis" and set(quick.search) == {"loss.texture", "train.g_steps_per_d"}
     assert load_sweep(files["cole"])[1].model.decoder == "cole"
     assert load_sweep(files["cpu_cole"])[1].model.decoder == "cole"

@@ -148,3 +148,31 @@ def test_import_contract_breaks_when_training_imports_the_judge(tmp_path):
     assert out.returncode != 0
     assert "frontalab.training.sneaky -> frontalab.evaluation.judge" in out.stdout
     assert "The judge is evaluation only" in out.stdout and "BROKEN" in out.stdout
+
+
+def test_detail_and_colour_cast_have_known_answers():
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    stripes = flat.copy()
+    stripes[:, ::2] = 0  # a column-wise stripe pattern: all fine detail
+    assert m.high_frequency_energy(flat) == 0.0 and m.high_frequency_energy(stripes) > 1e4
+    assert m.colour_cast(stripes) == 0.0  # grey stays grey
+    tinted = flat.copy()
+    tinted[..., 0] = 158  # red 30 above the grey 128 of the others: mean departure (20 + 10 + 10) / 3
+    assert m.colour_cast(tinted) == pytest.approx(40 / 3)
+
+
+def test_lineup_command_lines_up_and_draws_three_columns(tmp_path):
+    from PIL import Image
+
+    from conftest import run_cli
+    from frontalab.paths import faces_dir
+
+    if not (faces_dir() / "lfw-gray").is_dir():
+        pytest.skip(f"no LFW under {faces_dir()}")
+    out = run_cli("lineup", "--model", "pretrained:thesis", "--people", "3", "--out", str(tmp_path), timeout=600)
+    result = json.loads(out.stdout)
+    assert result["people"] == 3 and result["judge"] == "hse-faceres"
+    assert 0 <= result["picked_own"] <= 3 and result["photos_picked_own"] == 3  # real second photos: all found
+    assert len(result["picks"]) == 3 and set(result["picks"].values()) <= set(result["picks"])  # picks among the 3
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (3 * 128, 3 * 128)  # first photo | output | second photo, a row per person

@@ -141,3 +141,18 @@ def test_input_texture_decoder_starts_as_the_input_on_its_face_region_and_learns
         G(torch.randn(3, 32))
     with pytest.raises(ValueError, match="takes no input texture"):
         ThesisDecoder(32, 64)(torch.randn(3, 32), texture)
+
+
+def test_cole_input_texture_decoder_starts_as_the_input_warped_to_the_mean_face():
+    from frontalab.models import landmarks as lm
+
+    G = ColeDecoder(32, lm.mean_face(), out_size=64, hidden=32, channels=32, input_texture=True)
+    texture = torch.rand(2, 3, 64, 64) * 1.8 - 0.9
+    out = G(torch.randn(2, 32), texture)
+    assert torch.allclose(out.texture, texture, atol=1e-5)
+    assert torch.allclose(out.landmarks, lm.mean_face().expand(2, -1, -1))  # the mean face: no warp yet
+    assert torch.allclose(out.composite, texture, atol=1e-4)
+    out.composite.mean().backward()
+    assert all(p.grad is not None for p in G.parameters())
+    with pytest.raises(ValueError, match="needs the input's canonical texture"):
+        G(torch.randn(2, 32))

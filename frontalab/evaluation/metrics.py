@@ -199,3 +199,21 @@ def identity_measures(photos: np.ndarray, outputs: np.ndarray, person: np.ndarra
                    "auc_output_vs_photos": auc_output_vs_photos(photos, photos, person),
                    "lineup_rank1": photos_rank1},
     }
+
+
+def high_frequency_energy(rgb: np.ndarray) -> float:
+    """Mean squared Laplacian of an image's grey levels (0-255) over its central half: how much fine detail
+    a face holds where the face is (outputs and loose crops centre it), the border left out."""
+    grey = np.asarray(rgb, dtype=np.float64).mean(-1)
+    laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    h, w = laplacian.shape
+    return float((laplacian[h // 4: h - h // 4, w // 4: w - w // 4] ** 2).mean())
+
+
+def colour_cast(rgb: np.ndarray) -> float:
+    """Mean absolute departure of the channels from their grey level (0-255) over the central half: 0 for a
+    grey image, so grey photos should give outputs near 0 ("grey in, grey out")."""
+    image = np.asarray(rgb, dtype=np.float64)
+    h, w = image.shape[:2]
+    centre = image[h // 4: h - h // 4, w // 4: w - w // 4]
+    return float(np.abs(centre - centre.mean(-1, keepdims=True)).mean())

@@ -97,6 +97,8 @@ def write_report(out: Path, results: dict[str, Any], arrays: dict[str, np.ndarra
             ("identity distance mean / median / p95",
              f"{results['identity_distance_mean']:.3f} / {results['identity_distance_median']:.3f} / "
              f"{results['identity_distance_p95']:.3f}"),
+            ("blur: outputs' fine detail / real frontal photos' at the same size", f"{results['blur_ratio']:.2f}"),
+            ("colour cast (0-255), outputs / inputs", f"{results['output_colour_cast']:.1f} / {results['inputs_colour_cast']:.1f}"),
             ("faces / people (2+ faces) / same pairs", f"{results['n_faces']} / {results['n_people']} / {results['same_pairs']}")]
     for encoder, m in results.get("identity", {}).items():
         rows.append((f"by {encoder}: line-up rank-1 (of {m['lineup_size']}) / AUC output vs photos / AUC among "

@@ -36,8 +36,9 @@ from frontalab.data.decode import IMAGE_SUFFIXES, UNREADABLE, Skip, decode
 from frontalab.data.faces import identity_source
 from frontalab.data.teacher import Box, LandmarkTeacher, head_pose, read_output
 from frontalab.evaluation.judge import FaceResJudge
-from frontalab.evaluation.metrics import (auc_interval, identity_measures, mouth_opening, normalized_share,
-                                          pair_distances, roc_auc, verification_pairs)
+from frontalab.evaluation.metrics import (auc_interval, colour_cast, high_frequency_energy, identity_measures,
+                                          mouth_opening, normalized_share, pair_distances, roc_auc,
+                                          verification_pairs)
 from frontalab.evaluation.report import log_evaluation, write_report
 from frontalab.metrics import different_people_spread
 from frontalab.models.encoders import build_encoder
@@ -50,10 +51,12 @@ from frontalab.training.sources import checkpoint_file
 
 HEADLINE = ("identity_within_threshold", "normalized_share", "auc_outputs", "auc_outputs_ci95", "auc_inputs",
             "mean_abs_yaw", "output_face_detected", "different_people_spread", "mean_mouth_opening",
-            "inputs_mean_mouth_opening", "n_faces", "n_people", "identity")
+            "inputs_mean_mouth_opening", "n_faces", "n_people", "blur_ratio", "output_colour_cast",
+            "inputs_colour_cast", "identity")
 
 
 GRID_PAIRS = 16
+FRONTAL_YAW = 10.0  # degrees: inputs this frontal are the sharpness reference of the outputs
 
 
 def pose_and_mouth(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box) -> tuple[float, float, float]:
@@ -151,6 +154,12 @@ class Faces:
     pose_out: list[tuple[float, float, float]] = field(default_factory=list)
     detected_out: list[bool] = field(default_factory=list)  # does the teacher's detector see a face in the output?
     grid: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (input chip, output) pairs
+    # Fine detail (`high_frequency_energy`) of each output, and of each frontal input's loose crop at the
+    # output's size: their ratio is the outputs' sharpness against real frontal photos (1 = as sharp).
+    detail_out: list[float] = field(default_factory=list)
+    detail_frontal_photos: list[float] = field(default_factory=list)
+    cast_in: list[float] = field(default_factory=list)  # `colour_cast` of each input's chip and output
+    cast_out: list[float] = field(default_factory=list)
 
 
 def _embed(encoder, chips: list[np.ndarray]) -> np.ndarray:
@@ -175,6 +184,12 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
         out_chips = []
         graded_chips: dict[str, list[np.ndarray]] = {g.name: [] for g in graders}
         for (who, (rgb, box_in, _), eval_chip, pose_in), out in zip(pending, outputs):
+            faces.detail_out.append(high_frequency_energy(out))
+            faces.cast_in.append(colour_cast(eval_chip))
+            faces.cast_out.append(colour_cast(out))
+            if abs(pose_in[0]) < FRONTAL_YAW:
+                points = teacher.landmarks68(rgb, box_in)
+                faces.detail_frontal_photos.append(high_frequency_energy(crop(rgb, loose_crop_box(points), len(out))[0]))
             view, box, detected = read_output(teacher, out)
             faces.pose_out.append(pose_and_mouth(teacher, view, box))
             faces.detected_out.append(detected)
@@ -257,6 +272,11 @@ def summarise(faces: Faces, threshold: float, seed: int, encoder_name: str = DLI
         "different_people_spread": different_people_spread(emb_in, emb_out, pairs[~same]),
         "same_pairs": int(same.sum()),
         "different_pairs": int((~same).sum()),
+        # Outputs' fine detail over real frontal photos' at the same size (1 = as sharp; blur lowers it).
+        "blur_ratio": (float(np.mean(faces.detail_out) / np.mean(faces.detail_frontal_photos))
+                       if faces.detail_out and faces.detail_frontal_photos else float("nan")),
+        "output_colour_cast": float(np.mean(faces.cast_out)) if faces.cast_out else float("nan"),
+        "inputs_colour_cast": float(np.mean(faces.cast_in)) if faces.cast_in else float("nan"),
         "identity": {encoder_name: identity_measures(emb_in, emb_out, person, threshold, seed)},
     }
     for name, grader_threshold in (grader_thresholds or {}).items():

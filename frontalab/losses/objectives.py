@@ -170,7 +170,12 @@ class ColeObjective:
         self.G, self.D, self.encoder, self.w = generator, None, encoder, weights
 
     def decode(self, batch: dict[str, torch.Tensor]):
-        return self.G(batch["features"])
+        """G on a batch: its features, and I* (the inputs warped to the mean face) when it takes the texture."""
+        if not self.G.input_texture:
+            return self.G(batch["features"])
+        with torch.no_grad():
+            texture = canonical_inputs(batch["image"], batch["landmarks"], self.G.mean_landmarks, self.G.out_size)
+        return self.G(batch["features"], texture)
 
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
         out = self.decode(batch)

@@ -16,13 +16,14 @@ from frontalab.models.thesis import ThesisDecoder
 
 
 def build_generator(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
+    input_texture = cfg.model.get("input_texture", False)  # checkpoints from before the key: the papers' decoders
     if cfg.model.decoder == "cole":
         return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden,
-                           channels=cfg.model.cole_channels)
+                           channels=cfg.model.cole_channels, input_texture=input_texture)
     prior = (lm.face_region(lm.mean_face(), cfg.model.out_size, scale=cfg.loss.region_scale)
-             if cfg.model.input_texture and cfg.model.mask else None)
+             if input_texture and cfg.model.mask else None)
     return ThesisDecoder(feature_dim, out_size=cfg.model.out_size, mask=cfg.model.mask, norm=cfg.model.norm,
-                         width=cfg.model.width, input_texture=cfg.model.input_texture, mask_prior=prior)
+                         width=cfg.model.width, input_texture=input_texture, mask_prior=prior)
 
 
 def uses_discriminator(cfg: DictConfig) -> bool:

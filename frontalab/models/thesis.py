@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from frontalab.models.features import FeatureStandardizer
+from frontalab.models.skips import TextureSkips, norm_layer, over_texture
 
 
 class DecoderOutput(NamedTuple):
@@ -42,16 +43,6 @@ def decoder_geometry(out_size: int) -> tuple[int, int]:
     if n < 2:
         raise ValueError(f"out_size {out_size} must be W * 2**n with W >= 4 and n >= 2")
     return out_size // 2**n, n
-
-
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}")
 
 
 class ResidualBlock(nn.Module):
@@ -83,32 +74,6 @@ class Stage(nn.Sequential):
         if not last:
             layers += [norm_layer(norm, out), nn.ReLU(inplace=True)]
         super().__init__(*layers)
-
-
-class TextureSkips(nn.Module):
-    """I* ``(N, 3, S, S)`` -> one feature map per decoder stage, at that stage's input side (coarse first)."""
-
-    def __init__(self, out_size: int, side: int, stage_widths: list[int], norm: str):
-        super().__init__()
-        self.down = nn.ModuleList()
-        c_in, size = 3, out_size
-        channels = []
-        while size > side:  # stride-2 convs down to the decoder's first side
-            c_out = min(32 * 2 ** len(self.down), 128)
-            self.down.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), norm_layer(norm, c_out),
-                                           nn.ReLU(inplace=True)))
-            c_in, size = c_out, size // 2
-            channels.append(c_out)
-        # Stage i's input side is side * 2**i: the map made by down layer (len - 1 - i).
-        self.project = nn.ModuleList(nn.Conv2d(channels[len(channels) - 1 - i], w, 1)
-                                     for i, w in enumerate(stage_widths))
-
-    def forward(self, texture: torch.Tensor) -> list[torch.Tensor]:
-        maps, x = [], texture
-        for layer in self.down:
-            x = layer(x)
-            maps.append(x)
-        return [project(maps[len(maps) - 1 - i]) for i, project in enumerate(self.project)]
 
 
 class ThesisDecoder(nn.Module):
@@ -161,7 +126,7 @@ class ThesisDecoder(nn.Module):
                 mask = torch.sigmoid(logits + self.mask_prior_logit if texture is not None else logits)
             x = stage(x)
         # With the input's texture, F_N is a residual over it (in tanh's domain, so it stays in [-1, 1]).
-        noisy = torch.tanh(x if texture is None else x + torch.atanh(texture.clamp(-0.995, 0.995)))
+        noisy = torch.tanh(x) if texture is None else over_texture(x, texture)
         composite = noisy if mask is None else mask * noisy + (1 - mask)  # white background = 1
         return DecoderOutput(noisy, mask, composite)
 

@@ -119,12 +119,13 @@ def to_png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def side_by_side(pairs: list[tuple[np.ndarray, np.ndarray]], side: int = 128) -> np.ndarray:
-    """(input photo | frontal face) rows, each image centre-cropped square and resized to ``side``: uint8 HxWx3."""
+def side_by_side(rows: list[tuple[np.ndarray, ...]], side: int = 128) -> np.ndarray:
+    """Rows of images side by side (input photo | frontal face | ...), each centre-cropped square and resized
+    to ``side``: uint8 HxWx3."""
     def square(rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
         top, left = (h - min(h, w)) // 2, (w - min(h, w)) // 2
         crop = Image.fromarray(rgb[top:top + min(h, w), left:left + min(h, w)])
         return np.asarray(crop.convert("RGB").resize((side, side), Image.Resampling.BICUBIC))
 
-    return np.concatenate([np.concatenate([square(a), square(b)], axis=1) for a, b in pairs], axis=0)
+    return np.concatenate([np.concatenate([square(image) for image in row], axis=1) for row in rows], axis=0)
