@@ -394,8 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", cmd_evaluate, "identity, normalisation, verification and pose of a model's outputs on "
                                       "folder-per-person photos; a report and an MLflow evaluation run")
     p.add_argument("--model", help="models:/NAME@ALIAS, an MLflow run id, a checkpoint, a packaged champion "
-                                   "(pretrained:thesis, pretrained:cole), or input:SIZE (the no-frontalization "
-                                   "baseline) (evaluate.model)")
+                                   "(pretrained:thesis, pretrained:cole), input:SIZE (the no-frontalization baseline) "
+                                   "or warp:SIZE (the no-learning baseline) (evaluate.model)")
     p.add_argument("--faces", help="folder-per-person photos (evaluate.faces; default $FRONTALAB_FACES/lfw-gray)")
     p.add_argument("--encoder", help="evaluation encoder (evaluate.encoder; default the model's)")
     p.add_argument("--out", help="report folder (evaluate.out)")

@@ -203,8 +203,10 @@ class PrepareConfig:
 class EvaluateConfig:
     """`frontalab evaluate`: identity, normalisation, verification and pose of a model's outputs."""
     model: str = _f("models:/frontalizer@champion", doc="models:/NAME@ALIAS or models:/NAME/VERSION, an MLflow run id, "
-                                                         "a checkpoint file (local or s3://), or input:SIZE (the "
-                                                         "no-frontalization baseline: each input's own crop at SIZE px)")
+                                                         "a checkpoint file (local or s3://), input:SIZE (the "
+                                                         "no-frontalization baseline: each input's own crop at SIZE px) "
+                                                         "or warp:SIZE (the no-learning baseline: each input warped to "
+                                                         "the canonical landmarks on white)")
     faces: str = _f("", doc="folder-per-person photos (LFW layout); default: $FRONTALAB_FACES/lfw-gray, else LFW downloaded")
     encoder: str = _f("", choices=("",) + ENCODER_NAMES, doc="evaluation encoder; default: the model's own")
     judge: bool = _f(True, doc="grade by the independent judge too (hse-faceres, evaluation only; its weights come "

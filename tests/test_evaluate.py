@@ -279,3 +279,16 @@ def test_input_baseline_keeps_identity_far_better_than_an_untrained_model(lfw_su
     assert baseline["identity_within_threshold"] >= 0.9 and baseline["identity_distance_median"] < 0.35
     # No frontalization: the baseline's faces keep the inputs' pose.
     assert baseline["mean_abs_yaw"] == pytest.approx(baseline["inputs_mean_abs_yaw"], abs=4.0)
+
+
+def test_warp_baseline_is_the_input_warped_to_the_canonical_face_on_white(lfw_photos):
+    """`warp:SIZE`: what an input-texture decoder draws before any training, so evaluations show what training added."""
+    from frontalab.data.decode import decode
+
+    model = ev.load_model("warp:64")
+    rgb, _ = decode(lfw_photos[0].read_bytes())
+    box, _ = model.frontalizer.teacher.central_face(rgb)
+    out = model.frontalizer.crop(rgb, box)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert (out[:3, :3] == 255).all() and (out[-3:, :3] == 255).all()  # outside the face region: white
+    assert out[24:40, 24:40].std() > 5  # inside: the photo's own face, not a flat fill

@@ -41,18 +41,19 @@ from frontalab.evaluation.metrics import (auc_interval, colour_cast, high_freque
                                           verification_pairs)
 from frontalab.evaluation.report import log_evaluation, write_report
 from frontalab.metrics import different_people_spread
+from frontalab.models import landmarks as lm
 from frontalab.models.encoders import build_encoder
 from frontalab.naming import DLIB_RESNET
 from frontalab.paths import state_dir
-from frontalab.serving.frontalizer import Frontalizer, to_tensor
+from frontalab.serving.frontalizer import Frontalizer, canonical_texture, to_tensor
 from frontalab.tracking import store
 from frontalab.tracking.provenance import command_line
 from frontalab.training.sources import checkpoint_file
 
 HEADLINE = ("identity_within_threshold", "normalized_share", "auc_outputs", "auc_outputs_ci95", "auc_inputs",
-            "mean_abs_yaw", "output_face_detected", "different_people_spread", "mean_mouth_opening",
-            "inputs_mean_mouth_opening", "n_faces", "n_people", "blur_ratio", "output_colour_cast",
-            "inputs_colour_cast", "identity")
+            "mean_abs_yaw", "inputs_mean_abs_yaw", "output_size", "output_face_detected", "different_people_spread",
+            "mean_mouth_opening", "inputs_mean_mouth_opening", "n_faces", "n_people", "blur_ratio",
+            "output_colour_cast", "inputs_colour_cast", "identity")
 
 
 GRID_PAIRS = 16
@@ -99,6 +100,7 @@ class ModelUnderTest:
 
 
 INPUT_BASELINE = re.compile(r"input:(\d+)")
+WARP_BASELINE = re.compile(r"warp:(\d+)")
 
 
 class InputAsOutput:
@@ -118,6 +120,20 @@ class InputAsOutput:
         return crop(rgb, loose_crop_box(self.teacher.landmarks68(rgb, box)), self.size)[0]
 
 
+class WarpAsOutput(InputAsOutput):
+    """A baseline that learns nothing: its "output" is I*, the input warped to the canonical landmarks, on white
+    outside the canonical face region (1.4 x the outline): what an input-texture decoder draws before training
+    (`model.input_texture`), so an evaluation of it shows what the training added."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.region = lm.face_region(lm.mean_face(), size, scale=1.4).numpy()[..., None]
+
+    def crop(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+        texture = (canonical_texture(self.teacher, rgb, box, self.size) + 1) / 2
+        return ((self.region * texture + 1 - self.region) * 255 + 0.5).astype(np.uint8)
+
+
 def model_outputs(f, batch: list[tuple[np.ndarray, Box, np.ndarray]]) -> np.ndarray:
     """(N, S, S, 3) uint8 outputs for (photo, face box, model input chip) triples."""
     if isinstance(f, InputAsOutput):
@@ -128,10 +144,13 @@ def model_outputs(f, batch: list[tuple[np.ndarray, Box, np.ndarray]]) -> np.ndar
 
 def load_model(spec: str, views: int = 0) -> ModelUnderTest:
     """A packaged champion (pretrained:NAME), a registered model version (models:/NAME@ALIAS,
-    models:/NAME/VERSION), a run id, a checkpoint, or the no-frontalization baseline ``input:SIZE``;
+    models:/NAME/VERSION), a run id, a checkpoint, the no-frontalization baseline ``input:SIZE``, or the
+    no-learning baseline ``warp:SIZE`` (`WarpAsOutput`);
     ``views``: the encoder views a model averages (0: its own ``model.test_views``)."""
     if match := INPUT_BASELINE.fullmatch(spec):
         return ModelUnderTest(InputAsOutput(int(match[1])), spec)
+    if match := WARP_BASELINE.fullmatch(spec):
+        return ModelUnderTest(WarpAsOutput(int(match[1])), spec)
     with tempfile.TemporaryDirectory() as tmp:
         frontalizer = Frontalizer(checkpoint_file(spec, Path(tmp)), views=views)
     if spec.startswith("models:/"):
@@ -275,6 +294,7 @@ def summarise(faces: Faces, threshold: float, seed: int, encoder_name: str = DLI
         # Outputs' fine detail over real frontal photos' at the same size (1 = as sharp; blur lowers it).
         "blur_ratio": (float(np.mean(faces.detail_out) / np.mean(faces.detail_frontal_photos))
                        if faces.detail_out and faces.detail_frontal_photos else float("nan")),
+        "output_size": int(faces.grid[0][1].shape[0]) if faces.grid else 0,
         "output_colour_cast": float(np.mean(faces.cast_out)) if faces.cast_out else float("nan"),
         "inputs_colour_cast": float(np.mean(faces.cast_in)) if faces.cast_in else float("nan"),
         "identity": {encoder_name: identity_measures(emb_in, emb_out, person, threshold, seed)},

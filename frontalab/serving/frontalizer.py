@@ -52,17 +52,10 @@ class Frontalizer:
         return bool(getattr(self.G, "input_texture", False))
 
     def canonical_texture(self, rgb: np.ndarray, box: Box) -> np.ndarray:
-        """(S, S, 3) float32 in [-1, 1]: I*, the face in ``box`` warped to the canonical landmarks, made as
-        training made it (the loose crop at the prepared size, resized to the output size, then warped)."""
+        """I* of the face in ``box`` at this decoder's output size, made as its training made it."""
         prepare = self.cfg.get("prepare", {})
-        prepared, ratio = prepare.get("size", PrepareConfig.size), prepare.get("face_ratio", PrepareConfig.face_ratio)
-        points = self.teacher.landmarks68(rgb, box)
-        face, scale, shift = crop(rgb, loose_crop_box(points, ratio), prepared)
-        size = self.G.out_size
-        face = np.asarray(Image.fromarray(face).resize((size, size), Image.Resampling.LANCZOS))
-        normalised = lm.to_normalised(torch.from_numpy(points_to_crop(points, scale, shift)), prepared)
-        texture = canonical_inputs(to_tensor(face[None]) * 2 - 1, normalised[None], lm.mean_face(), size)
-        return texture[0].permute(1, 2, 0).numpy()
+        return canonical_texture(self.teacher, rgb, box, self.G.out_size, prepare.get("size", PrepareConfig.size),
+                                 prepare.get("face_ratio", PrepareConfig.face_ratio))
 
     @torch.no_grad()
     def frontalize_chips(self, chips: np.ndarray, textures: Optional[np.ndarray] = None) -> np.ndarray:
@@ -101,6 +94,19 @@ class Frontalizer:
         if box is None:
             return None
         return self.frontalize_face(rgb, box)
+
+
+def canonical_texture(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box, size: int,
+                      prepared: int = PrepareConfig.size, face_ratio: float = PrepareConfig.face_ratio) -> np.ndarray:
+    """(S, S, 3) float32 in [-1, 1]: I*, the face in ``box`` warped to the canonical landmarks, made as training
+    makes it: the loose crop at the prepared size (`frontalab prepare`), resized to ``size`` as the dataset
+    reader does, then warped (`frontalab.losses.texture.canonical_inputs`)."""
+    points = teacher.landmarks68(rgb, box)
+    face, scale, shift = crop(rgb, loose_crop_box(points, face_ratio), prepared)
+    face = np.asarray(Image.fromarray(face).resize((size, size), Image.Resampling.LANCZOS))
+    normalised = lm.to_normalised(torch.from_numpy(points_to_crop(points, scale, shift)), prepared)
+    texture = canonical_inputs(to_tensor(face[None]) * 2 - 1, normalised[None], lm.mean_face(), size)
+    return texture[0].permute(1, 2, 0).numpy()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
