@@ -4,7 +4,7 @@ Each file is what `frontalab evaluate --json FILE` wrote for one model (kept in 
 only); the section is written between the markers below in docs/RESULTS.md, replacing what was there, so the
 table is never typed by hand.
 
-    python tools/identity_results.py docs/results/identity/*.json [--out docs/RESULTS.md]
+    python tools/identity_results.py docs/results/identity/*.json [--out docs/RESULTS.md] [--notes docs/identity_notes.md]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def section(runs: dict[str, dict]) -> str:
+def section(runs: dict[str, dict], notes: str = "") -> str:
     labels = list(runs)
     first = runs[labels[0]]
     lines = [START, "", "## Recognisably the person: the independent judge beside dlib", "",
@@ -69,6 +69,8 @@ def section(runs: dict[str, dict]) -> str:
         checks += [f"{key} {j[key]:.3f} against the target {bound}"
                    + ("" if j[key] >= bound else f" (short by {bound - j[key]:.3f})") for _, key, bound in TARGETS]
         lines.append(f"- `{label}`: " + "; ".join(checks) + ".")
+    if notes:
+        lines += ["", notes.strip()]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -77,9 +79,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="evaluate --json files; the label is the file's stem")
     parser.add_argument("--out", default=str(REPO / "docs" / "RESULTS.md"))
+    parser.add_argument("--notes", default=str(REPO / "docs" / "identity_notes.md"),
+                        help="analysis written by hand, included verbatim after the tables")
     args = parser.parse_args()
     runs = {Path(f).stem: json.loads(Path(f).read_text()) for f in args.files}
-    text = section(runs)
+    notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else ""
+    text = section(runs, notes)
     out = Path(args.out)
     doc = out.read_text() if out.exists() else ""
     if START in doc and END in doc:
