@@ -122,10 +122,10 @@ def test_pbt_exploits_only_at_checkpoints():
     """PBT copies another trial's latest checkpoint at each perturbation: it must be that moment's."""
     from frontalab.config import load_sweep
 
-    quick = {p.stem: p for p in SWEEP_FILES}["quick"]  # checkpoint every 50
+    quick = {p.stem: p for p in SWEEP_FILES}["quick"]  # checkpoint every 20
     pbt = ["scheduler.name=pbt", "scheduler.mutations={loss.texture: {loguniform: [0.1, 10]}}"]
     assert load_sweep(quick, [*pbt, "scheduler.perturbation_interval=100"])[0].scheduler.perturbation_interval == 100
-    with pytest.raises(ConfigError, match=r"scheduler\.perturbation_interval.*\(75\).*checkpoint_every \(50\)"):
+    with pytest.raises(ConfigError, match=r"scheduler\.perturbation_interval.*\(75\).*checkpoint_every \(20\)"):
         load_sweep(quick, [*pbt, "scheduler.perturbation_interval=75"])
 
 

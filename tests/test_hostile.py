@@ -113,7 +113,7 @@ def test_each_bad_cell_is_answered_in_its_row(predict, face_photo):
     result = predict(pd.DataFrame({"image": cells}))
     assert list(result["face_found"]) == [False] * 6 + [True]
     assert [e.split(":")[0] for e in result["error"][:6]] == ["not_an_image"] * 5 + ["too_large"]
-    assert result["error"][6] == "" and Image.open(io.BytesIO(base64.b64decode(result["image"][6]))).size == (64, 64)
+    assert result["error"][6] == "" and Image.open(io.BytesIO(base64.b64decode(result["image"][6]))).size == (128, 128)
 
 
 def test_a_request_over_the_limits_is_refused_whole(face_photo):

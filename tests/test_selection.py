@@ -40,6 +40,8 @@ def test_spread_is_the_ratio_of_mean_pair_distances():
 class ChosenOutputs(nn.Module):
     """A decoder stand-in: for each validation face (found by its features) the image we choose."""
 
+    input_texture = False  # it draws from the features alone, as the papers' decoders do
+
     def __init__(self, features: torch.Tensor, images: torch.Tensor):
         super().__init__()
         self.features, self.images = features, images
@@ -64,7 +66,7 @@ def validated(small_dataset):
                "each person's own face": faces}
     results = {}
     for name, images in outputs.items():
-        trial.G = ChosenOutputs(batch["features"], images)
+        trial.G = trial.objective.G = ChosenOutputs(batch["features"], images)  # validation decodes through the objective
         results[name] = trial.validate()[0]
     return results
 
