@@ -12,6 +12,7 @@ folder from the npm registry) and stores the descriptors. The photos themselves 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -42,8 +43,6 @@ def reference_input(photo: Path, tint: tuple[float, float, float]) -> np.ndarray
 
 
 def main() -> None:
-    import os
-
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         subprocess.run(["npm", "init", "-y"], cwd=work, check=True, capture_output=True)

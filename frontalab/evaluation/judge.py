@@ -28,6 +28,7 @@ recognizer uses (`CHIP_PADDING`, the loose face framing FaceRes was trained on),
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -150,8 +151,7 @@ def convert(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def _sha512_integrity(path: Path) -> str:
-    import base64
-
+    """npm's integrity string (``sha512-`` and the base64 digest) of a file."""
     digest = hashlib.sha512()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
