@@ -45,6 +45,7 @@ from frontalab.models import landmarks as lm  # noqa: E402
 from frontalab.models.build import build_generator, encoder_from_config  # noqa: E402
 from frontalab.models.encoders import encoder_from_bundle  # noqa: E402
 from frontalab.models.landmark_net import load_landmark_net  # noqa: E402
+from frontalab.models.pretrained import champion_config  # noqa: E402
 from frontalab.training.step import Learner  # noqa: E402
 
 RECIPE = REPO / "sweeps" / "cpu_thesis_128.yaml"
@@ -116,9 +117,7 @@ def run(data: str, out: Path, minutes: float, batch: int, device: torch.device, 
     seconds = time.perf_counter() - start
     stream.close()
     numbers = validate(learner, data, cfg.train.val_faces)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for section in ("services", "tracking", "prepare", "promote", "evaluate", "landmarks"):
-        config.pop(section, None)
+    config = champion_config(OmegaConf.to_container(cfg, resolve=True))
     config["train"]["steps"] = step  # what it trained, for a fine-tune's schedule
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"G": {k: v.detach().cpu() for k, v in learner.G.state_dict().items()}, "config": config,

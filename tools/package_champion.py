@@ -23,7 +23,7 @@ import torch
 
 from frontalab.cli import use_services
 from frontalab.config import load_config
-from frontalab.models.pretrained import NAMES
+from frontalab.models.pretrained import NAMES, champion_config
 
 FOLDER = Path(__file__).resolve().parent.parent / "frontalab" / "models" / "champions"
 
@@ -37,9 +37,7 @@ def package(name: str, spec: str, recipe: str) -> dict:
     # Parameters are float16; buffers (feature mean/std, batch-norm statistics) stay float32.
     params = {k for k, v in ckpt["G"].items() if v.ndim >= 2 and "running_" not in k and "standardize" not in k}
     weights = {k: (v.half() if k in params else v.float()).contiguous() for k, v in ckpt["G"].items()}
-    config = ckpt["config"]
-    for section in ("services", "tracking", "prepare", "promote", "evaluate", "landmarks"):
-        config.pop(section, None)  # a champion carries its model, its losses and its training, nothing local
+    config = champion_config(ckpt["config"])
     FOLDER.mkdir(parents=True, exist_ok=True)
     torch.save({"G": weights, "config": config, "step": ckpt["step"], "dataset_hash": ckpt["dataset_hash"],
                 "run_id": ckpt.get("run_id") or ""}, FOLDER / f"{name}.pt")

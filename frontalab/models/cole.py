@@ -23,7 +23,7 @@ from torch import nn
 
 from frontalab.models import landmarks as lm
 from frontalab.models.features import FeatureStandardizer
-from frontalab.models.skips import TextureSkips, over_texture
+from frontalab.models.skips import TextureSkips, check_texture, over_texture
 from frontalab.models.warp import sparse_image_warp
 
 
@@ -77,9 +77,7 @@ class ColeDecoder(nn.Module):
     def forward(self, features: torch.Tensor, texture: torch.Tensor | None = None) -> ColeOutput:
         """``texture``: I*, the input warped to the mean face, ``(N, 3, S, S)`` in [-1, 1] (with
         ``input_texture`` only)."""
-        if self.input_texture != (texture is not None):
-            raise ValueError("this decoder " + ("needs the input's canonical texture" if self.input_texture
-                                                else "takes no input texture (model.input_texture=false)"))
+        check_texture(self.input_texture, texture)
         h = self.features(self.standardize(features))
         offsets = self.landmark_mlp(h).view(-1, lm.NUM_LANDMARKS, 2)
         points = self.mean_landmarks + offsets

@@ -16,6 +16,15 @@ PREFIX = "pretrained:"
 NAMES = ("thesis", "cole")
 
 
+# A champion carries its model, its losses and its training; these sections describe the machine it was made on.
+LOCAL_SECTIONS = ("services", "tracking", "prepare", "promote", "evaluate", "landmarks")
+
+
+def champion_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's resolved config as a packaged champion keeps it: without `LOCAL_SECTIONS`."""
+    return {k: v for k, v in config.items() if k not in LOCAL_SECTIONS}
+
+
 class UnknownPretrained(ValueError):
     """A ``pretrained:NAME`` that the package does not ship."""
 

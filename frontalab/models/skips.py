@@ -48,6 +48,13 @@ class TextureSkips(nn.Module):
         return [project(maps[len(maps) - 1 - i]) for i, project in enumerate(self.project)]
 
 
+def check_texture(takes_texture: bool, texture: torch.Tensor | None) -> None:
+    """A decoder gets I* exactly when it was built to take it (``model.input_texture``)."""
+    if takes_texture != (texture is not None):
+        raise ValueError("this decoder " + ("needs the input's canonical texture" if takes_texture
+                                            else "takes no input texture (model.input_texture=false)"))
+
+
 def over_texture(residual: torch.Tensor, texture: torch.Tensor) -> torch.Tensor:
     """A face in [-1, 1] drawn as ``residual`` over ``texture`` in tanh's domain: ``texture`` itself (to 0.995)
     where the residual is zero, and never outside [-1, 1]."""

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from frontalab.models.features import FeatureStandardizer
-from frontalab.models.skips import TextureSkips, norm_layer, over_texture
+from frontalab.models.skips import TextureSkips, check_texture, norm_layer, over_texture
 
 
 class DecoderOutput(NamedTuple):
@@ -112,9 +112,7 @@ class ThesisDecoder(nn.Module):
     def forward(self, features: torch.Tensor, texture: Optional[torch.Tensor] = None) -> DecoderOutput:
         """``texture``: I*, the input warped to the canonical landmarks, ``(N, 3, S, S)`` in [-1, 1] (with
         ``input_texture`` only)."""
-        if self.input_texture != (texture is not None):
-            raise ValueError("this decoder " + ("needs the input's canonical texture" if self.input_texture
-                                                else "takes no input texture (model.input_texture=false)"))
+        check_texture(self.input_texture, texture)
         x = self.fc(self.standardize(features)).view(-1, self.channels, self.side, self.side)
         skips = self.skips(texture) if texture is not None else None
         mask = None
