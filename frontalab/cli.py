@@ -27,6 +27,7 @@ from frontalab.data.faces import demo_source, identity_source
 from frontalab.paths import state_dir
 from frontalab.testing import LocalCluster
 from frontalab.training.sources import RUN_ID
+from frontalab.verbosity import VERBOSE_ENV, quiet_libraries
 
 GRID_ROWS = 16  # photo | frontal face rows in `frontalize --grid`
 
@@ -45,6 +46,8 @@ EXIT_STATUS = {
         "frontalab.training.checkpoints.CheckpointNotWritten"),
     9: ("the judge's weights cannot be had (npm missing or failing, no $FRONTALAB_JUDGE_MODELS)",
         "frontalab.evaluation.judge.JudgeUnavailable"),
+    10: ("a model file, folder or run that is not a usable frontalab model (named, with what is wrong)",
+         "frontalab.training.checkpoints.UnreadableModel"),
     130: ("interrupted (Ctrl-C, SIGTERM)", None),
 }
 _FAILURES = {name: status for status, (_, name) in EXIT_STATUS.items() if name}
@@ -252,7 +255,7 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
     from frontalab.serving.frontalizer import side_by_side
     from frontalab.serving.pyfunc import load_predictor
 
-    use_services(_load(args), needed=args.model.startswith(("models:/", "runs:/")))
+    use_services(_load(args), needed=args.model.startswith(("models:/", "runs:/")) or bool(RUN_ID.fullmatch(args.model)))
     inputs, out = _photos(args.inputs), Path(args.out)
     if not inputs:
         raise ConfigError("no photos among the inputs")
@@ -261,10 +264,7 @@ def cmd_frontalize(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(inputs)
     with contextlib.redirect_stdout(sys.stderr):
-        try:
-            predict = load_predictor(args.model)
-        except ValueError as err:  # an unknown pretrained:NAME
-            raise ConfigError(str(err)) from None
+        predict = load_predictor(args.model)
     teacher = LandmarkTeacher()  # the detector that screens inputs also checks each output for a face
     written, missing, faceless, pairs = [], [], [], []
     for photo in inputs:
@@ -344,6 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of a documented failure")
+    parser.add_argument("--verbose", action="store_true",
+                        help="let MLflow and Ray print everything (run links, INFO logs, per-file download bars)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
@@ -383,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p = add("frontalize", cmd_frontalize, "turn photos into frontal faces with a registered model")
     p.add_argument("--model", default="models:/frontalizer@champion",
-                   help="models:/NAME@ALIAS, runs:/…, a model folder, or a packaged champion: pretrained:thesis, "
-                        "pretrained:cole (no services, nothing to train)")
+                   help="models:/NAME@ALIAS, runs:/…, a model folder, a run id, a checkpoint file, or a packaged "
+                        "champion: pretrained:thesis, pretrained:cole (no services, nothing to train)")
     p.add_argument("inputs", nargs="+", metavar="IN", help="photos or folders of photos")
     p.add_argument("out", metavar="OUT", help="folder for the frontal faces (PNG)")
     p.add_argument("--grid", metavar="FILE", help=f"also write a picture of (input | output) rows for the first "
@@ -445,6 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    quiet_libraries()
     try:
         return args.func(args)
     except KeyboardInterrupt:

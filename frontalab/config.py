@@ -320,9 +320,12 @@ def _explain(err: OmegaConfBaseException) -> ConfigError:
 
 
 def validate(cfg: DictConfig, cls: type = Config, prefix: str = "") -> None:
-    """Check the ranges and choices declared on each field; raise ConfigError naming the key."""
+    """Check the ranges and choices declared on each field; raise ConfigError naming the key. A key ``cfg`` lacks
+    (a checkpoint's config from before it) is not checked."""
     for f in fields(cls):
         key = prefix + f.name
+        if f.name not in cfg:
+            continue
         value = cfg[f.name]
         if callable(f.default_factory) and is_dataclass(f.default_factory):
             validate(value, f.default_factory, key + ".")

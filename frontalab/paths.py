@@ -20,6 +20,16 @@ def faces_dir() -> Path:
     return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "faces")
 
 
+def portable(path: str | Path) -> str:
+    """``path`` as it reads on any machine: ``$FRONTALAB_FACES/lfw-gray`` for a folder of the faces collection,
+    else as given (an ``s3://`` URI, a path elsewhere)."""
+    try:
+        inside = Path(path).expanduser().resolve().relative_to(faces_dir().resolve())
+    except (ValueError, OSError):
+        return str(path)
+    return "$FRONTALAB_FACES" + ("" if inside == Path(".") else f"/{inside.as_posix()}")
+
+
 def cache_dir() -> Path:
     """Per-user cache for converted weights and downloaded data: ``$FRONTALAB_CACHE`` or the platform's."""
     env = os.environ.get("FRONTALAB_CACHE")

@@ -167,6 +167,51 @@ def test_an_encoder_travels_as_its_name_and_weights(tmp_path):
         encoder_from_bundle({"name": "something-else", "state_dict": {}})
 
 
+@pytest.fixture(scope="module")
+def thesis_parts(tmp_path_factory) -> dict[str, Path]:
+    """pretrained:thesis's checkpoint with its encoder beside it, as a bundle and as a pickled module."""
+    from frontalab.models import pretrained
+    from frontalab.serving.frontalizer import Frontalizer
+
+    folder, checkpoint = tmp_path_factory.mktemp("thesis_parts"), pretrained.checkpoint_path("pretrained:thesis")
+    encoder = Frontalizer(checkpoint).encoder
+    torch.save(encoder_bundle(encoder), folder / "bundle.pt")
+    torch.save(encoder, folder / "module.pt")
+    return {"checkpoint": checkpoint, "bundle": folder / "bundle.pt", "module": folder / "module.pt"}
+
+
+@pytest.mark.parametrize("module, encoder", [
+    ("frontalab.serving.pyfunc", "bundle"),  # registered before versions were logged as code
+    ("frontalab.platform.inference", "module"),  # registered before the package had layers
+])
+def test_a_version_registered_as_a_pickle_still_loads(module, encoder, thesis_parts, face_photo, tmp_path,
+                                                     monkeypatch):
+    """A version whose MLmodel holds the cloudpickled `FrontalizerModel` (by reference, under the module name of
+    its day) loads in a process that has imported frontalab, as `frontalize` loads it: the oldest through the
+    `frontalab.platform.inference` alias, and, their encoder being pickled too, only with FRONTALAB_TRUST_PICKLES=1."""
+    import cloudpickle
+    import mlflow.pyfunc
+
+    import frontalab.platform.inference  # noqa: F401  cloudpickle pickles by reference a class it finds there
+    from frontalab.serving.pyfunc import FrontalizerModel
+
+    folder = tmp_path / "model"
+    with monkeypatch.context() as m:
+        m.setattr(FrontalizerModel, "__module__", module)
+        mlflow.pyfunc.save_model(str(folder), python_model=FrontalizerModel(), pip_requirements=["torch"],
+                                 artifacts={"checkpoint": str(thesis_parts["checkpoint"]),
+                                            "encoder": str(thesis_parts[encoder])})
+    assert module.encode() in (folder / "python_model.pkl").read_bytes()
+    assert cloudpickle.loads((folder / "python_model.pkl").read_bytes()).__class__ is FrontalizerModel
+    monkeypatch.delenv(TRUST_PICKLES_ENV, raising=False)
+    if encoder == "module":
+        with pytest.raises(UntrustedPickle, match=TRUST_PICKLES_ENV):
+            load_predictor(str(folder))
+        monkeypatch.setenv(TRUST_PICKLES_ENV, "1")
+    result = load_predictor(str(folder))(pd.DataFrame({"image": [face_photo.read_bytes()]}))
+    assert list(result["face_found"]) == [True] and list(result["error"]) == [""]
+
+
 # ---------------------------------------------------------------- frontalize's outputs
 
 
@@ -200,7 +245,7 @@ def test_a_forged_checkpoint_is_refused_by_the_cli(command, small_dataset, tmp_p
             ["train", "--resume", str(forged), f"data.path={small_dataset}", "tracking.enabled=false",
              "model.out_size=64", "train.steps=1"])
     out = run_cli(*args, check=False, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
-    assert out.returncode == 2 and "unpickle code" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 10 and "unpickle code" in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert not marker.exists()
 
 
@@ -212,7 +257,7 @@ def test_resume_passes_over_an_unreadable_newest_checkpoint(tmp_path, capsys):
     whole = (tmp_path / "step-000200.pt").read_bytes()
     (tmp_path / "step-000300.pt").write_bytes(whole[: len(whole) // 2])  # cut short, as by a full disk
     assert newest_readable_checkpoint(tmp_path) == tmp_path / "step-000200.pt"
-    assert "step-000300.pt is unreadable" in capsys.readouterr().err
+    assert "step-000300.pt is cut short or corrupt" in capsys.readouterr().err
     assert (tmp_path / "step-000300.pt").exists()  # passed over, kept for whoever wants to look
 
 

@@ -973,8 +973,7 @@ def test_readme_walkthrough_names_the_steps():
 
 @pytest.mark.parametrize("command", README_COMMANDS)
 def test_readme_command_exists_in_the_cli(command):
-    if command not in _cli_commands():
-        pytest.skip(f"`frontalab {command}` is not in the CLI yet (README names it); this test turns on when it is")
+    assert command in _cli_commands(), f"the README names `frontalab {command}`, which the CLI lacks"
     proc = subprocess.run([sys.executable, "-m", "frontalab", command, "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
@@ -988,13 +987,6 @@ def test_readme_command_exists_in_the_cli(command):
             args = parse_cli(argv)
             kv = [t for t in argv[2:] if "=" in t and not t.startswith("-")]
             assert set(kv) <= set(overrides_of(args)), f"`{shlex.join(argv)}`: {kv} are not taken as overrides"
-
-
-def test_readme_commands_missing_from_the_cli():
-    """One summary of what the README names that the CLI lacks (skips, listing them, until none is missing)."""
-    missing = sorted(set(README_COMMANDS) - _cli_commands())
-    if missing:
-        pytest.skip("not in the CLI yet: " + ", ".join(f"frontalab {m}" for m in missing))
 
 
 def test_readme_shell_blocks_are_valid_bash():

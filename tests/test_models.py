@@ -111,6 +111,7 @@ def test_checkpoints_from_before_standardisation_still_load(tmp_path):
     from frontalab.config import load_config
     from frontalab.serving.frontalizer import Frontalizer
     from frontalab.models.build import build_generator
+    from frontalab.training.checkpoints import UnreadableModel
 
     cfg = load_config(None, ["model.out_size=64"])
     state = {k: v for k, v in build_generator(cfg, 256).state_dict().items() if not k.startswith("standardize.")}
@@ -119,7 +120,7 @@ def test_checkpoints_from_before_standardisation_still_load(tmp_path):
     assert torch.all(f.G.standardize.mean == 0) and torch.all(f.G.standardize.std == 1)  # the identity
     del state["fc.0.weight"]
     torch.save({"G": state, "config": OmegaConf.to_container(cfg), "step": 1}, tmp_path / "bad.pt")
-    with pytest.raises(RuntimeError, match="does not fit the decoder"):
+    with pytest.raises(UnreadableModel, match="bad.pt does not fit the ThesisDecoder"):
         Frontalizer(tmp_path / "bad.pt")
 
 

@@ -1,4 +1,5 @@
-"""Model selection cannot pick a non-face: validation's frontalization score and `promote`'s face guard.
+"""Model selection cannot pick a non-face: validation's frontalization score and `promote`'s face guard; and
+what `promote` registers is code, not a pickle.
 
 The decoders below are stand-ins whose outputs we choose (white, one face for everyone, each person's
 own photo); everything downstream of them is the real validation: the landmark student, the encoder,
@@ -7,7 +8,9 @@ dlib's detector on the outputs and the score.
 
 from __future__ import annotations
 
+import base64
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,3 +106,91 @@ def test_promote_refuses_a_sweep_whose_best_trial_makes_no_face(validated, embed
     out = run_cli("promote", sweep, "--metric", "val/identity_distance/dlib-resnet/mean", "--mode", "min",
                   *service_overrides(cfg), check=False)
     assert out.returncode == 2 and "white_00000" in out.stderr, out.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- the promoted version: code, not a pickle
+
+
+def sweep_of_one_trial(client, sweep: str, checkpoint: Path) -> None:
+    """A finished sweep whose one finished trial (a face in every output) logged ``checkpoint``."""
+    exp = client.create_experiment(f"sweep-{sweep}")
+    parent = client.create_run(exp, tags={"frontalab.role": "sweep", "frontalab.sweep": sweep})
+    child = client.create_run(exp, tags={"frontalab.trial_id": f"{sweep}_00000",
+                                         "mlflow.parentRunId": parent.info.run_id})
+    client.log_metric(child.info.run_id, SELECTION_METRIC, 0.5)
+    client.log_metric(child.info.run_id, FACE_SHARE_METRIC, 1.0)
+    client.log_artifact(child.info.run_id, str(checkpoint), "checkpoints")
+    client.set_terminated(child.info.run_id, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+
+
+@pytest.fixture(scope="module")
+def promoted(embedded_services):
+    """pretrained:thesis's checkpoint as the one finished trial of a sweep, promoted by `frontalab promote` to
+    a registered model of its own name: (name, the command's JSON, the command's stderr)."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from frontalab.models.pretrained import checkpoint_path
+
+    cfg, endpoints = embedded_services
+    sweep, name = f"code-{uuid.uuid4().hex[:6]}", f"frontalizer-code-{uuid.uuid4().hex[:6]}"
+    sweep_of_one_trial(MlflowClient(tracking_uri=endpoints.mlflow), sweep, checkpoint_path("pretrained:thesis"))
+    out = run_cli("promote", sweep, "--name", name, *service_overrides(cfg))
+    return name, json.loads(out.stdout), out.stderr
+
+
+def test_a_promoted_version_is_code_and_loads_without_unpickling(promoted, services_env, lfw_photos, tmp_path,
+                                                                 monkeypatch):
+    """The version's MLmodel names the code file that builds the model (MLflow's models from code) and holds no
+    pickled python model; promoting it warns of neither a pickle nor untyped `predict`; it loads with pickles
+    refused (ours and MLflow's) and frontalizes a face."""
+    import io
+
+    import mlflow.artifacts
+    import pandas as pd
+    import yaml
+    from PIL import Image
+
+    from frontalab.serving.promotion import MODEL_CODE
+    from frontalab.serving.pyfunc import TRUST_PICKLES_ENV, load_predictor
+
+    name, result, stderr = promoted
+    assert result["version"] and result["uri"] == f"models:/{name}@champion"
+    assert "cloudpickle" not in stderr.lower() and "type hint" not in stderr.lower(), stderr[-4000:]
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{result['version']}",
+                                                      dst_path=str(tmp_path)))
+    pyfunc = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in pyfunc
+    assert Path(pyfunc["model_code_path"]).name == MODEL_CODE.name
+    assert (folder / MODEL_CODE.name).read_text() == MODEL_CODE.read_text()
+    assert not (folder / "python_model.pkl").exists() and not list(folder.rglob("*.pkl"))
+    assert set(pyfunc["artifacts"]) == {"checkpoint", "encoder"}
+
+    monkeypatch.delenv(TRUST_PICKLES_ENV, raising=False)
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # MLflow refuses a pickled python model
+    predict = load_predictor(result["uri"])
+    out = predict(pd.DataFrame({"image": [lfw_photos[-1].read_bytes()]}))
+    assert list(out["face_found"]) == [True] and list(out["error"]) == [""]
+    assert Image.open(io.BytesIO(base64.b64decode(out["image"][0]))).size == (128, 128)
+    assert not list(folder.rglob("champions")), "a version carries the packaged champions"
+
+
+def test_promote_names_a_best_trial_whose_checkpoint_is_damaged(embedded_services, tmp_path):
+    """The best trial's checkpoint artifact cut short: promote exits 10 in one line naming it; nothing is registered."""
+    from mlflow import MlflowClient
+
+    from frontalab.models.pretrained import checkpoint_path
+
+    cfg, endpoints = embedded_services
+    sweep, name = f"cut-{uuid.uuid4().hex[:6]}", f"frontalizer-cut-{uuid.uuid4().hex[:6]}"
+    damaged = tmp_path / "step-000450.pt"
+    damaged.write_bytes(checkpoint_path("pretrained:thesis").read_bytes()[:100_000])
+    client = MlflowClient(tracking_uri=endpoints.mlflow)
+    sweep_of_one_trial(client, sweep, damaged)
+    out = run_cli("promote", sweep, "--name", name, *service_overrides(cfg), check=False)
+    said = [line for line in out.stderr.splitlines() if line.startswith("frontalab promote:")]
+    assert out.returncode == 10 and len(said) == 1, out.stderr[-2000:]
+    assert "step-000450.pt is cut short or corrupt" in said[0] and "Traceback" not in out.stderr
+    assert not client.search_registered_models(f"name='{name}'")

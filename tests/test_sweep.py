@@ -462,6 +462,25 @@ def test_a_service_killed_mid_sweep_and_restarted_finishes_every_trial_once(vict
         assert {f"step-{s:06d}.pt" for s in (steps - ckpt_every, steps)} <= in_tune, sorted(in_tune)
 
 
+def test_a_doomed_sweep_ends_before_it_starts(embedded_services, small_dataset):
+    """What every trial needs is checked before any trial or run exists: a missing dataset exits 5, a
+    `train.init_from` of another architecture exits 2, each in one line, with no trial, Ray or MLflow run."""
+    cfg, endpoints = embedded_services
+    name = f"{PREFIX}-doomed"
+    nowhere = "s3://frontalab/datasets/nowhere"
+    out = run_cli("sweep", QUICK, "--name", name, f"base.data.path={nowhere}", *service_overrides(cfg), check=False)
+    said = [line for line in out.stderr.splitlines() if line.startswith("frontalab sweep:")]
+    assert out.returncode == 5 and len(said) == 1 and f"dataset {nowhere} not found" in said[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "Ray" not in out.stderr and not out.stdout
+    # quick.yaml fine-tunes pretrained:thesis, a 128-px model: 64-px trials cannot start from it.
+    out = run_cli("sweep", QUICK, "--name", name, f"base.data.path={small_dataset}", "base.model.out_size=64",
+                  *service_overrides(cfg), check=False)
+    assert out.returncode == 2 and "model.out_size: 128 there, 64 here" in out.stderr, out.stderr[-2000:]
+    r = requests.get(f"{endpoints.mlflow}/api/2.0/mlflow/experiments/get-by-name",
+                     params={"experiment_name": f"sweep-{name}"}, timeout=30)
+    assert r.status_code == 404, r.text  # no experiment, so no parent run and no trial run
+
+
 def test_trial_runs_read_as_an_mlflow_user_expects(champion_sweep, embedded_services):
     """Read back through MLflow's REST API: names that say what each trial tried, only the keys that shape
     training as params (the rest in config.yaml), the dataset as the run's input, MLflow's User/Source/git tags,

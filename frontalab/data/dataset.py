@@ -46,7 +46,7 @@ def read_manifest(uri: str, encoder: str = "") -> dict[str, Any]:
                                 f"(run or resume `frontalab prepare --out {uri}`)")
     manifest = json.loads(storage.read_bytes(target))
     if encoder and encoder not in manifest["encoders"]:
-        raise ValueError(f"{uri} has no cached features for encoder {encoder!r}; "
+        raise IncompleteDataset(f"{uri} has no cached features for encoder {encoder!r}; "
                          f"it has {sorted(manifest['encoders'])} (re-run prepare with --encoders)")
     return manifest
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from frontalab.evaluation.metrics import roc_auc, roc_curve
 from frontalab.naming import COMMAND_TAG, LABEL_TAG, ROLE_EVALUATION, ROLE_TAG, evaluation_run
+from frontalab.paths import portable
 from frontalab.serving.frontalizer import to_tensor
 from frontalab.tracking import store
 from frontalab.training.trial import image_grid
@@ -121,7 +122,7 @@ def log_evaluation(e, faces_root: Path, results: dict[str, Any], out: Path, mode
     tags = {ROLE_TAG: ROLE_EVALUATION, LABEL_TAG: label, COMMAND_TAG: command,
             "model_uri": model.uri, "model_name": model.name, "model_version": model.version,
             "source_run": model.source_run, "encoder": encoder_name}
-    params = {"faces": str(faces_root), "encoder": encoder_name, "min_photos": e.min_photos,
+    params = {"faces": portable(faces_root), "encoder": encoder_name, "min_photos": e.min_photos,
               "max_photos_per_person": e.max_photos_per_person, "max_people": e.max_people, "seed": e.seed}
     metrics = {f"eval/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))}
     for encoder, measures in results.get("identity", {}).items():

@@ -12,7 +12,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from frontalab.config import ModelConfig, PrepareConfig
@@ -21,25 +20,24 @@ from frontalab.data.teacher import Box, LandmarkTeacher
 from frontalab.losses.texture import canonical_inputs
 from frontalab.models import landmarks as lm
 from frontalab.models.build import build_generator, encoder_from_config
-from frontalab.training.checkpoints import load_checkpoint
+from frontalab.training.checkpoints import check_fits, checkpoint_config, load_checkpoint
 
 
 class Frontalizer:
     def __init__(self, checkpoint: str | Path, encoder: Optional[torch.nn.Module] = None, device: str = "cpu",
                  views: int = 0):
         ckpt = load_checkpoint(checkpoint, device)
-        self.cfg = OmegaConf.create(ckpt["config"])
+        self.cfg = checkpoint_config(ckpt, checkpoint)
         # Checkpoints from before test-time views get the current default: how this code frontalizes.
         self.views = views or self.cfg.model.get("test_views", ModelConfig.test_views)
         self.encoder = (encoder if encoder is not None else encoder_from_config(self.cfg)).to(device).eval()
-        self.G = build_generator(self.cfg, self.encoder.feature_dim).to(device)
+        with torch.device("meta"):  # the shapes first: a damaged size in the file is refused, never allocated
+            check_fits(build_generator(self.cfg, self.encoder.feature_dim), ckpt["G"], checkpoint,
+                       optional=("standardize.",))
         # Checkpoints from before feature standardisation lack its buffers; their defaults
         # (mean 0, std 1) are the identity, which is how those decoders were trained.
-        result = self.G.load_state_dict(ckpt["G"], strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("standardize.")]
-        if missing or result.unexpected_keys:
-            raise RuntimeError(f"checkpoint {checkpoint} does not fit the decoder: missing {missing}, "
-                               f"unexpected {result.unexpected_keys}")
+        self.G = build_generator(self.cfg, self.encoder.feature_dim).to(device)
+        self.G.load_state_dict(ckpt["G"], strict=False)
         self.G.eval()
         self.teacher = LandmarkTeacher()
         self.device = device
@@ -116,7 +114,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    return torch.from_numpy(np.require(images, requirements=("C", "W"))).permute(0, 3, 1, 2).float() / 255
 
 
 def to_png(rgb: np.ndarray) -> bytes:

@@ -2,7 +2,9 @@
 
 The model version is an MLflow pyfunc bundling the trial's checkpoint (decoder + config)
 and its frozen encoder, with the frontalab code, logged in the trial's own run (so the version
-links to its training curves) with a signature and an input example; the previous champion
+links to its training curves) with a signature and an input example. It is logged from code
+(`frontalab.serving.model_code`, MLflow's models from code): no Python object is pickled into
+it, and loading it unpickles nothing. The previous champion
 becomes `previous`. Lineage tags and the description of the version name the sweep, trial, run,
 metric, config and dataset hashes, the git commit and the command, so any output can be traced
 back to the data and code that made it.
@@ -10,6 +12,7 @@ back to the data and code that made it.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from importlib.metadata import version
@@ -24,11 +27,15 @@ from frontalab.models.encoders import encoder_bundle
 from frontalab.naming import (CHAMPION, FACE_SHARE_METRIC, JUDGE_ENCODER, MODEL_NAME, SELECTION_METRIC,
                               SELECTION_MODE, TRIAL_TAG, sweep_experiment)
 from frontalab.serving.frontalizer import Frontalizer, to_png
-from frontalab.serving.pyfunc import FrontalizerModel, serving_limits, signature
+from frontalab.serving.pyfunc import serving_limits, signature
 from frontalab.tracking import store
 from frontalab.tracking.provenance import command_line
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent  # frontalab/, shipped as the model's code
+# frontalab/, shipped as the model's code (code_paths): where frontalab is not imported yet (`mlflow models
+# serve`) the version runs the code it was promoted with, and frontalab, which its requirements do not list,
+# travels with it.
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+MODEL_CODE = Path(__file__).resolve().parent / "model_code.py"  # the file that sets the model at each load
 
 
 def best_trial_run(client, sweep: str, metric: Optional[str], mode: Optional[str], min_face_share: float = 0.0):
@@ -92,10 +99,12 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
             "checkpoint": checkpoint.name,
         }
         lineage["command"] = command_line()
+        code = Path(tmp) / PACKAGE_DIR.name  # the packaged champions (42 MB) serve nothing in a version
+        shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "champions"))
         new_version = store.log_pyfunc_version(
-            best.info.run_id, python_model=FrontalizerModel(),
+            best.info.run_id, model_code=MODEL_CODE,
             artifacts={"checkpoint": str(checkpoint), "encoder": str(encoder_file)},
-            code_paths=[str(PACKAGE_DIR)], registered_model_name=name,
+            code_paths=[str(code)], registered_model_name=name,
             pip_requirements=[f"{p}=={version(p)}" for p in
                               ("torch", "torchvision", "mlflow", "kornia", "omegaconf", "dlib-bin", "numpy",
                                "pillow", "opencv-python-headless", "facenet-pytorch", "pandas", "platformdirs")]

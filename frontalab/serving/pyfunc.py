@@ -6,8 +6,12 @@ of a JSON request before the model runs, and refuse a request whose cells are no
 ``image`` (base64 PNG of the frontal face, empty when no face was found), ``face_found`` and ``error``
 (empty, or why this row has no face: a bad cell is answered in its row, never by failing the batch).
 
-Models registered before the package had layers pickled this class as
-``frontalab.platform.inference.FrontalizerModel``; that module stays as an alias of this one.
+A version is logged as code (`frontalab.serving.model_code`, MLflow's models from code): loading it runs
+that file, which builds this class afresh; nothing is unpickled. Versions registered before that hold the
+class cloudpickled by reference: loaded in a process that has imported frontalab (`frontalab frontalize`,
+`evaluate`), the class is looked up in this package; in a fresh one (`mlflow models serve`), in the copy of
+frontalab the version carries. The ones registered before the package had layers name it
+``frontalab.platform.inference.FrontalizerModel``: that module stays, an alias of this one, for the former.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import base64
 import binascii
 import os
 import pickle
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +33,11 @@ import torch
 
 from frontalab.config import PromoteConfig
 from frontalab.data.decode import MAX_PIXELS, NO_FACE, NOT_AN_IMAGE, TOO_LARGE, Skip, decode
-from frontalab.models import pretrained
 from frontalab.models.encoders import FaceEncoder, encoder_from_bundle
 from frontalab.serving.frontalizer import Frontalizer, to_png
 from frontalab.tracking import store
 from frontalab.training.checkpoints import UntrustedPickle
+from frontalab.training.sources import checkpoint_file, model_folder_checkpoint
 
 
 def _photo(item: Any) -> np.ndarray:
@@ -73,15 +78,18 @@ def load_encoder_artifact(path: str | Path) -> FaceEncoder:
 
 
 def load_predictor(spec: str):
-    """``predict(DataFrame) -> DataFrame`` for a model spec: a packaged champion (pretrained:NAME) runs
-    in-process, with no services; anything else (models:/…, runs:/…, a model folder) through MLflow's
-    pyfunc loader, exactly as `mlflow models serve` runs it."""
-    if pretrained.is_pretrained(spec):
-        model = FrontalizerModel()
-        model.frontalizer = Frontalizer(pretrained.checkpoint_path(spec))
-        return lambda frame: model.predict(None, frame)
-    with store.finding_model(spec):
-        return mlflow.pyfunc.load_model(spec).predict
+    """``predict(DataFrame) -> DataFrame`` for a model spec: a registered version (models:/…), a run's model
+    (runs:/…) or a model folder through MLflow's pyfunc loader, exactly as `mlflow models serve` runs it; a
+    packaged champion (pretrained:NAME), a run id or a checkpoint file in-process (`checkpoint_file`)."""
+    if spec.startswith(("models:/", "runs:/")) or Path(spec).is_dir():
+        if Path(spec).is_dir():
+            model_folder_checkpoint(Path(spec), spec)  # a folder that holds no frontalab model, named as such
+        with store.finding_model(spec):
+            return mlflow.pyfunc.load_model(spec).predict
+    model = FrontalizerModel()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.frontalizer = Frontalizer(checkpoint_file(spec, Path(tmp)))
+    return lambda frame: model.predict(None, frame)
 
 
 def signature():
@@ -128,7 +136,10 @@ class FrontalizerModel(mlflow.pyfunc.PythonModel):
         self.frontalizer = Frontalizer(context.artifacts["checkpoint"], encoder=encoder)
         self.limits = {**serving_limits(), **(context.model_config or {})}
 
-    def predict(self, context, model_input, params=None):
+    # Typed so that MLflow neither warns at import that `predict` has no type hints nor derives a signature
+    # from them: a DataFrame hint leaves the input to the registered `signature` (and `predict` still takes
+    # a list of photos in-process).
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         items = list(model_input["image"]) if isinstance(model_input, pd.DataFrame) else list(model_input)
         if len(items) > self.limits["max_batch"]:
             raise RequestTooLarge(f"{len(items)} photos in one request, over this model's limit of "

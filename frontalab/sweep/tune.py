@@ -31,12 +31,16 @@ from omegaconf import DictConfig, OmegaConf
 from frontalab import storage
 from frontalab.compute import connect
 from frontalab.config import ConfigError, load_config, load_sweep, search_overrides
+from frontalab.data.dataset import read_manifest
 from frontalab.models.build import encoder_from_config
 from frontalab.models.landmark_net import load_landmark_net
 from frontalab.naming import SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, bundle_tag, sweep_experiment, trial_run_name
 from frontalab.tracking import store
 from frontalab.tracking.provenance import command_line
+from frontalab.training.checkpoints import architecture_differences, checkpoint_config, load_checkpoint
+from frontalab.training.sources import checkpoint_file
 from frontalab.training.trial import mlflow_tracker_factory, run_trial
+from frontalab.verbosity import quiet_libraries
 
 EXCLUDED_FROM_TRIALS = ("services.",)  # endpoints are the driver's business
 TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
@@ -94,6 +98,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
     import ray
     from ray import tune
 
+    quiet_libraries()  # a worker on another cluster has not inherited the driver's settings
     cfg = load_config(None, [*search_overrides(config), f"tracking.experiment={experiment}"], base=base)
     store.ride_out_outages(cfg.tracking.reconnect_s)  # a (re)started trial waits out a tracking-server restart
     ctx = tune.get_context()
@@ -197,11 +202,39 @@ def _shared_assets(trial_cfg: DictConfig) -> dict[str, Any]:
             "landmark_net": load_landmark_net(trial_cfg.landmarks.weights or None)}
 
 
+def _trial_values(sweep: DictConfig, trial_cfg: DictConfig, key: str) -> list[Any]:
+    """Every value ``key`` takes in the sweep's trials: the base's, or each one its search may choose."""
+    spec = OmegaConf.to_container(sweep.search, resolve=True).get(key)
+    if isinstance(spec, dict) and next(iter(spec)) in ("choice", "grid"):
+        return list(next(iter(spec.values())))
+    return [OmegaConf.select(trial_cfg, key)]
+
+
+def check_before_start(sweep: DictConfig, trial_cfg: DictConfig) -> dict[str, Any]:
+    """What every trial will need, checked before any trial or MLflow run exists, so that a doomed sweep ends
+    at once with its documented status (`frontalab.cli.EXIT_STATUS`) and leaves nothing behind: each dataset is
+    there, finished and caches the encoder's features; each ``train.init_from`` resolves and fits the trials'
+    architecture; the encoder's weights load. Returns the frozen networks the trials share."""
+    for uri in _trial_values(sweep, trial_cfg, "data.path"):
+        read_manifest(uri, trial_cfg.encoder.name)
+    assets = _shared_assets(trial_cfg)  # FaceNet's weights missing end here, not in every trial
+    searched = tuple(OmegaConf.to_container(sweep.search, resolve=True))
+    for spec in filter(None, _trial_values(sweep, trial_cfg, "train.init_from")):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = checkpoint_file(spec, Path(tmp))
+            source = checkpoint_config(load_checkpoint(path), path)
+        differs = architecture_differences(source, trial_cfg, ignore=searched)
+        if differs:
+            raise ConfigError(f"train.init_from={spec}: that model is not the trials' architecture ({differs})")
+    return assets
+
+
 def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] = None, resume: bool = False,
               name: Optional[str] = None) -> dict[str, Any]:
     from ray import tune  # deferred: Ray takes seconds to import
 
     sweep, trial_cfg = load_sweep(sweep_file, overrides + ([f"name={name}"] if name else []))
+    assets = check_before_start(sweep, trial_cfg)
     client = store.client()
     exp_name = experiment_name(sweep)
     exp_id = store.experiment_id(client, exp_name)
@@ -220,7 +253,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
         base = OmegaConf.to_container(trial_cfg, resolve=True)
         base = {k: v for k, v in base.items() if not any(p.startswith(k + ".") for p in EXCLUDED_FROM_TRIALS)}
         trainable = tune.with_parameters(sweep_trial, base=base, parent_run_id=parent, experiment=exp_name,
-                                         sweep=sweep.name, command=command, assets=_shared_assets(trial_cfg))
+                                         sweep=sweep.name, command=command, assets=assets)
         trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
         callbacks = [EndRunCallback(exp_name).as_tune_callback()]
         if resume:

@@ -25,6 +25,7 @@ from mlflow.entities import Metric, RunTag
 
 from frontalab.storage import write_bytes_atomic
 from frontalab.tracking.uploads import release_upload
+from frontalab.verbosity import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,15 @@ class Sender:
             return None
 
     def _read(self) -> None:
+        finishing = False
         while True:
             try:
-                self._inbox.put(self.conn.recv())
+                item = self.conn.recv()
+                finishing = finishing or item[0] == "finish"
+                self._inbox.put(item)
             except (EOFError, OSError):
+                if finishing:  # the trial asked to finish, then went: finish its run, as it asked
+                    return
                 # The trial process is gone without finishing: it was killed. Send nothing more:
                 # its journal holds every point, and a resumed run sends those that never
                 # arrived, while anything sent from here after that could duplicate a step.
@@ -201,7 +207,7 @@ class Sender:
             self._files.popleft()
 
     def run(self) -> None:
-        self.conn.send(("ready",))
+        self.conn.send(("ready", os.getpid()))
         backoff, down_since = 0.2, None
         while True:
             try:
@@ -240,11 +246,13 @@ class Sender:
             flushed = False
         if flushed:
             shutil.rmtree(self._spool, ignore_errors=True)
-        self.conn.send(("finished", flushed))
+        with contextlib.suppress(OSError):  # a trial that went after asking to finish hears nothing
+            self.conn.send(("finished", flushed))
 
 
 def _sender_main(fd: int) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s frontalab tracking sender: %(message)s")
+    quiet_libraries()
     importlib.import_module("mlflow.system_metrics.system_metrics_monitor")  # while the trial opens its run
 
     conn = Connection(fd)

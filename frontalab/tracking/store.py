@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
-import yaml
 
 from frontalab import storage
 from frontalab.config import ConfigError, mask_userinfo
@@ -236,21 +235,18 @@ def latest_checkpoint_artifact(client, run_id: str, into: Path) -> Path:
     files = [f.path for f in client.list_artifacts(run_id, "checkpoints") if f.path.endswith(".pt")]
     if not files:
         raise ConfigError(f"run {run_id} has no checkpoint artifact")
+    print(f"frontalab: downloading run {run_id}'s {sorted(files)[-1]}", file=sys.stderr, flush=True)
     return Path(client.download_artifacts(run_id, sorted(files)[-1], str(into)))
 
 
-def registered_checkpoint(uri: str, into: Path) -> Path:
-    """The checkpoint artifact inside a registered pyfunc version (read from its MLmodel file; the
-    pickled python model is never loaded)."""
+def download_model(uri: str, into: Path) -> Path:
+    """The folder of a registered version (``models:/…``), downloaded under ``into``; one line says so (MLflow's
+    bar per file is off unless ``--verbose``)."""
     import mlflow.artifacts  # deferred: MLflow takes seconds to import
 
+    print(f"frontalab: downloading {uri}", file=sys.stderr, flush=True)
     with finding_model(uri):
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
-    mlmodel = yaml.safe_load((folder / "MLmodel").read_text())
-    artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
-    if "checkpoint" not in artifacts:
-        raise ConfigError(f"{uri} is not a frontalab model (its MLmodel names no checkpoint artifact)")
-    return folder / artifacts["checkpoint"]["path"]
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(into)))
 
 
 def model_version(spec: str):
@@ -264,17 +260,19 @@ def model_version(spec: str):
         return name, c.get_model_version(name, number)
 
 
-def log_pyfunc_version(run_id: str, python_model: Any, artifacts: dict[str, str], code_paths: list[str],
+def log_pyfunc_version(run_id: str, model_code: str | Path, artifacts: dict[str, str], code_paths: list[str],
                        registered_model_name: str, pip_requirements: list[str], signature: Any,
                        input_example: Any, description: str, model_config: dict[str, Any]) -> str:
     """Log a pyfunc model in the run that trained it and register it, so the version links to its training
-    curves; returns the new version. The run keeps its end status."""
+    curves; returns the new version. The run keeps its end status. The model is logged from code:
+    ``model_code`` is the Python file that sets it (`mlflow.models.set_model`), copied into the model
+    folder and run at each load, so that no pickled Python object is logged or ever unpickled."""
     import mlflow  # deferred: MLflow takes seconds to import
 
     c = client()
     status = c.get_run(run_id).info.status
     with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="frontalizer", python_model=python_model, artifacts=artifacts,
+        info = mlflow.pyfunc.log_model(name="frontalizer", python_model=str(model_code), artifacts=artifacts,
                                        code_paths=code_paths, registered_model_name=registered_model_name,
                                        pip_requirements=pip_requirements, signature=signature,
                                        input_example=input_example, model_config=model_config)

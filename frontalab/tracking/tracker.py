@@ -15,10 +15,12 @@ upload succeeds: the loop may prune its own copies, and what was never sent is r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -52,8 +54,18 @@ SENDER_START_TIMEOUT = 120  # seconds for the sender process to import MLflow an
 _DEFAULTS = TrackingConfig()  # `Tracker.open`'s defaults are the config's
 
 
-def _start_sender() -> tuple[subprocess.Popen, Connection]:
-    """The sender process and our end of its socket; it waits for its settings."""
+# Starts the sender in a session of its own and exits: the sender is the trial's grandchild. Ray kills a worker's
+# direct children when the worker exits (RAY_kill_child_processes_on_worker_exit, on by default), and Tune lets a
+# trial stopped by its scheduler exit without waiting for the trial's thread (FunctionTrainable.cleanup), so a
+# child sender died in the middle of most such trials' `finish`. The sender ends by itself once the trial's socket
+# closes, so nothing outlives its trial.
+_LAUNCH = ("import subprocess, sys; fd, module, *rest = sys.argv[1:]; "
+           "subprocess.Popen([sys.executable, '-m', module, fd, *rest], pass_fds=(int(fd),), "
+           "stdin=subprocess.DEVNULL, stdout=2, start_new_session=True)")
+
+
+def _start_sender() -> Connection:
+    """Our end of the socket of a new sender process, which waits for its settings."""
     ours, theirs = socket.socketpair()
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**DIRECT_UPLOAD_ENV, **os.environ,  # the user's settings win
@@ -61,11 +73,16 @@ def _start_sender() -> tuple[subprocess.Popen, Connection]:
     # A session of its own: Ctrl-C in the terminal interrupts the trial, which then finishes
     # its run through the sender; the sender must not die of the same SIGINT. Its output
     # (MLflow prints run links) goes to stderr: the trial's stdout may be a JSON result.
-    process = subprocess.Popen([sys.executable, "-m", SENDER_MODULE, str(theirs.fileno())],
-                               pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2, env=env,
-                               start_new_session=True)
+    subprocess.run([sys.executable, "-c", _LAUNCH, str(theirs.fileno()), SENDER_MODULE, f"--trial={os.getpid()}"],
+                   pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2, env=env, check=True)
     theirs.close()
-    return process, Connection(ours.detach())
+    return Connection(ours.detach())
+
+
+def _kill(pid: Optional[int]) -> None:
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def read_journal(path: Path) -> list[tuple[str, float, int, int]]:
@@ -88,15 +105,15 @@ class Tracker:
     end with `finish`. Every ``log_*`` call returns at once: a feeder thread hands the item to
     the sender process over a socket."""
 
-    def __init__(self, client, run_id: str, done_steps: dict[str, set[int]], process: subprocess.Popen,
-                 conn: Connection):
+    def __init__(self, client, run_id: str, done_steps: dict[str, set[int]], conn: Connection):
         self.client, self.run_id = client, run_id
         self._done = done_steps  # (key -> steps) already in the run: a resumed run skips them
         self._journal = None  # local append-only copy of every metric point (see `_open_journal`)
-        self._process, self._conn = process, conn
-        if self._receive("ready", SENDER_START_TIMEOUT) is None:
-            raise RuntimeError(f"the MLflow sender process did not start (exit code {process.poll()}); "
-                               "its error is printed above")
+        self._conn = conn
+        ready = self._receive("ready", SENDER_START_TIMEOUT)
+        if ready is None:
+            raise RuntimeError("the MLflow sender process did not start; its error is printed above")
+        self.sender_pid: int = ready[1]
         self._outbox: queue.Queue = queue.Queue()
         self._undelivered: list[str] = []  # what could not be sent once the sender was gone
         self.delivered: Optional[bool] = None  # after `finish`: whether everything reached MLflow
@@ -116,7 +133,7 @@ class Tracker:
         import mlflow
         from mlflow.entities import Param, RunTag
 
-        process, conn = _start_sender()  # it imports MLflow while we open the run
+        conn = _start_sender()  # it imports MLflow while we open the run
         try:
             client = store_client()
             done: dict[str, set[int]] = {}
@@ -143,10 +160,9 @@ class Tracker:
                 client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             conn.send({"run_id": run_id, "tracking_uri": mlflow.get_tracking_uri(), "buffer_limit": buffer_limit,
                        "send_interval": send_interval, "system_metrics": system_metrics})
-            tracker = cls(client, run_id, done, process, conn)
+            tracker = cls(client, run_id, done, conn)
         except BaseException:  # the run could not be opened: no sender without a run
-            process.kill()
-            conn.close()
+            conn.close()  # the sender ends when its socket closes
             raise
         if journal is not None:
             tracker._open_journal(Path(journal), resume_step if resume_run_id else None)
@@ -205,8 +221,8 @@ class Tracker:
                     continue
                 except OSError:
                     sender_alive = False
-                    log.error("the MLflow sender process died (exit code %s): run %s is sent from the trial "
-                              "process from now on", self._process.poll(), self.run_id)
+                    log.error("the MLflow sender process died: run %s is sent from the trial process from now on",
+                              self.run_id)
             self._send_directly(item)
 
     def _send_directly(self, item: tuple) -> None:
@@ -239,9 +255,7 @@ class Tracker:
                     if reply[0] == kind and (token is None or reply[1] == token):
                         return reply
                     continue  # a reply to an earlier flush that timed out
-            except (EOFError, OSError):
-                return None
-            if self._process.poll() is not None:
+            except (EOFError, OSError):  # the sender is gone: its end of the socket closed
                 return None
         return None
 
@@ -265,10 +279,8 @@ class Tracker:
         self._feeder.join(timeout=None if reply is None else 5)  # a dead sender's items go out from here
         if self._journal is not None:
             self._journal.close()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
+        if reply is None:  # dead, or stuck past its timeout: it must not send after the trial does
+            _kill(self.sender_pid)
         self._conn.close()
         if reply is None:  # the sender died: deliver and mark the run from here
             log.error("run %s: the MLflow sender ended before the run; sending its record from the trial", self.run_id)

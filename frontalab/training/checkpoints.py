@@ -12,14 +12,17 @@ import shutil
 import socket
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from frontalab.config import ConfigError, config_hash
+from frontalab.config import ConfigError, ModelConfig, config_hash, validate
+from frontalab.naming import ENCODER_NAMES
 from frontalab.paths import state_dir
 from frontalab.storage import replace_durably
 
@@ -43,17 +46,109 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-class UntrustedPickle(ConfigError):
-    """Refused: a file that only unpickling as code could read (the CLI exits 2 with this message)."""
+class UnreadableModel(Exception):
+    """A model file, folder or run that is not a checkpoint this frontalab can use: one line naming the file and
+    what is wrong with it (the CLI's exit status 10)."""
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint's tensors and numbers; nothing in it is unpickled as code (``weights_only``)."""
+class UntrustedPickle(UnreadableModel):
+    """Refused: a file that only unpickling as code could read."""
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save has written zip archives since torch 1.6; frontalab never wrote another kind
+MODEL_KEYS = ("G", "config", "step")  # what every checkpoint holds, packaged champions included
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", needs: tuple[str, ...] = MODEL_KEYS
+                    ) -> dict[str, Any]:
+    """A checkpoint's tensors and numbers, holding at least ``needs``; nothing in it is unpickled as code
+    (``weights_only``). Anything else is refused with `UnreadableModel`, saying what the file is instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise UnreadableModel(f"{path} is a folder, not a checkpoint file")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        raise UnreadableModel(f"{path} cannot be read ({err.strerror or err})") from None
+    if not head:
+        raise UnreadableModel(f"{path} is empty (0 bytes), not a checkpoint")
+    if not head.startswith(ZIP_MAGIC):
+        raise UnreadableModel(f"{path} is not a checkpoint: {_looks_like(head)}, where a checkpoint is a torch zip "
+                              f"archive")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise UnreadableModel(f"{path} is cut short or corrupt (its zip directory: {err})") from None
+    if not any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
+        raise UnreadableModel(f"{path} is a zip archive but not a torch checkpoint (no data.pkl among its "
+                              f"{len(members)} members)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise UntrustedPickle(f"{path} holds more than tensors and numbers: reading it would unpickle code, which "
-                              f"frontalab never does ({str(err).strip().splitlines()[0]})") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "Unsupported global" in str(err):  # a class or function to import: code, not tensors and numbers
+            raise UntrustedPickle(f"{path} holds more than tensors and numbers: reading it would unpickle code, "
+                                  f"which frontalab never does ({first})") from None
+        raise UnreadableModel(f"{path} is corrupt: its record of tensors cannot be read ({first[:160]})") from None
+    except Exception as err:  # noqa: BLE001 - torch's zip and pickle readers raise whatever a damaged byte meets first
+        cause = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise UnreadableModel(f"{path} is cut short or corrupt ({cause})") from None
+    missing = [k for k in needs if k not in ckpt] if isinstance(ckpt, dict) else list(needs)
+    if missing:
+        raise UnreadableModel(f"{path} is a torch file but not a frontalab checkpoint: it lacks {', '.join(missing)}")
+    return ckpt
+
+
+def _looks_like(head: bytes) -> str:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary data that is not a zip archive"
+    return "a text file" if all(c.isprintable() or c.isspace() for c in text) else "data that is not a zip archive"
+
+
+def checkpoint_config(ckpt: dict[str, Any], path: str | Path) -> DictConfig:
+    """The config a checkpoint was trained with, its ``model`` section checked against the choices and ranges
+    `frontalab.config` declares (a damaged size or decoder name is named, not built)."""
+    try:
+        cfg = OmegaConf.create(ckpt["config"])
+        validate(cfg.model, ModelConfig, "model.")
+        if cfg.encoder.name not in ENCODER_NAMES:
+            raise ConfigError(f"encoder.name {cfg.encoder.name!r} is none of {', '.join(ENCODER_NAMES)}")
+    except (ConfigError, OmegaConfBaseException, ValueError, TypeError, AttributeError) as err:
+        raise UnreadableModel(f"{path}: its config does not describe a model ({str(err).splitlines()[0][:200]})") from None
+    return cfg
+
+
+def architecture_differences(source: DictConfig, cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
+    """How another run's model and encoder (its `checkpoint_config`) differ from ``cfg``'s, '' when they do not;
+    keys the other run predates count as their defaults, and keys in ``ignore`` (``model.width``) are not compared."""
+    model = OmegaConf.merge(OmegaConf.structured(ModelConfig), source.model)
+    differs = [f"model.{k}: {model[k]} there, {cfg.model[k]} here" for k in cfg.model
+               if model[k] != cfg.model[k] and k != "test_views" and f"model.{k}" not in ignore]  # views: inference
+    if source.encoder.name != cfg.encoder.name and "encoder.name" not in ignore:
+        differs.append(f"encoder.name: {source.encoder.name} there, {cfg.encoder.name} here")
+    return "; ".join(differs)
+
+
+def check_fits(module: torch.nn.Module, weights: Any, path: str | Path, optional: tuple[str, ...] = ()) -> None:
+    """Refuse (`UnreadableModel`) a checkpoint's ``weights`` that ``module.load_state_dict`` would not take: a name
+    missing (other than those starting with ``optional``) or left over, or a tensor of another shape. ``module`` may
+    live on the meta device, so that a damaged size is found before anything of that size is made."""
+    own = module.state_dict()
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UnreadableModel(f"{path}: its weights are not a table of tensors")
+    missing = [k for k in own if k not in weights and not k.startswith(optional)]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} for {tuple(v.shape)}" for k, v in own.items()
+              if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        wrong = "; ".join(filter(None, [missing and f"missing {', '.join(missing[:3])}",
+                                        unexpected and f"unexpected {', '.join(unexpected[:3])}",
+                                        shapes and f"shaped {', '.join(shapes[:3])}"]))
+        raise UnreadableModel(f"{path} does not fit the {type(module).__name__} its config describes ({wrong})")
 
 
 class CheckpointNotWritten(OSError):
@@ -81,11 +176,10 @@ def newest_readable_checkpoint(folder: Path) -> Optional[Path]:
     crash mid-copy) is named on stderr and passed over, never deleted."""
     for path in sorted(folder.glob("step-*.pt"), reverse=True):
         try:
-            load_checkpoint(path)
+            load_checkpoint(path, needs=("step",))
             return path
-        except Exception as err:  # a corrupt file raises whatever torch's zip or pickle reader meets first
-            print(f"frontalab: checkpoint {path} is unreadable ({type(err).__name__}: {str(err).strip()[:200]}); "
-                  f"trying the one before it", file=sys.stderr)
+        except UnreadableModel as err:
+            print(f"frontalab: {err}; trying the checkpoint before it", file=sys.stderr)
     return None
 
 

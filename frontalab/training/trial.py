@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
-from frontalab.config import Config, ConfigError, config_hash, training_params
+from frontalab.config import ConfigError, config_hash, training_params
 from frontalab.data.stream import ShardStream, feature_sample, first_rows
 from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
 from frontalab.losses.landmark import symmetry_loss
@@ -42,7 +42,9 @@ from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRI
 from frontalab.tracking.provenance import git_commit, host
 from frontalab.tracking.store import ensure_landmark_model, log_training_inputs
 from frontalab.tracking.tracker import NullTracker, Tracker
-from frontalab.training.checkpoints import (claim_folder, default_checkpoint_dir, load_checkpoint,
+from frontalab.training.checkpoints import (MODEL_KEYS, UnreadableModel, architecture_differences, check_fits,
+                                            checkpoint_config,
+                                            claim_folder, default_checkpoint_dir, load_checkpoint,
                                             newest_readable_checkpoint, rng_state, save_atomic, set_rng_state)
 from frontalab.training.sources import checkpoint_file
 from frontalab.training.step import Learner, NonFiniteLoss
@@ -165,14 +167,12 @@ class Trial:
     def _init_from(self, spec: str) -> None:
         """The decoder of another model, which must have this trial's architecture and encoder."""
         with tempfile.TemporaryDirectory() as tmp:
-            ckpt = load_checkpoint(checkpoint_file(spec, Path(tmp)))
-        source = OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"])
-        differs = [f"model.{k}: {source.model[k]} there, {self.cfg.model[k]} here" for k in self.cfg.model
-                   if source.model[k] != self.cfg.model[k] and k != "test_views"]  # views: inference only
-        if source.encoder.name != self.cfg.encoder.name:
-            differs.append(f"encoder.name: {source.encoder.name} there, {self.cfg.encoder.name} here")
+            path = checkpoint_file(spec, Path(tmp))
+            ckpt = load_checkpoint(path)
+        differs = architecture_differences(checkpoint_config(ckpt, path), self.cfg)
         if differs:
-            raise ConfigError(f"train.init_from={spec}: that model is not this trial's architecture ({'; '.join(differs)})")
+            raise ConfigError(f"train.init_from={spec}: that model is not this trial's architecture ({differs})")
+        check_fits(self.G, ckpt["G"], path)
         self.G.load_state_dict(ckpt["G"])  # its feature statistics too: the weights were learnt with them
 
     def checkpoint(self) -> Path:
@@ -192,14 +192,24 @@ class Trial:
         return path
 
     def _load(self, path: Path) -> Optional[str]:
-        ckpt = load_checkpoint(path, self.device)
+        ckpt = load_checkpoint(path, self.device, needs=MODEL_KEYS + ("dataset_hash", "order", "rng"))
+        differs = architecture_differences(checkpoint_config(ckpt, path), self.cfg)
+        if differs:
+            raise ConfigError(f"checkpoint {path} is another architecture than this run's config ({differs}): "
+                                  f"start a new run from it with train.init_from={path}")
         if ckpt["dataset_hash"] != self.dataset_hash:
-            raise ValueError(f"checkpoint {path} was trained on dataset {ckpt['dataset_hash']}, "
-                             f"not {self.dataset_hash} ({self.cfg.data.path})")
+            raise ConfigError(f"checkpoint {path} was trained on dataset {ckpt['dataset_hash']}, "
+                              f"not {self.dataset_hash} ({self.cfg.data.path})")
         if "window" not in ckpt["order"]:
-            raise ValueError(f"checkpoint {path} predates streamed batches, so its batch order cannot be "
-                             f"replayed: start a new run from it with train.init_from={path}")
-        self.learner.load_state_dict(ckpt)
+            raise ConfigError(f"checkpoint {path} predates streamed batches, so its batch order cannot be "
+                              f"replayed: start a new run from it with train.init_from={path}")
+        check_fits(self.G, ckpt["G"], path)
+        if self.D is not None:
+            check_fits(self.D, ckpt.get("D"), path)
+        try:
+            self.learner.load_state_dict(ckpt)
+        except (KeyError, ValueError, RuntimeError) as err:  # the optimisers' state, damaged
+            raise UnreadableModel(f"checkpoint {path}: its training state cannot be restored ({err})") from None
         self.stream.load_state_dict(ckpt["order"])
         set_rng_state(ckpt["rng"])
         self.state.step = ckpt["step"]
