@@ -31,11 +31,12 @@ test-slow: $(STAMP)
 # The main job: services, a prepared face set, the quick CPU sweep fine-tuning the packaged thesis champion,
 # its best trial promoted, and frontal faces of eight LFW people no model was trained on, lined up against
 # their second photos by the independent judge.
+# Each command's JSON result goes to outputs/DEMO/; the terminal shows progress and the summary at the end.
 demo: $(STAMP)
-	$(BIN)/frontalab up
-	$(BIN)/frontalab prepare --source "$$($(BIN)/frontalab faces)" --out s3://frontalab/datasets/demo --limit 800
-	$(BIN)/frontalab sweep sweeps/quick.yaml --name $(DEMO)
 	mkdir -p outputs/$(DEMO)
+	$(BIN)/frontalab up > outputs/$(DEMO)/services.json
+	$(BIN)/frontalab prepare --source "$$($(BIN)/frontalab faces)" --out s3://frontalab/datasets/demo --limit 800
+	$(BIN)/frontalab sweep sweeps/quick.yaml --name $(DEMO) > outputs/$(DEMO)/sweep.json
 	$(BIN)/frontalab promote $(DEMO) > outputs/$(DEMO)/promotion.json
 	$(BIN)/frontalab lineup --model models:/frontalizer@champion --people 8 --out outputs/$(DEMO) \
 	    --json outputs/$(DEMO)/lineup.json > /dev/null

@@ -37,7 +37,8 @@ from synthetic_faces import write_dataset  # noqa: E402
 
 from frontalab.config import load_config  # noqa: E402
 from frontalab.data.stream import ShardStream, feature_sample  # noqa: E402
-from frontalab.models.build import build_generator, encoder_from_config  # noqa: E402
+from frontalab.losses.papers import build_generator  # noqa: E402
+from frontalab.models.build import encoder_from_config  # noqa: E402
 from frontalab.models.encoders import encoder_bundle, encoder_from_bundle  # noqa: E402
 from frontalab.models.landmark_net import load_landmark_net  # noqa: E402
 from frontalab.training.step import Learner  # noqa: E402

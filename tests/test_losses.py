@@ -232,3 +232,89 @@ def test_cole_terms_have_their_known_values():
     e = torch.randn(4, 128, generator=torch.Generator().manual_seed(0))
     assert cole_identity_loss(e, 3 * e).item() == pytest.approx(-1.0, abs=1e-6)
     assert cole_identity_loss(e, -e).item() == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- the objectives, driven directly
+
+
+@pytest.fixture(scope="module")
+def frozen():
+    """The frozen networks every objective reads: dlib's encoder and the landmark student."""
+    from frontalab.config import load_config
+    from frontalab.models.build import encoder_from_config
+    from frontalab.models.landmark_net import load_landmark_net
+
+    return encoder_from_config(load_config(None, [])).eval(), load_landmark_net(None).eval()
+
+
+def generator_terms(frozen, *overrides: str) -> dict[str, float]:
+    """One generator phase's unweighted terms, for a seeded 64-px decoder on a seeded batch of three faces."""
+    from frontalab.config import load_config
+    from frontalab.losses.papers import paper
+    from frontalab.models.thesis import Discriminator
+
+    encoder, landmark_net = frozen
+    cfg = load_config(None, ["model.out_size=64", *overrides])
+    system = paper(cfg.model.decoder)
+    torch.manual_seed(1)
+    G = system.build_generator(cfg, encoder.feature_dim)
+    D = Discriminator() if system.has_discriminator(cfg) else None
+    objective = system.objective(cfg, G, D, encoder, landmark_net, lm.mean_face())
+    g = torch.Generator().manual_seed(0)
+    batch = {"features": torch.randn(3, encoder.feature_dim, generator=g),
+             "image": torch.rand(3, 3, 64, 64, generator=g) * 2 - 1,
+             "landmarks": lm.mean_face()[None].expand(3, -1, -1) + 0.01 * torch.randn(3, 68, 2, generator=g),
+             "embedding": torch.nn.functional.normalize(torch.randn(3, 128, generator=g), dim=1)}
+    return {k: v.item() for k, v in objective.generator_phase(batch).loss.terms.items()}
+
+
+THESIS_WEIGHTS = ("loss.perceptual=1", "loss.identity_relation=1", "loss.identity_l2=1", "model.input_texture=true")
+
+
+@pytest.mark.parametrize("option, changes", [
+    ("loss.texture_frame=canonical", {"texture"}),
+    ("loss.texture_region=face", {"texture"}),
+    ("loss.mask_target=face", {"mask"}),
+    ("loss.identity_chip=canonical", {"identity", "identity_l2", "identity_relation"}),
+    ("loss.encoder_blur=1.5", {"identity", "identity_l2", "identity_relation", "perceptual"}),
+])
+def test_each_thesis_option_changes_the_terms_it_should_and_no_other(frozen, option, changes):
+    base = generator_terms(frozen, *THESIS_WEIGHTS)
+    other = generator_terms(frozen, *THESIS_WEIGHTS, option)
+    assert set(base) == set(other) == {"texture", "alpha_geo", "sym", "tilt", "expr", "mask", "identity", "identity_l2",
+                                       "identity_relation", "perceptual", "adversarial"}
+    assert {k for k in base if base[k] != other[k]} == changes, (base, other)
+
+
+def test_region_scale_moves_the_face_region_of_the_terms_that_use_it(frozen):
+    """The wider region reaches the texture, mask and perceptual terms only where they read the region. (The
+    input-texture decoder's mask starts at the region too, so the papers' decoder is compared here.)"""
+    on_region = (*THESIS_WEIGHTS[:-1], "loss.texture_region=face", "loss.mask_target=face")
+    base, wider = generator_terms(frozen, *on_region), generator_terms(frozen, *on_region, "loss.region_scale=1.4")
+    assert {k for k in base if base[k] != wider[k]} == {"texture", "mask", "perceptual"}
+    # Where no term reads it (the thesis' mask-weighted texture, the mask pulled to zero), nothing moves.
+    assert generator_terms(frozen) == generator_terms(frozen, "loss.region_scale=1.4")
+
+
+def test_cole_objective_has_its_terms_and_the_blur_reaches_only_the_encoders(frozen):
+    cole = ("model.decoder=cole", "model.cole_hidden=16", "model.cole_channels=16", "loss.cole.perceptual=1")
+    base, blurred = generator_terms(frozen, *cole), generator_terms(frozen, *cole, "loss.encoder_blur=1.5")
+    assert set(base) == {"cole.texture", "cole.landmark", "cole.identity", "cole.perceptual"}
+    assert {k for k in base if base[k] != blurred[k]} == {"cole.identity", "cole.perceptual"}
+    assert "cole.perceptual" not in generator_terms(frozen, *cole[:-1])  # weight 0: never computed
+
+
+def test_every_loss_key_is_a_term_or_an_option_and_every_decoder_a_paper():
+    from dataclasses import fields
+
+    from frontalab.config import ModelConfig, load_config
+    from frontalab.losses.papers import PAPERS, paper
+    from frontalab.losses.terms import check_loss_keys
+
+    check_loss_keys(load_config(None, []).loss)
+    with pytest.raises(KeyError, match="loss.cole.sharpness weighs no loss term"):
+        check_loss_keys({"texture": 1.0, "cole": {"sharpness": 2.0}})
+    choices = next(f for f in fields(ModelConfig) if f.name == "decoder").metadata["choices"]
+    assert set(choices) == set(PAPERS)
+    with pytest.raises(ValueError, match="model.decoder='pix2pix' is none of thesis, cole"):
+        paper("pix2pix")

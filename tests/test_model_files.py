@@ -37,7 +37,7 @@ def other_checkpoint(trained: Path, folder: Path, *overrides: str) -> Path:
     """``trained``'s config, with the weights of a decoder built from ``overrides`` instead of its own."""
     from omegaconf import OmegaConf
 
-    from frontalab.models.build import build_generator
+    from frontalab.losses.papers import build_generator
 
     ckpt = load_checkpoint(trained)
     other = OmegaConf.merge(OmegaConf.create(ckpt["config"]), OmegaConf.from_dotlist(list(overrides)))

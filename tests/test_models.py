@@ -110,7 +110,7 @@ def test_checkpoints_from_before_standardisation_still_load(tmp_path):
 
     from frontalab.config import load_config
     from frontalab.serving.frontalizer import Frontalizer
-    from frontalab.models.build import build_generator
+    from frontalab.losses.papers import build_generator
     from frontalab.training.checkpoints import UnreadableModel
 
     cfg = load_config(None, ["model.out_size=64"])

@@ -64,7 +64,7 @@ def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(referenc
     run = rest(endpoints, "runs/get", run_id=run_id)["run"]
     assert run["info"]["status"] == "FINISHED"
     keys = {m["key"] for m in run["data"]["metrics"]}
-    for term in ("texture", "geo", "sym", "tilt", "expr", "mask", "identity", "adversarial", "total"):
+    for term in ("texture", "alpha_geo", "sym", "tilt", "expr", "mask", "identity", "adversarial", "total"):
         assert f"train/g/{term}" in keys, term
     assert {"train/d/adversarial", "train/steps_per_s", "train/lr_g", "val/abs_yaw", "val/mask_mean"} <= keys
     assert {"val/identity_distance/dlib-resnet/mean", "val/identity_distance/dlib-resnet/median",
@@ -500,13 +500,15 @@ def test_cole_decoder_trains_with_its_own_losses(small_dataset):
     trial = make_trial(small_dataset, "model.decoder=cole", "model.cole_hidden=32", "loss.cole.perceptual=30")
     assert trial.D is None
     metrics = trial.train_step()
-    assert {"train/g/cole_texture", "train/g/cole_landmark", "train/g/cole_identity",
-            "train/g/cole_perceptual"} <= set(metrics)
+    assert {"train/g/cole.texture", "train/g/cole.landmark", "train/g/cole.identity",
+            "train/g/cole.perceptual"} <= set(metrics)
     # Our perceptual term compares with the (frontal) input itself: zero for the input, positive for a blur of it.
+    from frontalab.losses.objectives import input_perceptual
+
     batch = training_rows(trial, 4)
-    assert trial.objective.perceptual(batch["image"], batch).item() == pytest.approx(0, abs=1e-6)
-    assert trial.objective.perceptual(batch["image"].mean((2, 3), keepdim=True).expand_as(batch["image"]),
-                                      batch).item() > 0.1
+    assert input_perceptual(trial.encoder, batch["image"], batch, 0.0).item() == pytest.approx(0, abs=1e-6)
+    assert input_perceptual(trial.encoder, batch["image"].mean((2, 3), keepdim=True).expand_as(batch["image"]),
+                            batch, 0.0).item() > 0.1
 
 
 def test_recomputed_input_features_agree_with_the_cached_ones(small_dataset):

@@ -42,7 +42,8 @@ from frontalab.data.teacher import head_pose  # noqa: E402
 from frontalab.losses.objectives import embed_faces  # noqa: E402
 from frontalab.metrics import all_pairs, different_people_spread  # noqa: E402
 from frontalab.models import landmarks as lm  # noqa: E402
-from frontalab.models.build import build_generator, encoder_from_config  # noqa: E402
+from frontalab.losses.papers import build_generator  # noqa: E402
+from frontalab.models.build import encoder_from_config  # noqa: E402
 from frontalab.models.encoders import encoder_from_bundle  # noqa: E402
 from frontalab.models.landmark_net import load_landmark_net  # noqa: E402
 from frontalab.models.pretrained import champion_config  # noqa: E402

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from frontalab.cli import use_services
 from frontalab.config import load_config
+from frontalab.losses.terms import THESIS, terms_of
 from frontalab.paths import portable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,11 +180,9 @@ def main() -> None:
               "|---|---|---|---|---|---|---|---|"]
     for label, run in sources.items():
         p = run.data.params
-        keys = (("loss.cole.texture", "loss.cole.landmark", "loss.cole.identity", "loss.cole.perceptual")
-                if p.get("model.decoder") == "cole"
-                else ("loss.texture", "loss.identity", "loss.identity_relation", "loss.perceptual", "loss.adversarial",
-                      "loss.mask"))
-        weights = ", ".join(f"{k.split('.')[-1]} {p[k]}" for k in keys if k in p)  # older runs lack newer terms
+        keys = [f"loss.{t.key}" for t in terms_of(p.get("model.decoder", THESIS))]
+        # The weights that are on; older runs lack newer terms.
+        weights = ", ".join(f"{k.split('.')[-1]} {p[k]}" for k in keys if k in p and float(p[k]) != 0)
         lines.append(f"| {label} | `{run.info.run_id}` | {run.data.tags.get('frontalab.sweep', '-')} | "
                      f"{p.get('model.decoder')} | {p.get('train.steps')} x {p.get('train.batch_size')} | "
                      f"{p.get('model.out_size')} | {weights} | {minutes(run):.0f} min |")

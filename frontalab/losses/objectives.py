@@ -10,20 +10,17 @@ output size, ``landmarks`` (N, 68, 2) teacher points (normalised), ``features`` 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from functools import cached_property, partial
+from typing import Any, Mapping, NamedTuple, Optional
 
 import torch
-from omegaconf import DictConfig
 from kornia.filters import gaussian_blur2d
+from omegaconf import DictConfig
 from torch import nn
 
-from frontalab.losses import landmark as lml
-from frontalab.losses.adversarial import discriminator_adversarial_loss, generator_adversarial_loss
-from frontalab.losses.cole import cole_identity_loss, cole_landmark_loss, cole_texture_loss
 from frontalab.losses.composite import WeightedLoss, weighted_sum
-from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss, identity_relation_loss
-from frontalab.losses.mask import mask_loss
 from frontalab.losses.perceptual import perceptual_loss
+from frontalab.losses.terms import COLE, THESIS, Term, terms_of, weight
 from frontalab.losses.texture import canonical_inputs, texture_loss
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import encoder_input
@@ -58,8 +55,73 @@ def encoder_pass(encoder: nn.Module, images: torch.Tensor, points: torch.Tensor)
     return maps, encoder.embed_from_features(encoder.pool(maps[-1]))
 
 
+class DiscriminatorContext(NamedTuple):
+    """What the discriminator's term reads."""
+    D: nn.Module
+    real: torch.Tensor  # input faces
+    fake: torch.Tensor  # the generator's noisy faces, detached
+
+
+def phase_loss(terms: tuple[Term, ...], weights: Mapping[str, Any], context: Any) -> WeightedLoss:
+    """The weighted sum of ``terms`` (`frontalab.losses.terms`) on ``context``, each term computed only when its
+    weight is non-zero and it applies to this batch."""
+    return weighted_sum({t.key: weight(weights, t.key) if t.applies(context) else 0.0 for t in terms},
+                        {t.key: partial(t.compute, context) for t in terms})
+
+
+class ThesisContext:
+    """What the thesis' terms read, each piece computed on first use and once per generator phase."""
+
+    def __init__(self, objective: "ThesisObjective", batch: dict[str, torch.Tensor]):
+        self.objective, self.batch, self.w, self.D = objective, batch, objective.w, objective.D
+        self._passes: dict[str, tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self.out = objective.decode(batch, self.target if objective.G.input_texture else None)
+        self.points = objective.landmark_net(self.out.composite)  # (N, 68, 2) landmarks of the output
+
+    @cached_property
+    def target(self) -> torch.Tensor:  # I*
+        return self.objective.canonical_texture(self.batch)
+
+    @cached_property
+    def region(self) -> torch.Tensor:
+        return self.objective.region(self.out.composite.shape[-1])
+
+    @cached_property
+    def canonical(self) -> torch.Tensor:
+        return self.objective.canonical.expand_as(self.points)
+
+    def output_pass(self, chip: str) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(feature maps, embedding) of the output, cut at the student's points or the canonical ones."""
+        if chip not in self._passes:
+            at = self.canonical if chip == "canonical" else self.points
+            self._passes[chip] = encoder_pass(self.objective.encoder,
+                                              seen_by_encoder(self.out.composite, self.w.encoder_blur), at)
+        return self._passes[chip]
+
+    @cached_property
+    def identity_embedding(self) -> torch.Tensor:
+        return self.output_pass(self.w.identity_chip)[1]
+
+    def texture(self) -> torch.Tensor:
+        # The mask tells the texture term where the face is (thesis: it "guides the learning of colour").
+        w = self.w
+        return texture_loss(self.target, self.out.noisy, self.points if w.texture_frame == "student" else None,
+                            self.objective.canonical, mask=self.out.mask if w.texture_region == "mask" else None,
+                            region=self.region if w.texture_region == "face" else None)
+
+    def perceptual(self) -> torch.Tensor:
+        seen = self.target
+        if self.out.mask is not None:  # the target as the composite shows it: the face region on white
+            seen = self.region * seen + (1 - self.region)
+        with torch.no_grad():
+            target_maps, _ = encoder_pass(self.objective.encoder, seen_by_encoder(seen, self.w.encoder_blur),
+                                          self.canonical)
+        return perceptual_loss(self.output_pass("canonical")[0], target_maps)
+
+
 class ThesisObjective:
-    """Wang 2019 §3.5: texture, landmark (geo/sym/tilt/expr), mask, identity and LSGAN terms.
+    """Wang 2019 §3.5: texture, landmark (geo/sym/tilt/expr), mask, identity and LSGAN terms
+    (`frontalab.losses.terms`, paper ``thesis``).
 
     Options that depart from the thesis (config keys; evidence in docs/RESULTS.md): the texture term over
     the canonical face region instead of the learned mask (``texture_region``), a mask term that holds the
@@ -95,72 +157,57 @@ class ThesisObjective:
         return self.G(batch["features"], self.canonical_texture(batch) if texture is None else texture)
 
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
-        cached: dict[str, Any] = {}
-
-        def once(key: str, make):
-            if key not in cached:
-                cached[key] = make()
-            return cached[key]
-
-        def target() -> torch.Tensor:  # I*
-            return self.canonical_texture(batch)
-
-        out = self.decode(batch, once("target", target) if self.G.input_texture else None)
-        points = self.landmark_net(out.composite)
-        l_in = batch["landmarks"]
-        size = out.composite.shape[-1]
-        region = self.region(size)
-        canonical = self.canonical.expand_as(points)
-        w = self.w
-
-        def output_pass(chip: str):
-            at = canonical if chip == "canonical" else points
-            return once(f"out-{chip}", lambda: encoder_pass(self.encoder, seen_by_encoder(out.composite, w.encoder_blur), at))
-
-        def identity_embedding() -> torch.Tensor:
-            return output_pass(w.identity_chip)[1]
-
-        def perceptual() -> torch.Tensor:
-            seen = once("target", target)
-            if out.mask is not None:  # the target as the composite shows it: the face region on white
-                seen = region * seen + (1 - region)
-            with torch.no_grad():
-                target_maps, _ = encoder_pass(self.encoder, seen_by_encoder(seen, w.encoder_blur), canonical)
-            return perceptual_loss(output_pass("canonical")[0], target_maps)
-
-        mask_for_texture = out.mask if w.texture_region == "mask" else None
-        terms = {
-            # The mask tells the texture term where the face is (thesis: it "guides the learning of colour").
-            "texture": lambda: texture_loss(once("target", target), out.noisy,
-                                            points if w.texture_frame == "student" else None, self.canonical,
-                                            mask=mask_for_texture, region=region if w.texture_region == "face" else None),
-            "geo": lambda: lml.geometry_loss(l_in, points),
-            "sym": lambda: lml.symmetry_loss(points),
-            "tilt": lambda: lml.tilt_loss(points),
-            "expr": lambda: lml.expression_loss(points),
-            "mask": lambda: mask_loss(out.mask, w.mask_p, region if w.mask_target == "face" else None),
-            "identity": lambda: identity_cosine_loss(batch["embedding"], identity_embedding()),
-            "identity_l2": lambda: identity_l2_loss(batch["embedding"], identity_embedding()),
-            "identity_relation": lambda: identity_relation_loss(batch["embedding"], identity_embedding()),
-            "perceptual": perceptual,
-            "adversarial": lambda: generator_adversarial_loss(self.D(out.noisy)),
-        }
-        weights = {"texture": w.texture, "geo": w.alpha_geo, "sym": w.sym, "tilt": w.tilt, "expr": w.expr,
-                   "mask": w.mask if out.mask is not None else 0.0, "identity": w.identity,
-                   "identity_l2": w.identity_l2, "identity_relation": w.identity_relation, "perceptual": w.perceptual,
-                   "adversarial": w.adversarial}
-        loss = weighted_sum(weights, terms)
-        return GeneratorPass(loss, out.composite, out.noisy, out.mask, points)
+        c = ThesisContext(self, batch)
+        loss = phase_loss(terms_of(THESIS), self.w, c)
+        return GeneratorPass(loss, c.out.composite, c.out.noisy, c.out.mask, c.points)
 
     def discriminator_phase(self, real: torch.Tensor, fake: torch.Tensor) -> WeightedLoss:
         """LSGAN D loss (eq. 3.11) on real input faces vs the generator's (detached) noisy faces."""
-        value = discriminator_adversarial_loss(self.D(real), self.D(fake.detach()))
-        return WeightedLoss(value, {"adversarial": value})
+        (term,) = terms_of(THESIS, "D")
+        value = term.compute(DiscriminatorContext(self.D, real, fake.detach()))
+        return WeightedLoss(value, {term.key: value})
+
+
+class ColeContext:
+    """What Cole's terms read, each piece computed on first use and once per generator phase."""
+
+    def __init__(self, objective: "ColeObjective", batch: dict[str, torch.Tensor]):
+        self.objective, self.batch, self.w = objective, batch, objective.w
+        self.out = objective.decode(batch)
+
+    @cached_property
+    def target(self) -> torch.Tensor:
+        """The input warped to the mean face, where the decoder draws its texture (data: no gradient)."""
+        size = self.out.texture.shape[-1]
+        with torch.no_grad():
+            src = lm.to_pixels(self.batch["landmarks"], size)
+            mean = lm.to_pixels(self.objective.G.mean_landmarks, size).expand_as(src)
+            return sparse_image_warp(self.batch["image"], src, mean)
+
+    @cached_property
+    def identity_embedding(self) -> torch.Tensor:
+        return embed_faces(self.objective.encoder, seen_by_encoder(self.out.composite, self.w.encoder_blur),
+                           self.out.landmarks)
+
+    def perceptual(self) -> torch.Tensor:
+        return input_perceptual(self.objective.encoder, self.out.composite, self.batch, self.w.encoder_blur)
+
+
+def input_perceptual(encoder: nn.Module, output: torch.Tensor, batch: dict[str, torch.Tensor],
+                     blur: float) -> torch.Tensor:
+    """Cole's perceptual term: the output's encoder maps against the (frontal) input's, both cut at the input's
+    landmarks, so that the two chips are pixel-aligned and the term asks for the input's edges and parts where
+    they are."""
+    points = batch["landmarks"]
+    with torch.no_grad():
+        target_maps, _ = encoder_pass(encoder, seen_by_encoder(batch["image"], blur), points)
+    return perceptual_loss(encoder_pass(encoder, seen_by_encoder(output, blur), points)[0], target_maps)
 
 
 class ColeObjective:
     """Cole et al. §3.3: texture MAE x100, landmark MSE x1, negative-cosine identity x10, and optionally our
-    perceptual term (``loss.cole.perceptual``; 0, the paper, by default).
+    perceptual term (``loss.cole.perceptual``; 0, the paper, by default) (`frontalab.losses.terms`, paper
+    ``cole``).
 
     The texture target is the input warped to the mean face (the decoder draws its texture
     there); the landmark target is the input's own teacher landmarks.
@@ -178,39 +225,6 @@ class ColeObjective:
         return self.G(batch["features"], texture)
 
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
-        out = self.decode(batch)
-        size = out.texture.shape[-1]
-        with torch.no_grad():
-            src = lm.to_pixels(batch["landmarks"], size)
-            target = sparse_image_warp(batch["image"], src, lm.to_pixels(self.G.mean_landmarks, size).expand_as(src))
-        terms = {
-            "cole_texture": lambda: cole_texture_loss(out.texture, target),
-            "cole_landmark": lambda: cole_landmark_loss(out.landmarks, batch["landmarks"]),
-            "cole_identity": lambda: cole_identity_loss(batch["embedding"], embed_faces(
-                self.encoder, seen_by_encoder(out.composite, self.w.encoder_blur), out.landmarks)),
-            "cole_perceptual": lambda: self.perceptual(out.composite, batch),
-        }
-        weights = {"cole_texture": self.w.cole.texture, "cole_landmark": self.w.cole.landmark,
-                   "cole_identity": self.w.cole.identity, "cole_perceptual": self.w.cole.perceptual}
-        loss = weighted_sum(weights, terms)
-        return GeneratorPass(loss, out.composite, out.composite, None, out.landmarks)
-
-    def perceptual(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The output's encoder maps against the (frontal) input's, both cut at the input's landmarks, so that
-        the two chips are pixel-aligned and the term asks for the input's edges and parts where they are."""
-        points, blur = batch["landmarks"], self.w.encoder_blur
-        with torch.no_grad():
-            target_maps, _ = encoder_pass(self.encoder, seen_by_encoder(batch["image"], blur), points)
-        return perceptual_loss(encoder_pass(self.encoder, seen_by_encoder(output, blur), points)[0], target_maps)
-
-
-# The decoder (config `model.decoder`) -> the objective that trains it.
-OBJECTIVES = {"thesis": ThesisObjective, "cole": ColeObjective}
-
-
-def build_objective(cfg: DictConfig, generator: nn.Module, discriminator: Optional[nn.Module], encoder: nn.Module,
-                    landmark_net: nn.Module, canonical: torch.Tensor):
-    """The objective that trains decoder ``cfg.model.decoder``: Cole's, or the thesis' (the default)."""
-    if OBJECTIVES.get(cfg.model.decoder) is ColeObjective:
-        return ColeObjective(generator, encoder, cfg.loss)
-    return ThesisObjective(generator, discriminator, encoder, landmark_net, cfg.loss, canonical)
+        c = ColeContext(self, batch)
+        loss = phase_loss(terms_of(COLE), self.w, c)
+        return GeneratorPass(loss, c.out.composite, c.out.composite, None, c.out.landmarks)

@@ -1,7 +1,8 @@
 """Networks from config: the decoder a trial trains and the frozen encoder it is judged by.
 
 The one place a config's ``model.*`` and ``encoder.*`` keys become modules, for training, sweeps
-and serving alike. (Which objective trains a decoder is `frontalab.losses.objectives.OBJECTIVES`.)
+and serving alike. (Which builder a ``model.decoder`` takes, and which objective trains it, is
+`frontalab.losses.papers`.)
 """
 
 from __future__ import annotations
@@ -15,20 +16,17 @@ from frontalab.models.encoders import FaceEncoder, build_encoder
 from frontalab.models.thesis import ThesisDecoder
 
 
-def build_generator(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
+def build_thesis(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
     input_texture = cfg.model.get("input_texture", False)  # checkpoints from before the key: the papers' decoders
-    if cfg.model.decoder == "cole":
-        return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden,
-                           channels=cfg.model.cole_channels, input_texture=input_texture)
     prior = (lm.face_region(lm.mean_face(), cfg.model.out_size, scale=cfg.loss.region_scale)
              if input_texture and cfg.model.mask else None)
     return ThesisDecoder(feature_dim, out_size=cfg.model.out_size, mask=cfg.model.mask, norm=cfg.model.norm,
                          width=cfg.model.width, input_texture=input_texture, mask_prior=prior)
 
 
-def uses_discriminator(cfg: DictConfig) -> bool:
-    """Only the thesis model has a D, and an ablation without the adversarial term builds none."""
-    return cfg.model.decoder == "thesis" and cfg.loss.adversarial > 0
+def build_cole(cfg: DictConfig, feature_dim: int) -> torch.nn.Module:
+    return ColeDecoder(feature_dim, lm.mean_face(), out_size=cfg.model.out_size, hidden=cfg.model.cole_hidden,
+                       channels=cfg.model.cole_channels, input_texture=cfg.model.get("input_texture", False))
 
 
 def encoder_from_config(cfg: DictConfig) -> FaceEncoder:

@@ -19,7 +19,8 @@ from frontalab.data.crop import crop, encoder_chip, loose_crop_box, points_to_cr
 from frontalab.data.teacher import Box, LandmarkTeacher
 from frontalab.losses.texture import canonical_inputs
 from frontalab.models import landmarks as lm
-from frontalab.models.build import build_generator, encoder_from_config
+from frontalab.losses.papers import build_generator
+from frontalab.models.build import encoder_from_config
 from frontalab.training.checkpoints import check_fits, checkpoint_config, load_checkpoint
 
 

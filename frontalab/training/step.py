@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from frontalab.losses.objectives import build_objective
+from frontalab.losses.papers import paper
+from frontalab.losses.terms import check_loss_keys
 from frontalab.models import landmarks as lm
-from frontalab.models.build import uses_discriminator
 from frontalab.models.encoders import encoder_input
 from frontalab.models.thesis import Discriminator
 
@@ -39,7 +39,9 @@ class Learner:
         t = self.train = cfg.train
         self.cfg, self.device, self.encoder = cfg, device, encoder
         self.G = G.to(device)
-        self.D = Discriminator().to(device) if uses_discriminator(cfg) else None
+        check_loss_keys(cfg.loss)  # a weight with no term would be a silent no-op
+        system = paper(cfg.model.decoder)
+        self.D = Discriminator().to(device) if system.has_discriminator(cfg) else None
         self.channels_last = speedup_on(t.channels_last, device)
         if self.channels_last:
             self.G = self.G.to(memory_format=torch.channels_last)
@@ -55,7 +57,7 @@ class Learner:
             adam["fused"] = True
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, **adam)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, **adam) if self.D is not None else None
-        self.objective = build_objective(cfg, self.G, self.D, encoder, landmark_net, lm.mean_face().to(device))
+        self.objective = system.objective(cfg, self.G, self.D, encoder, landmark_net, lm.mean_face().to(device))
         self.last_d: dict[str, float] = {}
 
     def autocast(self):

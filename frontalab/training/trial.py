@@ -35,7 +35,9 @@ from frontalab.losses.landmark import symmetry_loss
 from frontalab.losses.objectives import embed_faces
 from frontalab.metrics import all_pairs, different_people_spread, frontalization_score
 from frontalab.models import landmarks as lm
-from frontalab.models.build import build_generator, encoder_from_config
+from frontalab.losses.papers import build_generator, paper
+from frontalab.losses.terms import TERMS
+from frontalab.models.build import encoder_from_config
 from frontalab.models.landmark_net import default_weights_path, load_landmark_net
 from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRIC, SPREAD_METRIC,
                               STOPPED_EARLY_TAG)
@@ -252,15 +254,11 @@ class Trial:
             SPREAD_METRIC: spread,
             SELECTION_METRIC: frontalization_score(face_share, spread, float(dist.mean()), threshold),
         }
-        mask = getattr(out, "mask", None)
-        if mask is not None:
-            metrics["val/mask_mean"] = float(mask.mean())
-        drawn = ("face F_N", out.noisy) if hasattr(out, "noisy") else ("texture", getattr(out, "texture", composite))
-        columns = {"input": batch["image"][:8], drawn[0]: drawn[1][:8]}
-        if mask is not None:
-            columns["mask"] = mask[:8]
-        columns["output"] = composite[:8]
-        return metrics, image_grid(columns)
+        drawn = paper(self.cfg.model.decoder).preview(out)
+        if "mask" in drawn:
+            metrics["val/mask_mean"] = float(drawn["mask"].mean())
+        columns = {"input": batch["image"], **drawn, "output": composite}
+        return metrics, image_grid({name: images[:8] for name, images in columns.items()})
 
     # ---------------------------------------------------------------- the loop
 
@@ -299,6 +297,13 @@ class Trial:
             self.report({**self.state.metrics, "step": step}, str(path) if path else None)
 
 
+def run_params(cfg: DictConfig) -> dict[str, Any]:
+    """A run's MLflow params: the keys that shape training, less the weights of the other paper's loss terms,
+    which this run's objective never reads (`frontalab.losses.terms`)."""
+    others = {f"loss.{t.key}" for t in TERMS if t.paper != cfg.model.decoder}
+    return {k: v for k, v in training_params(cfg).items() if k not in others}
+
+
 def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = "", extra_tags: dict | None = None,
                            source: str = ""):
     """A factory for `Trial` that opens (or resumes) the trial's MLflow run. ``source``: the command that made
@@ -309,7 +314,7 @@ def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = 
             return NullTracker()
         version = ensure_landmark_model(Path(cfg.landmarks.weights or default_weights_path()))
         tracker = Tracker.open(experiment=cfg.tracking.experiment, run_name=run_name or cfg.tracking.run_name,
-                               params=training_params(cfg),
+                               params=run_params(cfg),
                                tags={**tags, **(extra_tags or {}), f"{LANDMARK_MODEL}_version": version},
                                resume_run_id=resume_run_id, parent_run_id=parent_run_id,
                                system_metrics=cfg.tracking.system_metrics, buffer_limit=cfg.tracking.buffer_limit,
