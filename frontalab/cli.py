@@ -24,6 +24,7 @@ from frontalab import services, storage
 from frontalab.config import ConfigError, load_config, load_sweep, to_yaml
 from frontalab.data.decode import IMAGE_SUFFIXES, Skip, decode
 from frontalab.data.faces import demo_source, identity_source
+from frontalab.naming import sweep_experiment
 from frontalab.paths import state_dir
 from frontalab.testing import LocalCluster
 from frontalab.training.sources import RUN_ID
@@ -166,7 +167,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_config(None, services_overrides)
     use_services(cfg)
     with contextlib.redirect_stdout(sys.stderr):  # Tune's progress table goes to stderr; stdout is the summary
-        summary = run_sweep(args.sweep, sweep_overrides, address=args.address, resume=args.resume, name=args.name)
+        summary = run_sweep(args.sweep, sweep_overrides, address=args.address, resume=args.resume, name=args.name,
+                            more=args.more)
     print(json.dumps(summary, indent=1, default=str))
     print(f"best trial {summary.get('best_trial')} ({summary.get('best_metric')}); MLflow UI: {summary['mlflow_ui']}",
           file=sys.stderr)
@@ -188,6 +190,27 @@ def cmd_promote(args: argparse.Namespace) -> int:
                          min_face_share=cfg.promote.min_face_share,
                          limits=serving_limits(cfg.promote.serve_max_batch, cfg.promote.serve_max_request_mb))
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from frontalab.sweep.report import publish  # deferred: MLflow and optuna, seconds to import
+    from frontalab.tracking import store
+
+    cfg = _load(args)
+    use_services(cfg)
+    client = store.client()
+    experiment = client.get_experiment_by_name(sweep_experiment(args.sweep))
+    parent = experiment and store.latest_sweep_parent(client, experiment.experiment_id, args.sweep)
+    if not parent:
+        raise ConfigError(f"no sweep named {args.sweep!r} in MLflow")
+    sweep = OmegaConf.create(store.resolved_sweep(client, parent.info.run_id))
+    report = publish(client, parent.info.run_id, experiment.name, sweep)
+    if report is None:
+        raise ConfigError(f"sweep {args.sweep}: no finished trial reported {sweep.metric} yet")
+    print(report["table"])
     return 0
 
 
@@ -376,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sweep keys (num_samples=2, base.train.steps=100, search.loss.texture={choice:[1,10]}) or services.*")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else embedded Ray)")
     p.add_argument("--resume", action="store_true", help="continue the sweep of this name from its S3 state")
+    p.add_argument("--more", type=int, default=0, metavar="N",
+                   help="add N trials to the sweep of this name that ran before, under its parent run; the searcher "
+                        "is told every earlier finished trial first")
     p.add_argument("--name", help="sweep name (default: the file's name)")
     p = add("promote", cmd_promote, "register the best finished trial of a sweep as the model's champion")
     p.add_argument("sweep", help="the sweep's name")
@@ -420,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("faces", cmd_faces, "print the demo's photo folder: $FRONTALAB_FACES, else LFW downloaded into the cache")
     p.add_argument("--people", action="store_true",
                    help="the folder-per-person photos instead (LFW: evaluation, and faces no model trained on)")
+    p = add("report", cmd_report, "a sweep's trials best first and the importance of each swept key (fANOVA); "
+                                  "also refreshes the report on its parent run (plots, importance metrics)")
+    p.add_argument("sweep", help="the sweep's name")
+    _config_args(p)
     p = add("cluster", cmd_cluster, "start/stop/show a local Ray cluster: a head + N worker nodes on 127.0.0.1 (tests, demos)")
     p.add_argument("action", choices=("up", "down", "status"))
     p.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default 1)")

@@ -484,6 +484,12 @@ class SweepConfig:
     base_config: str = _f("", doc="a trial config YAML, relative to the sweep file")
     base: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "trial config values (nested) on top of base_config"})
     search: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "config key -> {choice|grid|uniform|loguniform|randint: ...}"})
+    search_alg: str = _f("random", choices=("grid", "random", "optuna"),
+                         doc="how trials' values are chosen: grid = every point of grid specs (no other kinds); "
+                             "random = grid points, the other specs sampled at random (Tune's variant generator); "
+                             "optuna = each trial's values from the results so far (TPE, multivariate, constant "
+                             "liar for concurrent trials; no grid specs)")
+    seed: int = _f(0, lo=0, doc="the searcher's seed: the same seed and results give the same trials")
     metric: str = _f(SELECTION_METRIC, doc="the metric trials are compared by (default: the frontalization score, "
                                            "zero for trials without faces or with outputs all alike)")
     mode: str = _f(SELECTION_MODE, choices=("min", "max"))
@@ -567,6 +573,17 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictCon
         _check_search_spec("search", key, spec, trial_base, base_path)
     for key, spec in OmegaConf.to_container(sweep.scheduler.mutations, resolve=True).items():
         _check_search_spec("scheduler.mutations", key, spec, trial_base, base_path)
+    search = OmegaConf.to_container(sweep.search, resolve=True)
+    kinds = {key: next(iter(spec)) for key, spec in search.items()}
+    if sweep.search_alg == "grid" and any(kind != "grid" for kind in kinds.values()):
+        raise ConfigError(f"search_alg=grid takes grid specs only; search.{next(k for k, v in kinds.items() if v != 'grid')} "
+                          f"is not one (search_alg=random samples it)")
+    if sweep.search_alg == "optuna":
+        fixed = [k for k, spec in search.items()
+                 if kinds[k] == "grid" or any(isinstance(v, dict) for v in next(iter(spec.values())))]
+        if fixed:
+            raise ConfigError(f"search_alg=optuna chooses each value itself: search.{fixed[0]} is a grid or a choice "
+                              f"of bundles (use a choice of values, uniform, loguniform or randint)")
     if sweep.scheduler.name == "pbt" and not sweep.scheduler.mutations:
         raise ConfigError("config key 'scheduler.mutations' must name at least one key to mutate when scheduler.name=pbt")
     if sweep.scheduler.name == "pbt" and sweep.scheduler.perturbation_interval % trial.train.checkpoint_every:

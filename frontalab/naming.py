@@ -46,6 +46,7 @@ ROLE_TAG = "frontalab.role"  # what a run that is no trial is: one of the roles 
 ROLE_SWEEP, ROLE_EVALUATION, ROLE_ASSET = "sweep", "evaluation", "asset"
 COMMAND_TAG = "frontalab.command"  # the command line that created the run
 SWEEP_TAG = "frontalab.sweep"
+TUNE_EXPERIMENT_TAG = "frontalab.tune_experiment"  # on a sweep's parent: the Tune experiment it ran last (--resume)
 TRIAL_TAG = "frontalab.trial_id"  # a trial's child run is found again by its Tune trial id
 TRIAL_NAME_TAG = "frontalab.trial_name"
 LABEL_TAG = "frontalab.label"  # an evaluation's label

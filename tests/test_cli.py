@@ -148,10 +148,12 @@ def test_sweep_with_a_failed_trial_exits_1_naming_it(embedded_services, small_da
 
 
 @pytest.mark.slow  # ~30 s
-def test_a_sweep_that_fails_itself_ends_its_parent_run_failed(embedded_services, tmp_path):
+def test_a_sweep_that_fails_itself_ends_its_parent_run_failed(embedded_services, small_dataset):
+    """Past its checks (`test_a_doomed_sweep_ends_before_it_starts`), the sweep itself fails: Tune cannot make its
+    storage folder. Exit 1, and the parent run, which exists by then, ends FAILED."""
     cfg, endpoints = embedded_services
     name = f"t{uuid.uuid4().hex[:6]}-broken"
-    out = run_cli(*one_trial_sweep(name, tmp_path, cfg, f"base.landmarks.weights={tmp_path / 'missing.pt'}"),
-                  check=False, timeout=600)
-    assert out.returncode == 1 and "missing.pt" in out.stderr, out.stderr[-4000:]
+    out = run_cli(*one_trial_sweep(name, small_dataset, cfg, "storage=/proc/frontalab-sweeps"), check=False,
+                  timeout=600)
+    assert out.returncode == 1 and "/proc/frontalab-sweeps" in out.stderr, out.stderr[-4000:]
     assert parent_run(endpoints, name)[0].info.status == "FAILED"

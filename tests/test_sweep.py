@@ -34,7 +34,7 @@ VENV_BIN = Path(sys.executable).parent
 PREFIX = f"t{uuid.uuid4().hex[:6]}"  # sweep names unique per test session
 SWEEPS = {"champion": f"{PREFIX}-champion", "multi": f"{PREFIX}-multi", "worker": f"{PREFIX}-wkill",
           "driver": f"{PREFIX}-dkill", "term": f"{PREFIX}-term", "weed": f"{PREFIX}-s3down",
-          "mlflow": f"{PREFIX}-mlflowdown"}
+          "mlflow": f"{PREFIX}-mlflowdown", "tpe": f"{PREFIX}-tpe"}
 DRIVER_MARK = "FRONTALAB_TEST_DRIVER"
 # Multi-node clusters, killed nodes and drivers take minutes each on 2 cores: marked slow (`make test-slow`).
 
@@ -43,7 +43,7 @@ DRIVER_MARK = "FRONTALAB_TEST_DRIVER"
 
 
 def sweep_args(name: str, dataset: Path, cfg, *, steps: int, trials: int, ckpt_every: int, val_every: int,
-               log_every: int = 5, champion: bool = False, **extra: str) -> list[str]:
+               log_every: int = 5, champion: bool = False, search: tuple[str, ...] = (), **extra: str) -> list[str]:
     """quick.yaml cut small: ``champion`` fine-tunes `pretrained:thesis` as the demo does (128 px); the others
     train a 64-px decoder from scratch, three times cheaper a step, for the checks of sweeps themselves."""
     size = [] if champion else ["base.model.out_size=64", "base.train.init_from=''"]
@@ -51,9 +51,10 @@ def sweep_args(name: str, dataset: Path, cfg, *, steps: int, trials: int, ckpt_e
             f"base.train.steps={steps}", "base.train.batch_size=4", "base.train.val_faces=8",
             f"base.train.log_every={log_every}", f"base.train.val_every={val_every}",
             f"base.train.checkpoint_every={ckpt_every}", "scheduler.name=fifo", "num_samples=1",
-            # quick.yaml's grid, cut to ``trials`` points: one trial per texture weight.
-            f"search.loss.texture={{grid:[{','.join(str(10 * (i + 1)) for i in range(trials))}]}}",
-            "search.train.g_steps_per_d={grid:[1]}", "max_concurrent=2", "resources.cpu=1", *service_overrides(cfg)]
+            # quick.yaml's grid, cut to ``trials`` points (one trial per texture weight), unless ``search`` replaces it.
+            *(search or (f"search.loss.texture={{grid:[{','.join(str(10 * (i + 1)) for i in range(trials))}]}}",
+                         "search.train.g_steps_per_d={grid:[1]}")),
+            "max_concurrent=2", "resources.cpu=1", *service_overrides(cfg)]
     return args + [f"{k}={v}" for k, v in extra.items()]
 
 
@@ -163,6 +164,29 @@ def wait_for_a_checkpoint(proc: subprocess.Popen, log: Path, cfg, name: str, bef
         return any("/checkpoint_" in k for k in s3_keys(cfg, f"sweeps/{name}/"))
 
     wait_for("a trial checkpoint in S3", checkpointed, 300)
+
+
+def kill_driver(args: list[str], log: Path, until) -> None:
+    """Start the sweep ``args``, wait ``until(proc)``, then SIGKILL its driver's process group and every orphan of its
+    embedded Ray (workers, raylet, GCS), found by PID and by a marker they inherited."""
+    from frontalab.services.processes import kill_pids, pids_with_env
+
+    mark = uuid.uuid4().hex
+    proc = start_sweep(args, log, env={DRIVER_MARK: mark})
+    try:
+        until(proc)
+        tree = process_tree(proc.pid) | set(pids_with_env(DRIVER_MARK, mark))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    time.sleep(2)
+    orphans = {p for p in tree if pid_alive(p)} | set(pids_with_env(DRIVER_MARK, mark))
+    left = kill_pids(orphans, signal.SIGKILL, timeout=15)
+    assert not left, f"orphans survived SIGKILL: {left}"
+    print(f"\ndriver killed; {len(orphans)} orphan processes cleaned up by PID")
 
 
 def assert_no_credentials(cfg, prefix: str) -> list[str]:
@@ -319,28 +343,12 @@ def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, 
     cfg, endpoints = embedded_services
     name, steps, trials = SWEEPS["driver"], 30, 3
     args = sweep_args(name, small_dataset, cfg, steps=steps, trials=trials, ckpt_every=10, val_every=30)
-    mark = uuid.uuid4().hex
     log = tmp_path / "first.log"
-    proc = start_sweep(args, log, env={DRIVER_MARK: mark})
-    from frontalab.services.processes import kill_pids, pids_with_env
-
-    try:
-        wait_for_a_checkpoint(proc, log, cfg, name, "it was killed")
-        tree = process_tree(proc.pid) | set(pids_with_env(DRIVER_MARK, mark))
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    # Orphans of the driver's embedded Ray (workers, raylet, GCS), found by PID and by the marker they inherited.
-    time.sleep(2)
-    orphans = {p for p in tree if pid_alive(p)} | set(pids_with_env(DRIVER_MARK, mark))
-    left = kill_pids(orphans, signal.SIGKILL, timeout=15)
-    assert not left, f"orphans survived SIGKILL: {left}"
-    print(f"\ndriver killed; {len(orphans)} orphan processes cleaned up by PID")
+    kill_driver(args, log, lambda proc: wait_for_a_checkpoint(proc, log, cfg, name, "it was killed"))
     _, before = sweep_runs(endpoints, name)
     assert any(c["info"]["status"] == "RUNNING" for c in before), "killed mid-trial"
+
+    from frontalab.services.processes import kill_pids, pids_with_env
 
     log2 = tmp_path / "resume.log"
     mark2 = uuid.uuid4().hex
@@ -362,6 +370,69 @@ def test_killed_driver_then_resume_finishes_every_trial_once(embedded_services, 
         assert_every_step_once(endpoints, c, steps, 5)
     # Tuner.restore rewrote Tune's state in S3: still no credential in it.
     assert_no_credentials(cfg, f"sweeps/{name}/")
+
+
+def searcher_trials(cfg, tune_experiment: str) -> list:
+    """The Optuna trials in the searcher state Tune keeps for ``tune_experiment`` in S3 (the test's own files)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from frontalab import services, storage
+
+    os.environ.update(services.client_env(cfg))
+    folder = f"s3://frontalab/sweeps/{tune_experiment}"
+    state = [f for f in storage.list_files(folder) if Path(f).name.startswith("searcher-state")]
+    assert state, f"no searcher state under {folder}"
+    searcher = OptunaSearch()
+    searcher.restore(str(storage.cached(sorted(state)[-1])))
+    return searcher._ot_study.trials
+
+
+@pytest.mark.slow  # ~5 min
+def test_a_tpe_sweep_killed_resumes_its_search_and_grows_warm_started(embedded_services, small_dataset, tmp_path):
+    """search_alg=optuna: the driver killed once a trial has finished, `--resume` ends with exactly the trials asked
+    for, none run twice, its searcher told every finished result; `--more 2` then adds two trials under the same
+    parent run, its searcher told every earlier trial first; the report and importance are on the parent run."""
+    cfg, endpoints = embedded_services
+    name, trials = SWEEPS["tpe"], 4
+    search = ("search_alg=optuna", "search.loss.texture={uniform:[5,100]}", "search.train.g_steps_per_d={choice:[1,2]}")
+    args = sweep_args(name, small_dataset, cfg, steps=10, trials=trials, ckpt_every=5, val_every=5, search=search,
+                      num_samples=str(trials))
+    def a_trial_finished(proc) -> bool:
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        try:
+            return any(c["info"]["status"] == "FINISHED" for c in sweep_runs(endpoints, name)[1])
+        except requests.HTTPError:  # the sweep's experiment is not made yet
+            return False
+
+    kill_driver(args, tmp_path / "first.log",
+                lambda proc: wait_for("a finished trial", lambda: a_trial_finished(proc), 600, every=2))
+    summary = finish(start_sweep(args + ["--resume"], tmp_path / "resume.log"), tmp_path / "resume.log", 900)
+    assert summary["trials"] == trials and summary["errors"] == 0, summary
+    parents, children = sweep_runs(endpoints, name)
+    values = [(c["data"]["params"], tags(c)["frontalab.trial_id"]) for c in children]
+    configs = {tuple(sorted((p["key"], p["value"]) for p in params if p["key"] in ("loss.texture",
+                                                                              "train.g_steps_per_d")))
+               for params, _ in values}
+    assert len(parents) == 1 and len(children) == trials and len(configs) == trials, values
+    told = searcher_trials(cfg, name)
+    assert sum(t.state.name == "COMPLETE" for t in told) == trials, [t.state for t in told]
+
+    grown = finish(start_sweep(args + ["--more", "2"], tmp_path / "more.log"), tmp_path / "more.log", 900)
+    assert grown["trials"] == 2 and grown["errors"] == 0, grown
+    parents, children = sweep_runs(endpoints, name)
+    assert len(parents) == 1 and len(children) == trials + 2
+    assert parents[0]["info"]["status"] == "FINISHED"
+    assert all(c["info"]["status"] == "FINISHED" for c in children)
+    warm = searcher_trials(cfg, f"{name}-more{trials}")
+    assert sum(t.state.name == "COMPLETE" for t in warm) == trials + 2  # the 4 told first, then the 2 it ran
+    parent = parents[0]["info"]["run_id"]
+    files = {f["path"] for f in rest(endpoints, "artifacts/list", run_id=parent, path="report").get("files", [])}
+    assert {"report/best_so_far.png", "report/parallel_coordinates.png", "report/importance.json",
+            "report/trials.csv"} <= files
+    metrics = {m["key"] for m in parents[0]["data"].get("metrics", [])}
+    assert {"importance/loss.texture", "importance/train.g_steps_per_d"} <= metrics, metrics
+    out = run_cli("report", name, *service_overrides(cfg))
+    assert out.stdout.count("\n") >= trials + 2 and "importance (fANOVA" in out.stdout, out.stdout
 
 
 @pytest.mark.slow  # ~150 s
@@ -464,7 +535,8 @@ def test_a_service_killed_mid_sweep_and_restarted_finishes_every_trial_once(vict
 
 def test_a_doomed_sweep_ends_before_it_starts(embedded_services, small_dataset):
     """What every trial needs is checked before any trial or run exists: a missing dataset exits 5, a
-    `train.init_from` of another architecture exits 2, each in one line, with no trial, Ray or MLflow run."""
+    `train.init_from` of another architecture or missing weights exit 2, each in one line, with no trial, Ray or
+    MLflow run."""
     cfg, endpoints = embedded_services
     name = f"{PREFIX}-doomed"
     nowhere = "s3://frontalab/datasets/nowhere"
@@ -476,6 +548,9 @@ def test_a_doomed_sweep_ends_before_it_starts(embedded_services, small_dataset):
     out = run_cli("sweep", QUICK, "--name", name, f"base.data.path={small_dataset}", "base.model.out_size=64",
                   *service_overrides(cfg), check=False)
     assert out.returncode == 2 and "model.out_size: 128 there, 64 here" in out.stderr, out.stderr[-2000:]
+    out = run_cli("sweep", QUICK, "--name", name, f"base.data.path={small_dataset}", "base.landmarks.weights=/nowhere.pt",
+                  *service_overrides(cfg), check=False)
+    assert out.returncode == 2 and "no landmark-student weights at /nowhere.pt" in out.stderr, out.stderr[-2000:]
     r = requests.get(f"{endpoints.mlflow}/api/2.0/mlflow/experiments/get-by-name",
                      params={"experiment_name": f"sweep-{name}"}, timeout=30)
     assert r.status_code == 404, r.text  # no experiment, so no parent run and no trial run

@@ -34,8 +34,10 @@ from frontalab.config import ConfigError, load_config, load_sweep, search_overri
 from frontalab.data.dataset import read_manifest
 from frontalab.models.build import encoder_from_config
 from frontalab.models.landmark_net import load_landmark_net
-from frontalab.naming import SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, bundle_tag, sweep_experiment, trial_run_name
+from frontalab.naming import (SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, TUNE_EXPERIMENT_TAG, bundle_tag,
+                              sweep_experiment, trial_run_name)
 from frontalab.tracking import store
+from frontalab.sweep.report import TrialRecord, refresh, report_refresher, trial_records
 from frontalab.tracking.provenance import command_line
 from frontalab.training.checkpoints import architecture_differences, checkpoint_config, load_checkpoint
 from frontalab.training.sources import checkpoint_file
@@ -86,6 +88,24 @@ def scheduler(sweep: DictConfig, trial_cfg: DictConfig):
         return PopulationBasedTraining(time_attr="step", perturbation_interval=s.perturbation_interval,
                                        hyperparam_mutations=mutations)
     return FIFOScheduler()
+
+
+def search_algorithm(sweep: DictConfig, points: Optional[list[dict]] = None, rewards: Optional[list[float]] = None):
+    """Tune's searcher for ``sweep.search_alg``, seeded by ``sweep.seed``: Tune's variant generator (grid points,
+    the other specs sampled at random), or Optuna's TPE through Tune's OptunaSearch: multivariate, with a constant
+    liar so that concurrent trials are not all given the same suggestion, and told ``points`` with their
+    ``rewards`` first (the finished trials of an earlier run of the sweep: `frontalab sweep --more`)."""
+    if sweep.search_alg != "optuna":
+        from ray.tune.search import BasicVariantGenerator  # deferred: Ray takes seconds to import
+
+        return BasicVariantGenerator(random_state=sweep.seed)
+    import optuna  # deferred: only model-based sweeps import it
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=sweep.seed)
+    return OptunaSearch(metric=sweep.metric, mode=sweep.mode, sampler=sampler, points_to_evaluate=points,
+                        evaluated_rewards=rewards)
 
 
 # ---------------------------------------------------------------- inside a trial (a Ray worker)
@@ -167,33 +187,33 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
 # ---------------------------------------------------------------- the driver
 
 
-class EndRunCallback:
-    """Ends each trial's MLflow run from the driver too: a killed or early-stopped trial
+def end_trial_run(experiment: str):
+    """``(trial, status)`` -> the trial's MLflow run ended from the driver too: a killed or early-stopped trial
     cannot end its own run, and a run must never stay RUNNING."""
-
-    def __init__(self, experiment: str):
-        self.experiment = experiment
-
-    def _end(self, trial, status: str) -> None:
+    def end(trial, status: str) -> None:
         try:
-            store.end_trial_run(self.experiment, trial.trial_id, status)
+            store.end_trial_run(experiment, trial.trial_id, status)
         except Exception as err:  # the sweep outlives its tracking server; `promote` skips a RUNNING trial
             print(f"sweep: could not mark trial {trial.trial_id}'s run {status}: {str(err).splitlines()[0][:300]}",
                   file=sys.stderr, flush=True)
 
-    def as_tune_callback(self):
-        from ray.tune import Callback  # deferred: Ray takes seconds to import
+    return end
 
-        outer = self
 
-        class _Callback(Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                outer._end(trial, "FINISHED")
+def trial_end_callback(*handlers):
+    """A Tune callback calling each ``handler(trial, status)`` in turn when a trial ends: FINISHED, or FAILED."""
+    from ray.tune import Callback  # deferred: Ray takes seconds to import
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                outer._end(trial, "FAILED")
+    class _Callback(Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            for handler in handlers:
+                handler(trial, "FINISHED")
 
-        return _Callback()
+        def on_trial_error(self, iteration, trials, trial, **info):
+            for handler in handlers:
+                handler(trial, "FAILED")
+
+    return _Callback()
 
 
 def _shared_assets(trial_cfg: DictConfig) -> dict[str, Any]:
@@ -217,7 +237,10 @@ def check_before_start(sweep: DictConfig, trial_cfg: DictConfig) -> dict[str, An
     architecture; the encoder's weights load. Returns the frozen networks the trials share."""
     for uri in _trial_values(sweep, trial_cfg, "data.path"):
         read_manifest(uri, trial_cfg.encoder.name)
-    assets = _shared_assets(trial_cfg)  # FaceNet's weights missing end here, not in every trial
+    try:
+        assets = _shared_assets(trial_cfg)  # FaceNet's or the landmark student's weights missing end here
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
     searched = tuple(OmegaConf.to_container(sweep.search, resolve=True))
     for spec in filter(None, _trial_values(sweep, trial_cfg, "train.init_from")):
         with tempfile.TemporaryDirectory() as tmp:
@@ -230,7 +253,10 @@ def check_before_start(sweep: DictConfig, trial_cfg: DictConfig) -> dict[str, An
 
 
 def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] = None, resume: bool = False,
-              name: Optional[str] = None) -> dict[str, Any]:
+              name: Optional[str] = None, more: int = 0) -> dict[str, Any]:
+    """Run the sweep; ``resume``: continue its interrupted run (Tune's state, the searcher's included); ``more``:
+    add that many trials to a sweep that ran before, under the same parent run, the searcher first told every
+    earlier finished trial's values and result."""
     from ray import tune  # deferred: Ray takes seconds to import
 
     sweep, trial_cfg = load_sweep(sweep_file, overrides + ([f"name={name}"] if name else []))
@@ -239,11 +265,24 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
     exp_name = experiment_name(sweep)
     exp_id = store.experiment_id(client, exp_name)
     storage_path = tune_storage_path(sweep.storage)
-    experiment_path = f"{sweep.storage.rstrip('/')}/{sweep.name}"
+    if resume and more:
+        raise ConfigError("--resume continues the sweep's last run (a growth too); --more starts a growth: one or the other")
+    earlier = trial_records(client, exp_name, sweep) if more else []
+    if more and not earlier:
+        raise ConfigError(f"sweep {sweep.name} has no finished trial to grow from: run it first")
+    if more and sweep.search_alg == "grid":
+        raise ConfigError(f"sweep {sweep.name} searches a grid, which its trials have covered (search_alg=random or "
+                          f"optuna can add trials)")
+    # Each growth is a Tune experiment of its own beside the first (its trials' checkpoints, its state); the parent
+    # run names the one it ran last, which --resume continues.
+    last = store.latest_sweep_parent(client, exp_id, sweep.name) if resume else None
+    tune_name = (last.data.tags.get(TUNE_EXPERIMENT_TAG, sweep.name) if last is not None
+                 else f"{sweep.name}-more{len(earlier)}" if more else sweep.name)
+    experiment_path = f"{sweep.storage.rstrip('/')}/{tune_name}"
     if resume and not tune.Tuner.can_restore(tune_storage_path(experiment_path)):
         raise ConfigError(f"nothing to resume at {experiment_path}; run without --resume first")
     command = command_line()
-    parent = store.sweep_parent_run(client, exp_id, sweep.name, resume, command)
+    parent = store.sweep_parent_run(client, exp_id, sweep.name, resume or bool(more), command, tune_name)
     with _ends_with_the_sweep(client, parent):
         store.log_sweep_files(client, parent, sweep_file, OmegaConf.to_yaml(sweep), OmegaConf.to_container(sweep.search))
         store.ride_out_outages(trial_cfg.tracking.reconnect_s)  # started: from here on, outlive a server restart
@@ -255,7 +294,8 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
         trainable = tune.with_parameters(sweep_trial, base=base, parent_run_id=parent, experiment=exp_name,
                                          sweep=sweep.name, command=command, assets=assets)
         trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
-        callbacks = [EndRunCallback(exp_name).as_tune_callback()]
+        # In this order: a trial's run has ended before the report reads the finished trials.
+        callbacks = [trial_end_callback(end_trial_run(exp_name), report_refresher(parent, exp_name, sweep))]
         if resume:
             tuner = tune.Tuner.restore(tune_storage_path(experiment_path), trainable, resume_errored=True,
                                        param_space=search_space(sweep))
@@ -263,9 +303,11 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
             tuner = tune.Tuner(
                 trainable, param_space=search_space(sweep),
                 tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler(sweep, trial_cfg),
-                                            num_samples=sweep.num_samples, max_concurrent_trials=sweep.max_concurrent or None,
-                                            reuse_actors=False),
-                run_config=tune.RunConfig(name=sweep.name, storage_path=storage_path, callbacks=callbacks,
+                                            search_alg=search_algorithm(sweep, [r.values for r in earlier] or None,
+                                                                        [r.metric for r in earlier] or None),
+                                            num_samples=more or sweep.num_samples,
+                                            max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=False),
+                run_config=tune.RunConfig(name=tune_name, storage_path=storage_path, callbacks=callbacks,
                                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
             )
@@ -273,7 +315,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
             results = tuner.fit()
         if stopped:
             raise KeyboardInterrupt
-        return _summarise(client, parent, exp_id, sweep, sweep_file, results)
+        return _summarise(client, parent, exp_id, sweep, sweep_file, results, earlier)
 
 
 @contextlib.contextmanager
@@ -330,7 +372,8 @@ def sweep_description(sweep_file: str) -> str:
     return "\n".join(lines).strip() or f"sweep file {Path(sweep_file).name}"
 
 
-def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, sweep_file: str, results) -> dict[str, Any]:
+def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, sweep_file: str, results,
+               earlier: list[TrialRecord]) -> dict[str, Any]:
     df = results.get_dataframe()
     rows = []
     for result in results:
@@ -349,15 +392,21 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, sweep_file: 
         best = results.get_best_result(metric=sweep.metric, mode=sweep.mode)
     except RuntimeError:
         best = None
+    # (value, trial, values): this run's best, and each trial of the sweep's earlier runs (`--more`).
+    candidates = [(r.metric, r.trial, r.values) for r in earlier]
     if best is not None and best.metrics and sweep.metric in best.metrics:
-        trial_id = best.metrics.get("trial_id")
+        candidates.append((best.metrics[sweep.metric], best.metrics.get("trial_id"), best.config))
+    if candidates:
+        value, trial_id, config = (max if sweep.mode == "max" else min)(candidates, key=lambda c: c[0])
         best_run = store.find_child_run(client, exp_id, trial_id)
-        value = best.metrics[sweep.metric]
         best_tags = {"best_trial": str(trial_id), "best_run_id": str(best_run), "metric": sweep.metric,
                      "mode": sweep.mode}
         description += (f"\n\n**Best trial:** [{trial_id}]({store.run_url(exp_id, str(best_run))}), "
                         f"{sweep.metric} = {value:.4g} ({sweep.mode}).")
-        summary.update(best_trial=trial_id, best_run_id=best_run, best_metric=value, best_config=best.config)
+        summary.update(best_trial=trial_id, best_run_id=best_run, best_metric=value, best_config=config)
+    report = refresh(client, parent, experiment_name(sweep), sweep)
+    if report is not None:
+        summary["importance"] = report["importance"]
     store.log_sweep_results(client, parent, df, best_tags, description)
     summary["mlflow_ui"] = store.runs_table_url(exp_id, sweep.metric, sweep.mode)
     summary["parent_run_id"] = parent

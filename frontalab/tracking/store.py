@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
-
 from frontalab import storage
 from frontalab.config import ConfigError, mask_userinfo
 from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL, NOTE_TAG,
-                              PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, SWEEP_TAG, TRIAL_TAG)
+                              PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, TUNE_EXPERIMENT_TAG)
 from frontalab.tracking.provenance import command_line, standard_tags
 
 # Our own loop retries forever in the background; the client's per-request retries
@@ -165,18 +164,32 @@ def end_running_trials(client, parent: str, status: str) -> None:
         client.set_terminated(run.info.run_id, status=status)
 
 
-def sweep_parent_run(client, experiment_id: str, sweep: str, resume: bool, command: str) -> str:
-    """The sweep's parent run: the latest one again when resuming, else a new one."""
+def sweep_parent_run(client, experiment_id: str, sweep: str, resume: bool, command: str, tune_experiment: str) -> str:
+    """The sweep's parent run, about to run Tune experiment ``tune_experiment``: the latest one again when
+    resuming (or growing), else a new one."""
     if resume:
-        runs = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' "
-                                  f"and tags.`{ROLE_TAG}` = '{ROLE_SWEEP}'", order_by=["attributes.start_time DESC"],
-                                  max_results=1)
-        if runs:
-            client.update_run(runs[0].info.run_id, status="RUNNING")
-            return runs[0].info.run_id
-    run = create_run(client, experiment_id, sweep, {SWEEP_TAG: sweep, ROLE_TAG: ROLE_SWEEP, COMMAND_TAG: command},
-                     source=command)
+        latest = latest_sweep_parent(client, experiment_id, sweep)
+        if latest is not None:
+            client.update_run(latest.info.run_id, status="RUNNING")
+            client.set_tag(latest.info.run_id, TUNE_EXPERIMENT_TAG, tune_experiment)
+            return latest.info.run_id
+    run = create_run(client, experiment_id, sweep, {SWEEP_TAG: sweep, ROLE_TAG: ROLE_SWEEP, COMMAND_TAG: command,
+                                                    TUNE_EXPERIMENT_TAG: tune_experiment}, source=command)
     return run.info.run_id
+
+
+def latest_sweep_parent(client, experiment_id: str, sweep: str):
+    """The newest parent run of sweep ``sweep``, or None."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}' "
+                              f"and tags.`{ROLE_TAG}` = '{ROLE_SWEEP}'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    return runs[0] if runs else None
+
+
+def resolved_sweep(client, parent: str) -> str:
+    """The resolved sweep file (YAML) a parent run was started with (`log_sweep_files`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(parent, "sweep/sweep.resolved.yaml", tmp)).read_text()
 
 
 def log_sweep_files(client, parent: str, sweep_file: str, resolved_yaml: str, search_space: dict) -> None:
@@ -200,6 +213,16 @@ def log_sweep_results(client, parent: str, results_table, best_tags: dict[str, s
         client.log_artifacts(parent, tmp, "results")
     client.log_batch(parent, tags=[RunTag(k, v) for k, v in {**best_tags, NOTE_TAG: description}.items()])
     client.set_terminated(parent, status="FINISHED")
+
+
+def log_report(client, parent: str, folder: Path, metrics: dict[str, float], step: int) -> None:
+    """A sweep report's files (``report/``) and numbers on its parent run, which keeps its status."""
+    from mlflow.entities import Metric  # deferred: MLflow takes seconds to import
+
+    client.log_artifacts(parent, str(folder), "report")
+    now = int(time.time() * 1000)
+    if metrics:
+        client.log_batch(parent, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
 
 def finished_trial_runs(client, sweep_experiment: str):
