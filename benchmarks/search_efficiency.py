@@ -34,6 +34,7 @@ from frontalab.config import load_config  # noqa: E402
 from frontalab.naming import PARENT_RUN_TAG, SWEEP_TAG, TRIAL_TAG, sweep_experiment  # noqa: E402
 from frontalab.sweep.tune import search_algorithm, search_space, tune_storage_path  # noqa: E402
 from frontalab.tracking import store  # noqa: E402
+from frontalab.verbosity import quiet_libraries  # noqa: E402
 
 BRANIN_MIN = 0.397887
 METRIC = "branin"
@@ -70,6 +71,7 @@ def search(algorithm: str, seed: int, trials: int, storage: str) -> float:
 
     name = f"branin-{algorithm}-{seed}-{int(time.time())}"
     sweep = OmegaConf.create({"name": name, "metric": METRIC, "mode": "min", "seed": seed, "search_alg": algorithm,
+                              "num_samples": trials,
                               "search": {"loss.texture": {"uniform": [0, 1]}, "loss.identity": {"uniform": [0, 1]}}})
     client = store.client()
     experiment_id = store.experiment_id(client, sweep_experiment(name))
@@ -89,6 +91,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
+    quiet_libraries()
     cfg = load_config(None, [])
     services.up(cfg.services)
     os.environ.update(services.client_env(cfg.services))  # Ray's workers inherit it

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from frontalab import services, storage
-from frontalab.config import ConfigError, load_config, load_sweep, to_yaml
+from frontalab.config import ConfigError, SweepConfig, load_config, load_sweep, to_yaml
 from frontalab.data.decode import IMAGE_SUFFIXES, Skip, decode
 from frontalab.data.faces import demo_source, identity_source
 from frontalab.naming import sweep_experiment
@@ -206,7 +206,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     parent = experiment and store.latest_sweep_parent(client, experiment.experiment_id, args.sweep)
     if not parent:
         raise ConfigError(f"no sweep named {args.sweep!r} in MLflow")
-    sweep = OmegaConf.create(store.resolved_sweep(client, parent.info.run_id))
+    # The sweep as it ran; keys it predates take their defaults.
+    sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig),
+                            OmegaConf.create(store.resolved_sweep(client, parent.info.run_id)))
     report = publish(client, parent.info.run_id, experiment.name, sweep)
     if report is None:
         raise ConfigError(f"sweep {args.sweep}: no finished trial reported {sweep.metric} yet")

@@ -41,6 +41,7 @@ def test_optuna_searcher_is_tpe_multivariate_with_a_constant_liar_and_warm_start
     searcher = search_algorithm(sweep, points=[{"loss.texture": 20.0, "train.g_steps_per_d": 1}], rewards=[0.5])
     sampler = searcher._sampler
     assert type(sampler).__name__ == "TPESampler" and sampler._multivariate and sampler._constant_liar
+    assert sampler._n_startup_trials == 2  # quick.yaml's num_samples 1: the floor
     assert searcher._metric == sweep.metric and searcher._mode == "max"
     assert searcher._points_to_evaluate == [{"loss.texture": 20.0, "train.g_steps_per_d": 1}]
     assert searcher._evaluated_rewards == [0.5]

@@ -137,7 +137,8 @@ def write_plots(records: list[TrialRecord], sweep: DictConfig, folder: Path) -> 
     keys = list(_search(sweep))
     if keys:
         fig, ax = plt.subplots(figsize=(max(5, 2 * len(keys) + 2), 4))
-        positions = {k: _axis_positions([r.values[k] for r in records]) for k in keys}
+        search = _search(sweep)
+        positions = {k: _axis_positions([r.values[k] for r in records], log="loguniform" in search[k]) for k in keys}
         metrics = [r.metric for r in records]
         low, high = min(metrics), max(metrics)
         cmap = plt.get_cmap("viridis")
@@ -159,9 +160,11 @@ def write_plots(records: list[TrialRecord], sweep: DictConfig, folder: Path) -> 
     return paths
 
 
-def _axis_positions(values: list[Any]) -> list[float]:
-    """Each value's height on its axis in [0, 1]: numbers by value, other values by their sorted order."""
+def _axis_positions(values: list[Any], log: bool = False) -> list[float]:
+    """Each value's height on its axis in [0, 1]: numbers by value (by its logarithm on a ``log`` axis), other
+    values by their sorted order."""
     if all(isinstance(v, (int, float)) for v in values):
+        values = [math.log(v) for v in values] if log else values
         low, high = min(values), max(values)
         return [(v - low) / (high - low) if high > low else 0.5 for v in values]
     order = sorted({str(v) for v in values})

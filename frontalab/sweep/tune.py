@@ -103,7 +103,11 @@ def search_algorithm(sweep: DictConfig, points: Optional[list[dict]] = None, rew
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=sweep.seed)
+    # Optuna's default of 10 random trials before TPE's model is for budgets of hundreds; a sweep of tens of
+    # trials would spend half of them at random: a quarter, between 2 and 10.
+    startup = max(2, min(10, sweep.num_samples // 4))
+    sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=sweep.seed,
+                                         n_startup_trials=startup)
     return OptunaSearch(metric=sweep.metric, mode=sweep.mode, sampler=sampler, points_to_evaluate=points,
                         evaluated_rewards=rewards)
 
