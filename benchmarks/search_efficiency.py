@@ -71,7 +71,7 @@ def search(algorithm: str, seed: int, trials: int, storage: str) -> float:
 
     name = f"branin-{algorithm}-{seed}-{int(time.time())}"
     sweep = OmegaConf.create({"name": name, "metric": METRIC, "mode": "min", "seed": seed, "search_alg": algorithm,
-                              "num_samples": trials,
+                              "num_samples": trials, "max_concurrent": 2,
                               "search": {"loss.texture": {"uniform": [0, 1]}, "loss.identity": {"uniform": [0, 1]}}})
     client = store.client()
     experiment_id = store.experiment_id(client, sweep_experiment(name))
@@ -79,7 +79,7 @@ def search(algorithm: str, seed: int, trials: int, storage: str) -> float:
     trainable = tune.with_parameters(branin_trial, parent=parent, experiment_id=experiment_id, sweep=name)
     tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space=search_space(sweep),
                        tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=search_algorithm(sweep),
-                                                   num_samples=trials, max_concurrent_trials=2),
+                                                   num_samples=trials),
                        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0))
     results = tuner.fit()
     client.set_terminated(parent, "FINISHED")

@@ -36,9 +36,13 @@ def test_optuna_searcher_is_tpe_multivariate_with_a_constant_liar_and_warm_start
     sweep, _ = load_sweep(QUICK, ["search_alg=optuna", "search.loss.texture={uniform:[10,100]}",
                                   "search.train.g_steps_per_d={choice:[1,4]}", "seed=3"])
     # grid and random: Tune's variant generator, seeded: the same seed draws the same values.
+    variant = search_algorithm(load_sweep(QUICK, ["seed=3"])[0])
+    assert variant.max_concurrent == 2
     draws = [search_algorithm(load_sweep(QUICK, ["seed=3"])[0])._random_state._rng.random() for _ in range(2)]
     assert draws[0] == draws[1] != search_algorithm(load_sweep(QUICK)[0])._random_state._rng.random()
-    searcher = search_algorithm(sweep, points=[{"loss.texture": 20.0, "train.g_steps_per_d": 1}], rewards=[0.5])
+    limiter = search_algorithm(sweep, points=[{"loss.texture": 20.0, "train.g_steps_per_d": 1}], rewards=[0.5])
+    assert limiter.max_concurrent == 2  # quick.yaml's max_concurrent: the searcher holds it
+    searcher = limiter.searcher
     sampler = searcher._sampler
     assert type(sampler).__name__ == "TPESampler" and sampler._multivariate and sampler._constant_liar
     assert sampler._n_startup_trials == 2  # quick.yaml's num_samples 1: the floor

@@ -390,7 +390,7 @@ def searcher_trials(cfg, tune_experiment: str) -> list:
 @pytest.mark.slow  # ~5 min
 def test_a_tpe_sweep_killed_resumes_its_search_and_grows_warm_started(embedded_services, small_dataset, tmp_path):
     """search_alg=optuna: the driver killed once a trial has finished, `--resume` ends with exactly the trials asked
-    for, none run twice, its searcher told every finished result; `--more 2` then adds two trials under the same
+    for, none run twice, its searcher told every finished result; `--more 4` then adds four trials under the same
     parent run, its searcher told every earlier trial first; the report and importance are on the parent run."""
     cfg, endpoints = embedded_services
     name, trials = SWEEPS["tpe"], 4
@@ -417,14 +417,14 @@ def test_a_tpe_sweep_killed_resumes_its_search_and_grows_warm_started(embedded_s
     told = searcher_trials(cfg, name)
     assert sum(t.state.name == "COMPLETE" for t in told) == trials, [t.state for t in told]
 
-    grown = finish(start_sweep(args + ["--more", "2"], tmp_path / "more.log"), tmp_path / "more.log", 900)
-    assert grown["trials"] == 2 and grown["errors"] == 0, grown
+    grown = finish(start_sweep(args + ["--more", "4"], tmp_path / "more.log"), tmp_path / "more.log", 900)
+    assert grown["trials"] == 4 and grown["errors"] == 0, grown
     parents, children = sweep_runs(endpoints, name)
-    assert len(parents) == 1 and len(children) == trials + 2
+    assert len(parents) == 1 and len(children) == trials + 4
     assert parents[0]["info"]["status"] == "FINISHED"
     assert all(c["info"]["status"] == "FINISHED" for c in children)
     warm = searcher_trials(cfg, f"{name}-more{trials}")
-    assert sum(t.state.name == "COMPLETE" for t in warm) == trials + 2  # the 4 told first, then the 2 it ran
+    assert sum(t.state.name == "COMPLETE" for t in warm) == trials + 4  # the 4 told first, then the 4 it ran
     parent = parents[0]["info"]["run_id"]
     files = {f["path"] for f in rest(endpoints, "artifacts/list", run_id=parent, path="report").get("files", [])}
     assert {"report/best_so_far.png", "report/parallel_coordinates.png", "report/importance.json",
@@ -432,7 +432,7 @@ def test_a_tpe_sweep_killed_resumes_its_search_and_grows_warm_started(embedded_s
     metrics = {m["key"] for m in parents[0]["data"].get("metrics", [])}
     assert {"importance/loss.texture", "importance/train.g_steps_per_d"} <= metrics, metrics
     out = run_cli("report", name, *service_overrides(cfg))
-    assert out.stdout.count("\n") >= trials + 2 and "importance (fANOVA" in out.stdout, out.stdout
+    assert out.stdout.count("\n") >= trials + 4 and "importance (fANOVA" in out.stdout, out.stdout
 
 
 @pytest.mark.slow  # ~150 s

@@ -95,10 +95,12 @@ def search_algorithm(sweep: DictConfig, points: Optional[list[dict]] = None, rew
     the other specs sampled at random), or Optuna's TPE through Tune's OptunaSearch: multivariate, with a constant
     liar so that concurrent trials are not all given the same suggestion, and told ``points`` with their
     ``rewards`` first (the finished trials of an earlier run of the sweep: `frontalab sweep --more`)."""
-    if sweep.search_alg != "optuna":
-        from ray.tune.search import BasicVariantGenerator  # deferred: Ray takes seconds to import
+    # deferred: Ray takes seconds to import. The searcher holds `max_concurrent` (0: as many as resources allow):
+    # Tune ignores its own max_concurrent_trials when given a variant generator.
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-        return BasicVariantGenerator(random_state=sweep.seed)
+    if sweep.search_alg != "optuna":
+        return BasicVariantGenerator(random_state=sweep.seed, max_concurrent=sweep.max_concurrent)
     import optuna  # deferred: only model-based sweeps import it
     from ray.tune.search.optuna import OptunaSearch
 
@@ -108,8 +110,9 @@ def search_algorithm(sweep: DictConfig, points: Optional[list[dict]] = None, rew
     startup = max(2, min(10, sweep.num_samples // 4))
     sampler = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=sweep.seed,
                                          n_startup_trials=startup)
-    return OptunaSearch(metric=sweep.metric, mode=sweep.mode, sampler=sampler, points_to_evaluate=points,
-                        evaluated_rewards=rewards)
+    searcher = OptunaSearch(metric=sweep.metric, mode=sweep.mode, sampler=sampler, points_to_evaluate=points,
+                            evaluated_rewards=rewards)
+    return ConcurrencyLimiter(searcher, sweep.max_concurrent) if sweep.max_concurrent else searcher
 
 
 # ---------------------------------------------------------------- inside a trial (a Ray worker)
@@ -309,8 +312,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
                 tune_config=tune.TuneConfig(metric=sweep.metric, mode=sweep.mode, scheduler=scheduler(sweep, trial_cfg),
                                             search_alg=search_algorithm(sweep, [r.values for r in earlier] or None,
                                                                         [r.metric for r in earlier] or None),
-                                            num_samples=more or sweep.num_samples,
-                                            max_concurrent_trials=sweep.max_concurrent or None, reuse_actors=False),
+                                            num_samples=more or sweep.num_samples, reuse_actors=False),
                 run_config=tune.RunConfig(name=tune_name, storage_path=storage_path, callbacks=callbacks,
                                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
