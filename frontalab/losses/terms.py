@@ -88,11 +88,6 @@ def weight(loss: Mapping[str, Any], key: str) -> float:
     return float(node)
 
 
-def weight_keys(paper: str) -> set[str]:
-    """The ``loss`` keys that weigh ``paper``'s generator (the MLflow params that matter for its runs)."""
-    return {t.key for t in terms_of(paper)}
-
-
 def check_loss_keys(loss: Mapping[str, Any], prefix: str = "") -> None:
     """Every key of ``loss`` is a term's weight or an option; raises KeyError naming one that is neither."""
     keys = {t.key for t in TERMS} | set(OPTIONS)

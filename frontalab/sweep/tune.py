@@ -266,14 +266,14 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
     earlier finished trial's values and result."""
     from ray import tune  # deferred: Ray takes seconds to import
 
+    if resume and more:
+        raise ConfigError("--resume continues the sweep's last run (a growth too); --more starts a growth: one or the other")
     sweep, trial_cfg = load_sweep(sweep_file, overrides + ([f"name={name}"] if name else []))
     assets = check_before_start(sweep, trial_cfg)
     client = store.client()
     exp_name = experiment_name(sweep)
     exp_id = store.experiment_id(client, exp_name)
     storage_path = tune_storage_path(sweep.storage)
-    if resume and more:
-        raise ConfigError("--resume continues the sweep's last run (a growth too); --more starts a growth: one or the other")
     earlier = trial_records(client, exp_name, sweep) if more else []
     if more and not earlier:
         raise ConfigError(f"sweep {sweep.name} has no finished trial to grow from: run it first")
