@@ -122,14 +122,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     # deferred: torch and the models, seconds to import
     from frontalab.training.progress import with_progress
-    from frontalab.training.trial import NonFiniteLoss, mlflow_tracker_factory, run_trial
+    from frontalab.training.trial import NonFiniteLoss, mlflow_tracker_factory
+    from frontalab.training.workers import train
 
     cfg = _load(args)
     use_services(cfg, cfg.tracking.enabled or needs_s3(cfg.data.path))
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON summary
-            state = run_trial(cfg, resume=args.resume,
-                              tracker_factory=with_progress(mlflow_tracker_factory(), cfg.train.steps))
+            state = train(cfg, with_progress(mlflow_tracker_factory(), cfg.train.steps), resume=args.resume,
+                          address=args.address)
     except NonFiniteLoss as err:
         print(f"frontalab train: FAILED: {err}", file=sys.stderr)
         return 1
@@ -392,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train one trial (thesis or Cole decoder) on a prepared dataset, tracked in MLflow")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
                    help="continue from the latest checkpoint of this config (or the given file), same MLflow run")
+    p.add_argument("--address", help="resources.workers > 1: the Ray cluster the workers run on (default: "
+                                     "$RAY_ADDRESS, else embedded Ray)")
     _config_args(p)
     _config_args(add("train-landmarks", cmd_train_landmarks,
                      "train the differentiable 68-point landmark student on a prepared dataset's teacher points"))

@@ -270,6 +270,19 @@ class ServicesConfig:
 
 
 @dataclass
+class ResourcesConfig:
+    """Where a trial runs. One worker: one process (`frontalab train`'s own, or a Tune trial's). Several: a Ray
+    Train data-parallel job, whose batch size is still ``train.batch_size`` (`frontalab.training.distributed`)."""
+    workers: int = _f(1, lo=1, doc="data-parallel workers of one trial (Ray Train; gloo on CPUs, NCCL on GPUs)")
+    cpu: float = _f(1.0, lo=0, doc="CPUs per worker (per trial when workers=1)")
+    gpu: float = _f(0.0, lo=0, doc="GPUs per worker; fractions pack several one-worker trials on one GPU")
+    placement: str = _f("pack", choices=("pack", "spread"),
+                        doc="a trial's workers on as few nodes as they fit (pack) or on different nodes (spread)")
+    max_failures: int = _f(2, lo=0, doc="workers > 1: restarts of the trial's workers from its last checkpoint "
+                                        "after a worker or its node dies (Ray Train's failure handling)")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -282,6 +295,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
 
 def _valid_keys(cls: type, prefix: str) -> list[str]:
@@ -453,8 +467,9 @@ def training_params(cfg: DictConfig) -> dict[str, Any]:
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Stable short hash of the training-relevant config (services endpoints excluded)."""
-    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith("services.")}
+    """Stable short hash of the training-relevant config (services endpoints and resources excluded: a run trains
+    the same on any number of workers, and resumes on another)."""
+    flat = {k: v for k, v in flatten(cfg).items() if not k.startswith(("services.", "resources."))}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -470,12 +485,6 @@ class SchedulerConfig:
     reduction_factor: float = _f(2.0, lo=1.01, doc="asha: 1/fraction of trials kept at each rung")
     perturbation_interval: int = _f(250, lo=1, doc="pbt: steps between exploit/explore, a multiple of train.checkpoint_every")
     mutations: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "pbt: config key -> search spec"})
-
-
-@dataclass
-class SweepResources:
-    cpu: float = _f(1.0, lo=0, doc="CPUs per trial")
-    gpu: float = _f(0.0, lo=0, doc="GPUs per trial; fractions pack several trials on one GPU")
 
 
 @dataclass
@@ -496,7 +505,9 @@ class SweepConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_samples: int = _f(1, lo=1, doc="samples of the search space (each grid point is sampled this often)")
     max_concurrent: int = _f(0, lo=0, doc="trials at once; 0 = as many as resources allow")
-    resources: SweepResources = field(default_factory=SweepResources)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig,
+                                       metadata={"doc": "each trial's workers and their resources (the trials' own "
+                                                        "`resources` section, set here for every trial)"})
     max_failures: int = _f(2, lo=0, doc="restarts of a failed trial (from its last checkpoint)")
     storage: str = _f("s3://frontalab/sweeps", doc="Tune's experiment storage (trial checkpoints, state)")
 
@@ -565,6 +576,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> tuple[DictCon
         sweep.name = p.stem
     base_path = (p.parent / sweep.base_config) if sweep.base_config else None
     trial_base = OmegaConf.to_container(sweep.base, resolve=True)
+    if "resources" in trial_base:
+        raise ConfigError(f"in {p} 'base': set the trials' resources in the sweep's own 'resources' section")
+    # Every trial runs on the sweep's resources: its workers (`frontalab.training.workers`) read them there.
+    trial_base["resources"] = OmegaConf.to_container(sweep.resources, resolve=True)
     try:
         trial = load_config(base_path, (), base=trial_base)
     except ConfigError as err:

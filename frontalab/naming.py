@@ -53,6 +53,7 @@ LABEL_TAG = "frontalab.label"  # an evaluation's label
 STATUS_REASON_TAG = "frontalab.status_reason"
 TRACKING_INCOMPLETE_TAG = "frontalab.tracking_incomplete"
 STOPPED_EARLY_TAG = "frontalab.stopped_early_at"
+WORKER_NODES_TAG = "ray.worker_node_ids"  # a data-parallel trial's workers' nodes, in rank order
 PARENT_RUN_TAG = "mlflow.parentRunId"
 # MLflow's own context tags (the UI's User, Source and Description), which `MlflowClient.create_run` leaves unset.
 USER_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG = "mlflow.user", "mlflow.source.name", "mlflow.source.type"

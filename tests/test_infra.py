@@ -177,7 +177,7 @@ def test_every_infra_file_parses(path):
 
 def test_infra_has_the_promised_files():
     for rel in ("docker/Dockerfile", "compose.yaml", "README.md", "secrets.env.example", "k8s/raycluster.yaml",
-                "k8s/rayjob-thesis.yaml", "k8s/mlflow.yaml", "k8s/secret.template.yaml", "k8s/config.yaml"):
+                "k8s/rayjob-thesis.yaml", "k8s/rayjob-thesis-workers.yaml", "k8s/mlflow.yaml", "k8s/secret.template.yaml", "k8s/config.yaml"):
         assert (INFRA / rel).is_file(), rel
 
 
@@ -361,7 +361,7 @@ def test_raycluster_head_and_gpu_workers():
 
 def test_rayjob_runs_the_thesis_sweep_on_that_cluster():
     (cluster,) = [d for _, d in k8s_docs() if d["kind"] == "RayCluster"]
-    (job,) = [d for _, d in k8s_docs() if d["kind"] == "RayJob"]
+    (job,) = [d for _, d in k8s_docs() if d["kind"] == "RayJob" and d["metadata"]["name"] == "sweep-thesis"]
     spec = job["spec"]
     assert spec["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"]
     assert not spec.get("shutdownAfterJobFinishes"), "KubeRay rejects shutdownAfterJobFinishes with clusterSelector"
@@ -384,6 +384,29 @@ def test_rayjob_runs_the_thesis_sweep_on_that_cluster():
         args = parse_cli(argv)
         assert args.address == "auto" and args.sweep == "sweeps/thesis.yaml"
         assert set(overrides_of(args)) >= {a for a in argv if a.startswith("services.")}, "overrides were not taken"
+
+
+def test_the_multi_gpu_rayjob_runs_one_thesis_trial_on_four_gpu_pods():
+    """Its trial is one Ray Train job of 4 workers, a GPU each, which the gpu group's pods (one GPU, 8 CPUs each)
+    can hold; it submits to the same cluster with the same endpoints as the sweep's job."""
+    from frontalab.config import load_sweep
+
+    (cluster,) = [d for _, d in k8s_docs() if d["kind"] == "RayCluster"]
+    jobs = {d["metadata"]["name"]: d for _, d in k8s_docs() if d["kind"] == "RayJob"}
+    job, sweep_job = jobs["train-thesis-4gpu"], jobs["sweep-thesis"]
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["frontalab", "sweep"] and "--address" in argv
+    assert [a for a in argv if a.startswith("services.")] == \
+        [a for a in shlex.split(sweep_job["spec"]["entrypoint"]) if a.startswith("services.")]
+    assert job["spec"]["clusterSelector"] == sweep_job["spec"]["clusterSelector"]
+    sweep, trial = load_sweep(REPO / argv[2])
+    assert sweep.num_samples == 1 and not sweep.search
+    r = trial.resources
+    assert r.workers == 4 and r.gpu == 1 and trial.train.batch_size % r.workers == 0
+    (gpu_group,) = [g for g in cluster["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
+    limits = gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert int(limits["nvidia.com/gpu"]) == 1 and float(str(limits["cpu"])) >= r.cpu
+    assert gpu_group["maxReplicas"] >= r.workers
 
 
 def test_references_resolve():

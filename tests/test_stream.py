@@ -118,3 +118,22 @@ def test_the_cache_deletes_least_recently_used_copies_down_to_its_bound(tmp_path
     os.utime(copies[0])  # used just now: the oldest by age, the newest by use
     storage.trim_cache(2500, keep=copies[1])
     assert [f.exists() for f in copies] == [True, True, False, False, False]
+
+
+def test_data_parallel_workers_each_stream_their_part_of_every_batch_and_resume_it(sharded):
+    """Two workers' parts of each batch, in rank order, are the one-worker batch (across windows and epochs):
+    every epoch dealt out with no gap and no repeat; a worker resumed from the shared position goes on alike."""
+    from frontalab.config import ConfigError
+
+    whole = indices(stream(sharded, batch_size=6), 30)
+    ranks = [stream(sharded, batch_size=6, rank=r, workers=2) for r in (0, 1)]
+    parts = [indices(s, 30) for s in ranks]
+    assert [a + b for a, b in zip(*parts)] == whole
+    assert all(len(a) == len(b) == 3 for a, b in zip(*parts))
+    resumed = stream(sharded, batch_size=6, rank=1, workers=2)
+    resumed.load_state_dict(ranks[1].state_dict())
+    assert indices(resumed, 4) == [b for a, b in zip(*[indices(s, 4) for s in ranks])]
+    for s in (*ranks, resumed):
+        s.close()
+    with pytest.raises(ConfigError, match="resources.workers=4"):
+        stream(sharded, batch_size=6, rank=0, workers=4)

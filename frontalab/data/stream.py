@@ -6,6 +6,10 @@ their own; a batch is the next ``batch_size`` rows of that stream, across window
 stream's position (epoch, window, offset) fixes every later batch, and a run resumed from a
 checkpoint sees the batches the uninterrupted run would have seen.
 
+In a data-parallel trial every worker follows the same stream and keeps its ``rank``'s part of each batch:
+``batch_size`` is the whole batch, split in ``workers`` equal parts in rank order. So every epoch is dealt out
+with no gaps and no repeats, and the stream's position, the same on every worker, still fixes every batch.
+
 Why one process with threads, and not Ray Data's ``iter_torch_batches`` or a DataLoader's worker
 processes: exact resume needs the batch sequence to be a pure function of (seed, position), and
 both interleave their workers' output by timing. The only heavy work is decoding, and Pillow releases
@@ -24,6 +28,7 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import torch
 
+from frontalab.config import ConfigError
 from frontalab.data.dataset import Rows, no_faces, read_manifest, read_rows, read_table, shards_of
 
 
@@ -43,7 +48,7 @@ def _seed(*parts: int) -> int:
 class ShardStream:
     def __init__(self, uri: str, split: str, encoder: str, image_size: int, batch_size: int, seed: int,
                  window: int = 8, threads: int = 1, prefetch: int = 2, cache_bytes: int = 0,
-                 pin: bool = False):
+                 pin: bool = False, rank: int = 0, workers: int = 1):
         self.uri, self.split, self.encoder, self.seed = uri, split, encoder, seed
         self.manifest = read_manifest(uri, encoder)
         self.prepared = self.manifest["image"]["size"]
@@ -54,6 +59,11 @@ class ShardStream:
         morphs = self.manifest.get("morphs", {}).get("count", 0) if split == "train" else 0
         # A set smaller than a batch still trains, on fixed shapes.
         self.batch_size = min(batch_size, self.manifest["split"][split] + morphs)
+        if self.batch_size % workers:
+            raise ConfigError(f"train.batch_size={self.batch_size} (the whole batch) does not split evenly over "
+                              f"resources.workers={workers}")
+        share = self.batch_size // workers
+        self.share = slice(rank * share, (rank + 1) * share)  # this worker's rows of every batch
         self.window = max(1, min(window, len(self.shards)))
         self.windows_per_epoch = -(-len(self.shards) // self.window)
         self.threads, self.prefetch, self.cache_bytes, self.pin = threads, prefetch, cache_bytes, pin
@@ -86,7 +96,7 @@ class ShardStream:
             upcoming: Future = reader.submit(self.load_window, *self._following(epoch, window))
             empty_windows = 0
             while not self._stop.is_set():
-                parts, need = [], self.batch_size
+                parts, need, start = [], self.batch_size, 0
                 while need:
                     if offset >= len(rows):
                         empty_windows = empty_windows + 1 if not len(rows) else 0
@@ -97,8 +107,10 @@ class ShardStream:
                         upcoming = reader.submit(self.load_window, *self._following(epoch, window))
                         continue
                     take = min(need, len(rows) - offset)
-                    parts.append(rows.take(order[offset:offset + take]))  # a copy: no view keeps a window alive
-                    offset, need = offset + take, need - take
+                    lo, hi = max(self.share.start - start, 0), min(self.share.stop - start, take)
+                    if lo < hi:  # a copy of this worker's rows: no view keeps a window alive
+                        parts.append(rows.take(order[offset + lo:offset + hi]))
+                    offset, need, start = offset + take, need - take, start + take
                 batch = Rows.concat(parts)
                 self._put((batch.pinned() if self.pin else batch, Position(epoch, window, offset)))
         except BaseException as err:  # handed to the consumer, which raises it in the training loop

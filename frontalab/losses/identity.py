@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from frontalab.models.parallel import whole_batch
+
 
 def identity_cosine_loss(input_embedding: torch.Tensor, output_embedding: torch.Tensor) -> torch.Tensor:
     """1 - cos(e_in, e_out), batch mean: 0 for the same direction."""
@@ -25,10 +27,15 @@ def identity_relation_loss(input_embedding: torch.Tensor, output_embedding: torc
     """Mean |d(out_i, out_j) - d(in_i, in_j)| over the batch's pairs (L2 distances): 0 when the outputs keep
     how far apart every two inputs are; the inputs' mean distance when the outputs are all alike. The
     identity terms compare each output with its own input only, so they leave outputs free to drift
-    towards one average face; this term holds different people apart."""
+    towards one average face; this term holds different people apart.
+
+    Its pairs are the whole batch's: in a data-parallel trial each worker holds a part of the batch, and the
+    parts are gathered here, with their gradients, so that the term is the one-worker term."""
+    input_embedding, output_embedding = whole_batch(input_embedding), whole_batch(output_embedding)
     n = input_embedding.shape[0]
     if n < 2:
         return input_embedding.new_zeros(())
     i, j = torch.triu_indices(n, n, offset=1, device=input_embedding.device)
     d_in, d_out = _l2(input_embedding[i], input_embedding[j]), _l2(output_embedding[i], output_embedding[j])
     return (d_out - d_in).abs().mean()
+

@@ -22,6 +22,7 @@ import socket
 import sys
 import tempfile
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -42,6 +43,7 @@ from frontalab.tracking.provenance import command_line
 from frontalab.training.checkpoints import architecture_differences, checkpoint_config, load_checkpoint
 from frontalab.training.sources import checkpoint_file
 from frontalab.training.trial import mlflow_tracker_factory, run_trial
+from frontalab.training.workers import train_on_workers
 from frontalab.verbosity import quiet_libraries
 
 EXCLUDED_FROM_TRIALS = ("services.",)  # endpoints are the driver's business
@@ -119,7 +121,7 @@ def search_algorithm(sweep: DictConfig, points: Optional[list[dict]] = None, rew
 
 
 def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, experiment: str, sweep: str,
-                command: str, assets: dict[str, Any]) -> None:
+                command: str, assets: dict[str, Any], workers_storage: str) -> None:
     """The function trainable: one trial, reporting to Tune, tracked in its own child run."""
     # deferred: Ray takes seconds to import (this runs in the trial's worker, where it is loaded already)
     import ray
@@ -179,8 +181,14 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
             tune.report(values)
 
     try:
-        run_trial(cfg, resume=resume, report=report, checkpoint_dir=local, tracker_factory=open_tracker,
-                  encoder=assets.get("encoder"), landmark_net=assets.get("landmark_net"))
+        if cfg.resources.workers > 1:  # a Ray Train job; Tune's checkpoint (a restart's, PBT's) is where it starts
+            factory = mlflow_tracker_factory(parent_run_id=parent_run_id, extra_tags=trial_tags, source=command,
+                                             run_name=trial_run_name(config, ctx.get_trial_name().rsplit("_", 1)[-1]))
+            _on_workers(cfg, partial(_trial_run_tracker, factory, experiment, trial_id), checkpoint, report,
+                        workers_storage, experiment, trial_id, assets)
+        else:
+            run_trial(cfg, resume=resume, report=report, checkpoint_dir=local, tracker_factory=open_tracker,
+                      encoder=assets.get("encoder"), landmark_net=assets.get("landmark_net"))
     finally:  # Tune's storage and the MLflow run hold the checkpoints: the node's disk must not fill
         tracker = tracker_holder.get("t")
         if tracker is None or tracker.delivered is not False:
@@ -189,6 +197,34 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
             atexit.unregister(remove_local)
             print(f"trial {trial_id}: kept {local}: its MLflow run lacks points that its journal there holds",
                   file=sys.stderr)
+
+
+def _trial_run_tracker(factory, experiment: str, trial_id: str, **kwargs: Any):
+    """The trial's own run, looked up by trial id when rank 0 opens it (after Ray Train restarts the workers too,
+    the run exists by then), whichever checkpoint the trial starts from (PBT's may be another trial's); a function
+    of its arguments only, so that Ray Train can ship it to the trial's rank 0."""
+    c = store.client()
+    return factory(**{**kwargs, "resume_run_id": store.find_child_run(c, store.experiment_id(c, experiment), trial_id)})
+
+
+def _on_workers(cfg: DictConfig, tracker_factory, checkpoint, report, storage: str, experiment: str, trial_id: str,
+                assets: dict[str, Any]) -> None:
+    """The trial as a Ray Train job (`frontalab.training.workers`), its validation points reported to Tune from
+    this thread. Stopped by the scheduler (ASHA), its workers go with this actor: its run ends here, FINISHED and
+    tagged as stopped early, as a one-worker trial's does."""
+    steps: list[float] = []
+
+    def report_step(metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
+        steps.append(metrics.get("step", 0))
+        report(metrics, checkpoint_path)
+
+    try:
+        train_on_workers(cfg, tracker_factory, storage=storage, name=trial_id, resume=checkpoint, report=report_step,
+                         assets=assets)
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            store.end_stopped_trial_run(experiment, trial_id, int(steps[-1]) if steps else 0)
+        raise
 
 
 # ---------------------------------------------------------------- the driver
@@ -299,8 +335,13 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
         base = OmegaConf.to_container(trial_cfg, resolve=True)
         base = {k: v for k, v in base.items() if not any(p.startswith(k + ".") for p in EXCLUDED_FROM_TRIALS)}
         trainable = tune.with_parameters(sweep_trial, base=base, parent_run_id=parent, experiment=exp_name,
-                                         sweep=sweep.name, command=command, assets=assets)
-        trainable = tune.with_resources(trainable, {"cpu": sweep.resources.cpu, "gpu": sweep.resources.gpu})
+                                         sweep=sweep.name, command=command, assets=assets,
+                                         workers_storage=tune_storage_path(f"{experiment_path}-workers"))
+        r = sweep.resources
+        # A trial of several workers is a Ray Train job that claims its workers' resources itself; the trial's
+        # own actor only waits for it, on no CPU (Tune refuses a request of nothing: one byte of memory).
+        trainable = tune.with_resources(trainable, {"cpu": r.cpu, "gpu": r.gpu} if r.workers == 1
+                                        else {"cpu": 0, "memory": 1})
         # In this order: a trial's run has ended before the report reads the finished trials.
         callbacks = [trial_end_callback(end_trial_run(exp_name), report_refresher(parent, exp_name, sweep))]
         if resume:

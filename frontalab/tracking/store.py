@@ -24,7 +24,8 @@ from urllib.parse import quote
 from frontalab import storage
 from frontalab.config import ConfigError, mask_userinfo
 from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL, NOTE_TAG,
-                              PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, TUNE_EXPERIMENT_TAG)
+                              PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG, TRIAL_TAG,
+                              TUNE_EXPERIMENT_TAG)
 from frontalab.tracking.provenance import command_line, standard_tags
 
 # Our own loop retries forever in the background; the client's per-request retries
@@ -153,6 +154,16 @@ def end_trial_run(experiment: str, trial_id: str, status: str) -> None:
     run_id = find_child_run(c, experiment_id(c, experiment), trial_id)
     if run_id and c.get_run(run_id).info.status == "RUNNING":
         c.set_terminated(run_id, status=status)
+
+
+def end_stopped_trial_run(experiment: str, trial_id: str, step: int) -> None:
+    """Trial ``trial_id``'s run, stopped early by the sweep's scheduler at ``step`` from outside its process (a
+    data-parallel trial's workers go with their trial): FINISHED, tagged as stopped early."""
+    c = client()
+    run_id = find_child_run(c, experiment_id(c, experiment), trial_id)
+    if run_id and c.get_run(run_id).info.status == "RUNNING":
+        c.set_tag(run_id, STOPPED_EARLY_TAG, str(step))
+        c.set_terminated(run_id, status="FINISHED")
 
 
 def end_running_trials(client, parent: str, status: str) -> None:

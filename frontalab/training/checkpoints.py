@@ -174,7 +174,8 @@ def save_atomic(obj: Any, path: Path) -> None:
 def newest_readable_checkpoint(folder: Path) -> Optional[Path]:
     """The newest checkpoint in ``folder`` that loads; each newer one that does not (cut short by a full disk, a
     crash mid-copy) is named on stderr and passed over, never deleted."""
-    for path in sorted(folder.glob("step-*.pt"), reverse=True):
+    # Also a data-parallel run's, which Ray Train keeps in a folder per checkpoint (`frontalab.training.workers`).
+    for path in sorted(folder.rglob("step-*.pt"), key=lambda p: p.name, reverse=True):
         try:
             load_checkpoint(path, needs=("step",))
             return path

@@ -18,7 +18,9 @@ from frontalab.losses.papers import paper
 from frontalab.losses.terms import check_loss_keys
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import encoder_input
+from frontalab.models.parallel import parallel, synced_batch_norm
 from frontalab.models.thesis import Discriminator
+from frontalab.training.distributed import average_gradients, mean_over_workers
 
 
 class NonFiniteLoss(RuntimeError):
@@ -42,6 +44,10 @@ class Learner:
         check_loss_keys(cfg.loss)  # a weight with no term would be a silent no-op
         system = paper(cfg.model.decoder)
         self.D = Discriminator().to(device) if system.has_discriminator(cfg) else None
+        if parallel():  # normalise with the whole batch's statistics (`frontalab.training.distributed`)
+            synced_batch_norm(self.G)
+            if self.D is not None:
+                synced_batch_norm(self.D)
         self.channels_last = speedup_on(t.channels_last, device)
         if self.channels_last:
             self.G = self.G.to(memory_format=torch.channels_last)
@@ -100,33 +106,36 @@ class Learner:
         total = g.loss.total
         if t.inject_nan_at and step + 1 == t.inject_nan_at:
             total = total * float("nan")
-        check_finite(total, g.loss.terms, "generator", step + 1)
+        # The whole batch's losses: every worker sees the same values, so a NaN stops every worker at once.
+        logged = mean_over_workers({**g.loss.terms, "total": total})
+        check_finite(logged, "generator", step + 1)
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         if self.D is not None:
             self.D.requires_grad_(True)
-        self._clip(self.G.parameters())
-        self.opt_g.step()
-        metrics = {f"train/g/{k}": v.item() for k, v in g.loss.terms.items()}
-        metrics["train/g/total"] = total.item()
+        self._update(self.opt_g, self.G)
+        metrics = {f"train/g/{k}": v.item() for k, v in logged.items()}
         if self.D is not None and (step + 1) % t.g_steps_per_d == 0:
             with self.autocast():
                 d = self.objective.discriminator_phase(batch["image"], g.noisy)
-            check_finite(d.total, d.terms, "discriminator", step + 1)
+            logged = mean_over_workers({**d.terms, "total": d.total})
+            check_finite(logged, "discriminator", step + 1)
             self.opt_d.zero_grad(set_to_none=True)
             d.total.backward()
-            self._clip(self.D.parameters())
-            self.opt_d.step()
-            self.last_d = {"train/d/adversarial": d.terms["adversarial"].item(), "train/d/total": d.total.item()}
+            self._update(self.opt_d, self.D)
+            self.last_d = {"train/d/adversarial": logged["adversarial"].item(), "train/d/total": logged["total"].item()}
         metrics.update(self.last_d)
         metrics["train/lr_g"] = self.opt_g.param_groups[0]["lr"]
         if self.opt_d is not None:
             metrics["train/lr_d"] = self.opt_d.param_groups[0]["lr"]
         return metrics
 
-    def _clip(self, params) -> None:
+    def _update(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+        """An optimiser step on the workers' mean gradient, clipped to ``train.grad_clip``."""
+        average_gradients(model.parameters())
         if self.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.train.grad_clip)
+        optimizer.step()
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -143,8 +152,9 @@ class Learner:
         self.last_d = state.get("last_d", {})
 
 
-def check_finite(total: torch.Tensor, terms: dict[str, torch.Tensor], phase: str, step: int) -> None:
-    if not torch.isfinite(total):
-        bad = [k for k, v in terms.items() if not torch.isfinite(v)] or ["total"]
+def check_finite(losses: dict[str, torch.Tensor], phase: str, step: int) -> None:
+    """``losses``: a phase's terms and its ``total``; raises NonFiniteLoss naming the terms that are not finite."""
+    if not torch.isfinite(losses["total"]):
+        bad = [k for k, v in losses.items() if k != "total" and not torch.isfinite(v)] or ["total"]
         raise NonFiniteLoss(f"non-finite {phase} loss at step {step}: "
-                            f"{', '.join(bad)} = {[float(terms[k]) if k in terms else float(total) for k in bad]}")
+                            f"{', '.join(bad)} = {[float(losses[k]) for k in bad]}")

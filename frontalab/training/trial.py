@@ -39,6 +39,7 @@ from frontalab.losses.papers import build_generator, paper
 from frontalab.losses.terms import TERMS
 from frontalab.models.build import encoder_from_config
 from frontalab.models.landmark_net import default_weights_path, load_landmark_net
+from frontalab.models.parallel import world
 from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRIC, SPREAD_METRIC,
                               STOPPED_EARLY_TAG)
 from frontalab.tracking.provenance import git_commit, host
@@ -48,6 +49,7 @@ from frontalab.training.checkpoints import (MODEL_KEYS, UnreadableModel, archite
                                             checkpoint_config,
                                             claim_folder, default_checkpoint_dir, load_checkpoint,
                                             newest_readable_checkpoint, rng_state, save_atomic, set_rng_state)
+from frontalab.training.distributed import gather_objects, weights_digest
 from frontalab.training.sources import checkpoint_file
 from frontalab.training.step import Learner, NonFiniteLoss
 
@@ -124,11 +126,15 @@ class Trial:
         torch.utils.deterministic.fill_uninitialized_memory = False
         self.device = resolve_device(t.device)
         self.checkpoint_dir = checkpoint_dir or Path(t.checkpoint_dir or default_checkpoint_dir(cfg))
+        # One of a data-parallel trial's workers (`frontalab.training.distributed`): rank 0 validates, tracks and
+        # writes the checkpoints; every rank trains on its part of each batch.
+        self.rank, self.workers = world()
 
         d = cfg.data
         self.stream = ShardStream(d.path, "train", cfg.encoder.name, cfg.model.out_size, t.batch_size, t.seed,
                                   window=d.shuffle_window, threads=d.decode_threads, prefetch=d.prefetch,
-                                  cache_bytes=int(d.cache_gb * 1e9), pin=self.device.type == "cuda")
+                                  cache_bytes=int(d.cache_gb * 1e9), pin=self.device.type == "cuda",
+                                  rank=self.rank, workers=self.workers)
         self.dataset_hash = self.stream.manifest["dataset_hash"]
 
         # Frozen networks may come prebuilt (a sweep ships them once through Ray's object store).
@@ -177,11 +183,19 @@ class Trial:
         check_fits(self.G, ckpt["G"], path)
         self.G.load_state_dict(ckpt["G"])  # its feature statistics too: the weights were learnt with them
 
-    def checkpoint(self) -> Path:
+    def checkpoint(self) -> Optional[Path]:
+        """Rank 0 writes the checkpoint, with every worker's random state; other ranks only give theirs."""
+        worker_rng = gather_objects(rng_state())
+        digests = gather_objects(weights_digest(self.G, self.D))
+        if len(set(digests)) > 1:  # the workers no longer train one model: a checkpoint would hold rank 0's only
+            raise RuntimeError(f"data-parallel workers hold different weights at step {self.state.step}: {digests}")
+        if self.rank:
+            return None
         path = self.checkpoint_dir / f"step-{self.state.step:06d}.pt"
         save_atomic({
             "step": self.state.step, **self.learner.state_dict(),
-            "order": self.stream.state_dict(), "rng": rng_state(),
+            "order": self.stream.state_dict(), "rng": worker_rng[0], "worker_rng": worker_rng,
+            "worker_weights": digests,
             "config": OmegaConf.to_container(self.cfg, resolve=True), "dataset_hash": self.dataset_hash,
             "run_id": self.tracker.run_id,
             "metrics": self.state.metrics,
@@ -213,7 +227,9 @@ class Trial:
         except (KeyError, ValueError, RuntimeError) as err:  # the optimisers' state, damaged
             raise UnreadableModel(f"checkpoint {path}: its training state cannot be restored ({err})") from None
         self.stream.load_state_dict(ckpt["order"])
-        set_rng_state(ckpt["rng"])
+        # Each worker its own random state, when the checkpoint has as many workers' as this trial (else rank 0's).
+        worker_rng = ckpt.get("worker_rng") or [ckpt["rng"]]
+        set_rng_state(worker_rng[self.rank] if len(worker_rng) == self.workers else ckpt["rng"])
         self.state.step = ckpt["step"]
         self.state.metrics = ckpt.get("metrics", {})
         self.state.checkpoint = str(path)
@@ -287,7 +303,7 @@ class Trial:
 
     def _validate_and_report(self, checkpoint: bool, validate: bool = True) -> None:
         step = self.state.step
-        if validate:
+        if validate and not self.rank:
             metrics, grid = self.validate()
             self.state.metrics.update(metrics)
             self.tracker.log_metrics(metrics, step)
@@ -340,10 +356,15 @@ def run_trial(cfg: DictConfig, *, resume: bool | str = False, report: Optional[R
     """
     folder = checkpoint_dir or Path(cfg.train.checkpoint_dir or default_checkpoint_dir(cfg))
     with claim_folder(folder):
-        if not resume and any(folder.glob("step-*.pt")):
-            raise ConfigError(f"{folder} holds the checkpoints of an earlier run of this config: continue it with "
-                              f"--resume, or move the folder away to start afresh")
+        refuse_used_folder(folder, resume)
         return _run_trial(cfg, folder, resume, report, tracker_factory, encoder, landmark_net)
+
+
+def refuse_used_folder(folder: Path, resume: bool | str) -> None:
+    """A fresh run does not write into a folder holding an earlier run's checkpoints (its workers' too)."""
+    if not resume and any(folder.rglob("step-*.pt")):
+        raise ConfigError(f"{folder} holds the checkpoints of an earlier run of this config: continue it with "
+                          f"--resume, or move the folder away to start afresh")
 
 
 def _run_trial(cfg: DictConfig, folder: Path, resume: bool | str, report: Optional[Report], tracker_factory,
