@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from frontalab.paths import state_dir
+from frontalab.verbosity import verbose
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own variable: a cluster to join instead of embedding Ray
 STATE_FILE = "cluster.json"  # a local cluster's record (address, ports, PIDs; no secrets)
@@ -54,11 +55,14 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
     if address and "RAY_AUTH_MODE" not in os.environ:
         if recorded_address() == address:  # `frontalab cluster up` on this machine: use its token
             os.environ.update(token_auth_env(local_cluster_dir()))
+    # Without a dashboard there is no state API, and Ray Train's placement-group cleaner warns that it cannot
+    # ask it, every few seconds of every data-parallel trial: the job's workers log errors only (--verbose: all).
+    quiet = {} if verbose() else {"logging_config": ray.LoggingConfig(log_level="ERROR")}
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, **quiet)
         return f"cluster at {address}"
     ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
-             _node_ip_address="127.0.0.1", configure_logging=True)
+             _node_ip_address="127.0.0.1", configure_logging=True, **quiet)
     return "embedded"
 
 

@@ -195,3 +195,25 @@ def test_a_sweep_of_two_worker_trials_on_two_nodes_survives_a_killed_node(cluste
         assert len(got) == len(set(got)) and got == sorted(got)
         assert "frontalab.stopped_early_at" in tags(c) or got[-1] == steps
     assert parents[0]["info"]["status"] == "FINISHED"
+
+
+@pytest.mark.slow  # ~40 s
+def test_a_non_finite_loss_on_two_workers_fails_the_run_once_with_its_reason(small_dataset, services_env, tmp_path):
+    """Every worker meets the same NaN (the losses are the workers' mean), so the trial stops at once, FAILED with
+    the reason, and Ray Train does not start it again into the same NaN."""
+    from mlflow import MlflowClient
+
+    from frontalab.naming import STATUS_REASON_TAG
+
+    cfg, _ = services_env
+    out = run_cli("train", "model.out_size=64", f"data.path={small_dataset}", "train.batch_size=4", "train.val_faces=2",
+                  "train.steps=6", "train.log_every=1", "train.inject_nan_at=3", "resources.workers=2", "resources.max_failures=2",
+                  f"train.checkpoint_dir={tmp_path / 'nan'}", "tracking.experiment=test-workers-nan",
+                  *service_overrides(cfg), check=False, timeout=600)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "FAILED: non-finite generator loss at step 3" in out.stderr
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("test-workers-nan").experiment_id])
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags[STATUS_REASON_TAG]
+    history = [p.step for p in client.get_metric_history(run.info.run_id, "train/g/total")]
+    assert history == sorted(set(history)) and max(history) < 3, "not started again into the same NaN"
