@@ -217,3 +217,27 @@ def test_a_non_finite_loss_on_two_workers_fails_the_run_once_with_its_reason(sma
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags[STATUS_REASON_TAG]
     history = [p.step for p in client.get_metric_history(run.info.run_id, "train/g/total")]
     assert history == sorted(set(history)) and max(history) < 3, "not started again into the same NaN"
+
+
+@pytest.mark.slow  # ~3 min
+def test_pbt_restarts_a_two_worker_trial_as_a_whole_from_another_trials_checkpoint(embedded_services, small_dataset):
+    """PBT exploits: a trial's workers stop with it, its placement group is freed, and it starts again on two new
+    workers from the better trial's checkpoint, which reaches them through Ray's object store."""
+    from test_sweep import results_table, summary_of, sweep_args, sweep_runs
+
+    cfg, endpoints = embedded_services
+    name = f"w{os.getpid()}-pbt"
+    args = [a for a in sweep_args(name, small_dataset, cfg, steps=30, trials=2, ckpt_every=10, val_every=10)
+            if a != "scheduler.name=fifo"]
+    out = run_cli(*args, "scheduler.name=pbt", "scheduler.perturbation_interval=10",
+               "scheduler.mutations={loss.texture: {choice: [5, 80]}}", "resources.workers=2", "resources.cpu=0.5",
+               timeout=900)
+    summary = summary_of(out.stdout)
+    assert summary["trials"] == 2 and summary["errors"] == 0, summary
+    parents, children = sweep_runs(endpoints, name)
+    assert len(children) == 2 and all(c["info"]["status"] == "FINISHED" for c in children)
+    # The trials start at texture 10 and 20; PBT's exploit gives the worse one the better one's value, perturbed
+    # (x0.8, x1.2, or resampled to 5 or 80), which only a restarted trial can hold at its end.
+    table = results_table(endpoints, parents[0]["info"]["run_id"])
+    final = dict(zip(table["trial_id"], table["config/loss.texture"]))
+    assert set(final.values()) != {10, 20}, final

@@ -43,7 +43,7 @@ from frontalab.tracking.provenance import command_line
 from frontalab.training.checkpoints import architecture_differences, checkpoint_config, load_checkpoint
 from frontalab.training.sources import checkpoint_file
 from frontalab.training.trial import mlflow_tracker_factory, run_trial
-from frontalab.training.workers import train_on_workers
+from frontalab.training.workers import PLACEMENT_GROUP, release, train_on_workers
 from frontalab.verbosity import quiet_libraries
 
 EXCLUDED_FROM_TRIALS = ("services.",)  # endpoints are the driver's business
@@ -171,7 +171,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
         tracker = tracker_holder.get("t")
         if tracker is not None:
             tracker.flush(timeout=60)  # what Tune stops or kills next must already be in MLflow
-        values = {k: float(v) for k, v in metrics.items()}
+        values = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}  # strings: ids
         if checkpoint_path:
             folder = Path(tempfile.mkdtemp(prefix="report-"))
             shutil.copy2(checkpoint_path, folder / Path(checkpoint_path).name)
@@ -181,11 +181,11 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
             tune.report(values)
 
     try:
-        if cfg.resources.workers > 1:  # a Ray Train job; Tune's checkpoint (a restart's, PBT's) is where it starts
+        if cfg.resources.workers > 1:  # a Ray Train job, from Tune's checkpoint (a restart's, PBT's) copied above
             factory = mlflow_tracker_factory(parent_run_id=parent_run_id, extra_tags=trial_tags, source=command,
                                              run_name=trial_run_name(config, ctx.get_trial_name().rsplit("_", 1)[-1]))
-            _on_workers(cfg, partial(_trial_run_tracker, factory, experiment, trial_id), checkpoint, report,
-                        workers_storage, experiment, trial_id, assets)
+            _on_workers(cfg, partial(_trial_run_tracker, factory, experiment, trial_id),
+                        Path(resume) if resume else None, report, workers_storage, experiment, trial_id, assets)
         else:
             run_trial(cfg, resume=resume, report=report, checkpoint_dir=local, tracker_factory=open_tracker,
                       encoder=assets.get("encoder"), landmark_net=assets.get("landmark_net"))
@@ -207,8 +207,8 @@ def _trial_run_tracker(factory, experiment: str, trial_id: str, **kwargs: Any):
     return factory(**{**kwargs, "resume_run_id": store.find_child_run(c, store.experiment_id(c, experiment), trial_id)})
 
 
-def _on_workers(cfg: DictConfig, tracker_factory, checkpoint, report, storage: str, experiment: str, trial_id: str,
-                assets: dict[str, Any]) -> None:
+def _on_workers(cfg: DictConfig, tracker_factory, checkpoint: Optional[Path], report, storage: str, experiment: str,
+                trial_id: str, assets: dict[str, Any]) -> None:
     """The trial as a Ray Train job (`frontalab.training.workers`), its validation points reported to Tune from
     this thread. Stopped by the scheduler (ASHA), its workers go with this actor: its run ends here, FINISHED and
     tagged as stopped early, as a one-worker trial's does."""
@@ -255,6 +255,36 @@ def trial_end_callback(*handlers):
         def on_trial_error(self, iteration, trials, trial, **info):
             for handler in handlers:
                 handler(trial, "FAILED")
+
+    return _Callback()
+
+
+def worker_groups_released():
+    """A Tune callback freeing a data-parallel trial's placement group whenever the trial stops or starts again
+    (`frontalab.training.workers.release`); one-worker trials have none."""
+    from ray.tune import Callback  # deferred: Ray takes seconds to import
+
+    def free(trial) -> None:
+        try:
+            release((trial.last_result or {}).get(PLACEMENT_GROUP))
+        except Exception as err:  # the trial's next start reports its own; a sweep never fails for this
+            print(f"sweep: could not free trial {trial.trial_id}'s placement group: {str(err)[:200]}", file=sys.stderr)
+
+    class _Callback(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            free(trial)
+
+        def on_trial_restore(self, iteration, trials, trial, **info):
+            free(trial)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            free(trial)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            free(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            free(trial)
 
     return _Callback()
 
@@ -343,7 +373,8 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
         trainable = tune.with_resources(trainable, {"cpu": r.cpu, "gpu": r.gpu} if r.workers == 1
                                         else {"cpu": 0, "memory": 1})
         # In this order: a trial's run has ended before the report reads the finished trials.
-        callbacks = [trial_end_callback(end_trial_run(exp_name), report_refresher(parent, exp_name, sweep))]
+        callbacks = [trial_end_callback(end_trial_run(exp_name), report_refresher(parent, exp_name, sweep)),
+                     worker_groups_released()]
         if resume:
             tuner = tune.Tuner.restore(tune_storage_path(experiment_path), trainable, resume_errored=True,
                                        param_space=search_space(sweep))
@@ -356,7 +387,10 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
                                             num_samples=more or sweep.num_samples, reuse_actors=False),
                 run_config=tune.RunConfig(name=tune_name, storage_path=storage_path, callbacks=callbacks,
                                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+                                          # PBT restores a trial from another's latest checkpoint, which must
+                                          # outlive that trial's next reports (Tune warns below 3).
+                                          checkpoint_config=tune.CheckpointConfig(
+                                              num_to_keep=4 if sweep.scheduler.name == "pbt" else 2)),
             )
         with _stopped_by_signals() as stopped:
             results = tuner.fit()

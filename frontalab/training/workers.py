@@ -33,6 +33,8 @@ from frontalab.training.trial import Report, TrialState, refuse_used_folder, run
 from frontalab.verbosity import quiet_libraries, verbose
 
 FINAL = "final"  # the key of each worker's last report: the trial's outcome, not a validation point
+# The key of every report that names the workers' placement group, for whoever must free it (see `release`).
+PLACEMENT_GROUP = "ray_train_placement_group"
 CHECKPOINT_FILE = "step-*.pt"
 
 
@@ -54,7 +56,7 @@ def train(cfg: DictConfig, tracker_factory: Callable[..., Any], *, resume: bool 
         start = resume if isinstance(resume, str) else newest_readable_checkpoint(folder) if resume else None
         connect(address)
         return train_on_workers(cfg, tracker_factory, storage=str(folder / "ray-train"), name="train",
-                                resume=str(start) if start else None)
+                                resume=Path(start) if start else None)
 
 
 def _worker_loop(loop: dict[str, Any]) -> None:
@@ -74,16 +76,19 @@ def _worker_loop(loop: dict[str, Any]) -> None:
     local = Path(tempfile.mkdtemp(prefix=f"worker{rank}-"))
     try:
         # Ray Train's own restart (a worker died) first, else the checkpoint the trial was started from.
-        start = ray.train.get_checkpoint() or loop["resume"]
         resume: bool | str = False
-        if isinstance(start, str):
-            resume = start
-        elif start is not None:
-            with start.as_directory() as folder:
+        restart = ray.train.get_checkpoint()
+        if restart is not None:
+            with restart.as_directory() as folder:
                 found = newest_file(Path(folder))
                 if found is not None:
                     resume = str(shutil.copy2(found, local / found.name))
+        elif loop["resume"] is not None:
+            name, data = loop["resume"]
+            (local / name).write_bytes(ray.get(data))
+            resume = str(local / name)
         tracker_holder: dict[str, Any] = {}
+        group = ray.util.get_current_placement_group()
         nodes = gather_objects(ray.get_runtime_context().get_node_id())  # where the workers run, in rank order
 
         def open_tracker(**kwargs: Any):
@@ -95,7 +100,9 @@ def _worker_loop(loop: dict[str, Any]) -> None:
         def report(metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
             if "t" in tracker_holder:
                 tracker_holder["t"].flush(timeout=60)  # what a failure kills next must already be in MLflow
-            values = {k: float(v) for k, v in metrics.items()}
+            values: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
+            if group is not None:
+                values[PLACEMENT_GROUP] = group.id.hex()
             if not checkpoint_path:
                 ray.train.report(values)
                 return
@@ -119,11 +126,14 @@ def _worker_loop(loop: dict[str, Any]) -> None:
 
 
 def train_on_workers(cfg: DictConfig, tracker_factory: Callable[..., Any], *, storage: str, name: str,
-                     resume: Any = None, report: Optional[Report] = None, assets: Optional[dict] = None) -> TrialState:
+                     resume: Optional[Path] = None, report: Optional[Report] = None,
+                     assets: Optional[dict] = None) -> TrialState:
     """Train the trial on ``cfg.resources.workers`` Ray Train workers (Ray must be connected). ``storage``: Ray
     Train's storage for the checkpoints (a shared folder or S3 on a cluster); ``name``: the Ray Train run's.
-    ``resume``: a checkpoint file, or a Ray checkpoint holding one; ``report(metrics, checkpoint)``: called in
+    ``resume``: a checkpoint file here, which reaches every worker through Ray's object store (whichever node it
+    runs on, and however soon Tune deletes a checkpoint that PBT exploits); ``report(metrics, checkpoint)``: called in
     this process for every validation point (a Tune trial's report), with the reported checkpoint's folder."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -134,7 +144,8 @@ def train_on_workers(cfg: DictConfig, tracker_factory: Callable[..., Any], *, st
     reports = Queue(actor_options={"num_cpus": 0})  # rank 0's reports, from Ray Train's controller to here
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": OmegaConf.to_container(cfg, resolve=True), "resume": resume,
+        train_loop_config={"cfg": OmegaConf.to_container(cfg, resolve=True),
+                           "resume": (resume.name, ray.put(resume.read_bytes())) if resume else None,
                            "tracker_factory": tracker_factory, **(assets or {})},
         torch_config=TorchConfig(backend="nccl" if r.gpu > 0 else "gloo"),
         scaling_config=ScalingConfig(num_workers=r.workers, use_gpu=r.gpu > 0, resources_per_worker=per_worker,
@@ -199,3 +210,19 @@ def _fit_forwarding(trainer, reports, report: Optional[Report]) -> tuple[Any, di
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"], final
+
+
+def release(group_id: Optional[str]) -> None:
+    """Free a data-parallel trial's placement group, by the id its reports carried (`PLACEMENT_GROUP`), once its
+    trial has stopped. Ray Train's controller frees it when it ends, but a controller that dies with its Tune
+    trial (ASHA's stop, PBT's restart) leaves that to Ray Train's cleaner, which needs Ray's state API, which a
+    cluster without a dashboard (embedded Ray, `frontalab cluster`) does not serve: the group would hold its
+    workers' CPUs and GPUs until the sweep ends, and the next trials would wait for them."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    if not group_id:
+        return
+    table = ray.util.placement_group_table()
+    if table.get(group_id, {}).get("state") not in (None, "REMOVED"):
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))
