@@ -182,10 +182,12 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
 
     try:
         if cfg.resources.workers > 1:  # a Ray Train job, from Tune's checkpoint (a restart's, PBT's) copied above
+            # Stopped by the scheduler (ASHA), its workers go with this actor: the sweep's driver ends its run
+            # (`end_trial_run`) and frees its placement group (`worker_groups_released`).
             factory = mlflow_tracker_factory(parent_run_id=parent_run_id, extra_tags=trial_tags, source=command,
                                              run_name=trial_run_name(config, ctx.get_trial_name().rsplit("_", 1)[-1]))
-            _on_workers(cfg, partial(_trial_run_tracker, factory, experiment, trial_id),
-                        Path(resume) if resume else None, report, workers_storage, experiment, trial_id, assets)
+            train_on_workers(cfg, partial(_trial_run_tracker, factory, experiment, trial_id), storage=workers_storage,
+                             name=trial_id, resume=Path(resume) if resume else None, report=report, assets=assets)
         else:
             run_trial(cfg, resume=resume, report=report, checkpoint_dir=local, tracker_factory=open_tracker,
                       encoder=assets.get("encoder"), landmark_net=assets.get("landmark_net"))
@@ -207,35 +209,18 @@ def _trial_run_tracker(factory, experiment: str, trial_id: str, **kwargs: Any):
     return factory(**{**kwargs, "resume_run_id": store.find_child_run(c, store.experiment_id(c, experiment), trial_id)})
 
 
-def _on_workers(cfg: DictConfig, tracker_factory, checkpoint: Optional[Path], report, storage: str, experiment: str,
-                trial_id: str, assets: dict[str, Any]) -> None:
-    """The trial as a Ray Train job (`frontalab.training.workers`), its validation points reported to Tune from
-    this thread. Stopped by the scheduler (ASHA), its workers go with this actor: its run ends here, FINISHED and
-    tagged as stopped early, as a one-worker trial's does."""
-    steps: list[float] = []
-
-    def report_step(metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
-        steps.append(metrics.get("step", 0))
-        report(metrics, checkpoint_path)
-
-    try:
-        train_on_workers(cfg, tracker_factory, storage=storage, name=trial_id, resume=checkpoint, report=report_step,
-                         assets=assets)
-    except SystemExit as stop:
-        if stop.code in (0, None):
-            store.end_stopped_trial_run(experiment, trial_id, int(steps[-1]) if steps else 0)
-        raise
-
-
 # ---------------------------------------------------------------- the driver
 
 
-def end_trial_run(experiment: str):
+def end_trial_run(experiment: str, steps: int):
     """``(trial, status)`` -> the trial's MLflow run ended from the driver too: a killed or early-stopped trial
-    cannot end its own run, and a run must never stay RUNNING."""
+    cannot end its own run, and a run must never stay RUNNING. A trial that FINISHED short of ``steps`` (the
+    trials' ``train.steps``) was stopped by the scheduler, at its last reported step."""
     def end(trial, status: str) -> None:
+        step = (trial.last_result or {}).get("step")
+        stopped_at = int(step) if status == "FINISHED" and step is not None and step < steps else None
         try:
-            store.end_trial_run(experiment, trial.trial_id, status)
+            store.end_trial_run(experiment, trial.trial_id, status, stopped_at)
         except Exception as err:  # the sweep outlives its tracking server; `promote` skips a RUNNING trial
             print(f"sweep: could not mark trial {trial.trial_id}'s run {status}: {str(err).splitlines()[0][:300]}",
                   file=sys.stderr, flush=True)
@@ -373,7 +358,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
         trainable = tune.with_resources(trainable, {"cpu": r.cpu, "gpu": r.gpu} if r.workers == 1
                                         else {"cpu": 0, "memory": 1})
         # In this order: a trial's run has ended before the report reads the finished trials.
-        callbacks = [trial_end_callback(end_trial_run(exp_name), report_refresher(parent, exp_name, sweep)),
+        callbacks = [trial_end_callback(end_trial_run(exp_name, trial_cfg.train.steps), report_refresher(parent, exp_name, sweep)),
                      worker_groups_released()]
         if resume:
             tuner = tune.Tuner.restore(tune_storage_path(experiment_path), trainable, resume_errored=True,

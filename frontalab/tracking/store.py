@@ -148,22 +148,16 @@ def find_child_run(client, experiment_id: str, trial_id: str) -> Optional[str]:
     return runs[0].info.run_id if runs else None
 
 
-def end_trial_run(experiment: str, trial_id: str, status: str) -> None:
-    """Mark trial ``trial_id``'s run ``status`` if it is still RUNNING (a killed trial cannot end its own)."""
+def end_trial_run(experiment: str, trial_id: str, status: str, stopped_at: Optional[int] = None) -> None:
+    """Mark trial ``trial_id``'s run ``status`` if it is still RUNNING (a killed trial cannot end its own, nor can a
+    data-parallel trial's workers, which go with their trial); ``stopped_at``: the step at which the sweep's
+    scheduler stopped it, tagged."""
     c = client()
     run_id = find_child_run(c, experiment_id(c, experiment), trial_id)
     if run_id and c.get_run(run_id).info.status == "RUNNING":
+        if stopped_at is not None:
+            c.set_tag(run_id, STOPPED_EARLY_TAG, str(stopped_at))
         c.set_terminated(run_id, status=status)
-
-
-def end_stopped_trial_run(experiment: str, trial_id: str, step: int) -> None:
-    """Trial ``trial_id``'s run, stopped early by the sweep's scheduler at ``step`` from outside its process (a
-    data-parallel trial's workers go with their trial): FINISHED, tagged as stopped early."""
-    c = client()
-    run_id = find_child_run(c, experiment_id(c, experiment), trial_id)
-    if run_id and c.get_run(run_id).info.status == "RUNNING":
-        c.set_tag(run_id, STOPPED_EARLY_TAG, str(step))
-        c.set_terminated(run_id, status="FINISHED")
 
 
 def end_running_trials(client, parent: str, status: str) -> None:
