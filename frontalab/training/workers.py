@@ -159,8 +159,17 @@ def train_on_workers(cfg: DictConfig, tracker_factory: Callable[..., Any], *, st
         raise NonFiniteLoss(final["reason"])
     return TrialState(step=int(final.get("step", 0)), run_id=final.get("run_id"), status=final.get("status", "FAILED"),
                       tracking_complete=bool(final.get("tracking_complete", True)),
-                      checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
+                      checkpoint=_checkpoint_file(result.checkpoint),
                       metrics={k: v for k, v in final.items() if k.startswith("val/")})
+
+
+def _checkpoint_file(checkpoint) -> Optional[str]:
+    """The step file in Ray Train's last checkpoint when its storage is a folder here (`frontalab train`), as a
+    one-worker run names its own; else the checkpoint's address (a sweep's S3 storage)."""
+    if checkpoint is None:
+        return None
+    found = newest_file(Path(checkpoint.path)) if Path(checkpoint.path).is_dir() else None
+    return str(found) if found else checkpoint.path
 
 
 def _forward_to(reports):
