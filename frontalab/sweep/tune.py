@@ -22,6 +22,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
@@ -379,7 +380,8 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
             )
         with _stopped_by_signals() as stopped:
             results = tuner.fit()
-        if stopped:
+        if stopped:  # the trials Tune stopped ended their runs as stopped early: they were killed with the sweep
+            store.end_running_trials(client, parent, status="KILLED", since_ms=stopped[0])
             raise KeyboardInterrupt
         return _summarise(client, parent, exp_id, sweep, sweep_file, results, earlier)
 
@@ -400,8 +402,9 @@ def _ends_with_the_sweep(client, parent: str):
 @contextlib.contextmanager
 def _stopped_by_signals():
     """SIGINT and SIGTERM stop the sweep as Tune's own Ctrl-C does (trials stopped, experiment state saved, so
-    ``--resume`` continues it); the list yielded then holds the signal, so that the caller ends the parent run
-    KILLED. A second signal interrupts at once. Outside the main thread signals cannot be caught: nothing changes."""
+    ``--resume`` continues it); the list yielded then holds when the signal came (ms), so that the caller ends
+    the parent run and the trials it stopped KILLED. A second signal interrupts at once. Outside the main thread
+    signals cannot be caught: nothing changes."""
     stopped: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield stopped
@@ -411,7 +414,7 @@ def _stopped_by_signals():
         tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's graceful stop, installed while `fit` runs
         if stopped or not callable(tune_stop):
             raise KeyboardInterrupt
-        stopped.append(signum)
+        stopped.append(int(time.time() * 1000) - 1000)  # when (ms, a second early: MLflow's clock is the server's)
         tune_stop(signum, frame)
 
     before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}

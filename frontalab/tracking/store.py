@@ -160,12 +160,19 @@ def end_trial_run(experiment: str, trial_id: str, status: str, stopped_at: Optio
         c.set_terminated(run_id, status=status)
 
 
-def end_running_trials(client, parent: str, status: str) -> None:
+def end_running_trials(client, parent: str, status: str, since_ms: Optional[int] = None) -> None:
     """Mark every still-RUNNING trial run under sweep run ``parent`` ``status``: a stopped sweep's trials are
-    stopped by Tune without a chance to end their own runs (``--resume`` reopens them)."""
+    stopped by Tune without a chance to end their own runs (``--resume`` reopens them). ``since_ms``: when the
+    sweep was told to stop; a trial that ended its own run since, as stopped early, was stopped by the sweep's
+    stop, not by its scheduler: it ends ``status`` too."""
     experiment = client.get_run(parent).info.experiment_id
-    for run in client.search_runs([experiment], max_results=10000,
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"):
+    child = f"tags.mlflow.parentRunId = '{parent}'"
+    runs = client.search_runs([experiment], max_results=10000, filter_string=f"{child} and attributes.status = 'RUNNING'")
+    if since_ms is not None:
+        runs += client.search_runs([experiment], max_results=10000,
+                                   filter_string=f"{child} and attributes.status = 'FINISHED' and "
+                                                 f"attributes.end_time >= {since_ms} and tags.`{STOPPED_EARLY_TAG}` != ''")
+    for run in runs:
         client.set_terminated(run.info.run_id, status=status)
 
 
