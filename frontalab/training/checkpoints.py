@@ -79,7 +79,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", needs:
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as err:  # a version byte flipped
         raise UnreadableModel(f"{path} is cut short or corrupt (its zip directory: {err})") from None
     if not any(m == "data.pkl" or m.endswith("/data.pkl") for m in members):
         raise UnreadableModel(f"{path} is a zip archive but not a torch checkpoint (no data.pkl among its "
