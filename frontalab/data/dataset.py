@@ -7,7 +7,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -111,10 +111,13 @@ def read_table(uri: str, shard: str, split: str | None, columns: list[str], cach
 
 
 def read_rows(uri: str, shards: list[str], split: str | None, encoder: str, image_size: int, prepared: int,
-              threads: int = 1, limit: int = 0, cache_bytes: int = 0) -> Rows:
+              threads: int = 1, limit: int = 0, cache_bytes: int = 0,
+              decoded: Callable[[int], np.ndarray] | None = None) -> Rows:
     """``split``'s kept rows of ``shards`` (the first ``limit`` of them when given), images decoded at ``image_size``.
 
-    Pillow releases the GIL while it decodes and resizes, so ``threads`` decode in parallel.
+    Pillow releases the GIL while it decodes and resizes, so ``threads`` decode in parallel. ``decoded``, given
+    the number of rows, says which to decode (a boolean mask): the others' images stay zero, for a reader that
+    never hands them out (a data-parallel worker's stream).
     """
     columns = ["index", "image", "landmarks", "yaw", "pitch", f"features_{encoder}", f"embedding_{encoder}"]
     tables, count = [], 0
@@ -127,16 +130,17 @@ def read_rows(uri: str, shards: list[str], split: str | None, encoder: str, imag
     df = pd.concat(tables) if tables else pd.DataFrame(columns=columns)
     df = df.iloc[:limit] if limit else df
     # Decoded straight into one array: a window's images are held once, not once per step of the way.
-    images = np.empty((len(df), 3, image_size, image_size), np.uint8)
+    images = np.zeros((len(df), 3, image_size, image_size), np.uint8)
+    wanted = np.flatnonzero(decoded(len(df))) if decoded else range(len(df))
 
     def decode_into(i: int) -> None:
         images[i] = decode_image(df["image"].iloc[i], image_size)
 
-    if threads > 1 and len(df) > 1:
+    if threads > 1 and len(wanted) > 1:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(decode_into, range(len(df))))
+            list(pool.map(decode_into, wanted))
     else:
-        for i in range(len(df)):
+        for i in wanted:
             decode_into(i)
     pts = np.stack([np.frombuffer(b, np.float32).reshape(68, 2) for b in df["landmarks"]]) if len(df) else np.zeros((0, 68, 2), np.float32)
 

@@ -62,7 +62,7 @@ class ShardStream:
         if self.batch_size % workers:
             raise ConfigError(f"train.batch_size={self.batch_size} (the whole batch) does not split evenly over "
                               f"resources.workers={workers}")
-        share = self.batch_size // workers
+        share, self.workers = self.batch_size // workers, workers
         self.share = slice(rank * share, (rank + 1) * share)  # this worker's rows of every batch
         self.window = max(1, min(window, len(self.shards)))
         self.windows_per_epoch = -(-len(self.shards) // self.window)
@@ -77,12 +77,27 @@ class ShardStream:
         order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(_seed(self.seed, epoch)))
         return [self.shards[i] for i in order[window * self.window:(window + 1) * self.window]]
 
-    def load_window(self, epoch: int, window: int) -> tuple[Rows, torch.Tensor]:
+    def load_window(self, epoch: int, window: int, phase: int = 0) -> tuple[Rows, torch.Tensor]:
         """A window's rows in source order, and the shuffled order they are handed out in (batches gather
-        by it, so no shuffled copy of the window is ever held)."""
+        by it, so no shuffled copy of the window is ever held).
+
+        ``phase``: the place in its batch of the window's first row handed out. One of several workers decodes
+        only the rows that fall in its share of their batches; the others' images stay zero, never handed out.
+        """
+        generator = torch.Generator().manual_seed(_seed(self.seed, epoch, window + 1))
+        order: list[torch.Tensor] = []
+
+        def own_rows(count: int) -> np.ndarray:
+            order.append(torch.randperm(count, generator=generator))
+            place = (phase + torch.arange(count)) % self.batch_size
+            mine = np.zeros(count, bool)
+            mine[order[0][(place >= self.share.start) & (place < self.share.stop)].numpy()] = True
+            return mine
+
         rows = read_rows(self.uri, self.window_shards(epoch, window), self.split, self.encoder, self.image_size,
-                         self.prepared, self.threads, cache_bytes=self.cache_bytes)
-        return rows, torch.randperm(len(rows), generator=torch.Generator().manual_seed(_seed(self.seed, epoch, window + 1)))
+                         self.prepared, self.threads, cache_bytes=self.cache_bytes,
+                         decoded=own_rows if self.workers > 1 else None)
+        return rows, order[0] if order else torch.randperm(len(rows), generator=generator)
 
     def _following(self, epoch: int, window: int) -> tuple[int, int]:
         return (epoch, window + 1) if window + 1 < self.windows_per_epoch else (epoch + 1, 0)
@@ -92,8 +107,10 @@ class ShardStream:
         reader = ThreadPoolExecutor(1)  # reads and decodes the next window meanwhile
         try:
             epoch, window, offset = start
-            rows, order = self.load_window(epoch, window)
-            upcoming: Future = reader.submit(self.load_window, *self._following(epoch, window))
+            phase = -offset % self.batch_size  # of the window's first row: a position starts a batch
+            rows, order = self.load_window(epoch, window, phase)
+            phase = (phase + len(rows)) % self.batch_size  # of the next window's first row
+            upcoming: Future = reader.submit(self.load_window, *self._following(epoch, window), phase)
             empty_windows = 0
             while not self._stop.is_set():
                 parts, need, start = [], self.batch_size, 0
@@ -104,7 +121,8 @@ class ShardStream:
                             raise ValueError(f"{self.uri}: no {self.split!r} rows in any shard")
                         epoch, window = self._following(epoch, window)
                         (rows, order), offset = upcoming.result(), 0
-                        upcoming = reader.submit(self.load_window, *self._following(epoch, window))
+                        phase = (phase + len(rows)) % self.batch_size
+                        upcoming = reader.submit(self.load_window, *self._following(epoch, window), phase)
                         continue
                     take = min(need, len(rows) - offset)
                     lo, hi = max(self.share.start - start, 0), min(self.share.stop - start, take)
