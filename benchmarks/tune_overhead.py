@@ -56,7 +56,7 @@ class RecordingTracker:
     def log_artifact(self, path, artifact_path=None): ...
     def set_tags(self, tags): ...
     def flush(self, timeout=None): return True
-    def finish(self, status="FINISHED", reason=None, timeout=600): return True
+    def finish(self, status="FINISHED", timeout=600): return True
 
 
 def steady(rates_by_step: dict[int, float]) -> float:
@@ -106,7 +106,7 @@ def tuned(data: str, steps: int, name: str) -> dict:
     t1 = time.time()
     client = MlflowClient()
     run_id = summary["best_run_id"]
-    first = min(m.timestamp for m in client.get_metric_history(run_id, "val/abs_yaw") if m.step == 0) / 1000
+    first = min(m.timestamp for m in client.get_metric_history(run_id, "val/mean_abs_yaw") if m.step == 0) / 1000
     last = max(m.timestamp for m in client.get_metric_history(run_id, "train/g/total")) / 1000
     opened = client.get_run(run_id).info.start_time / 1000
     rates = {m.step: m.value for m in client.get_metric_history(run_id, "train/steps_per_s")}

@@ -122,7 +122,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     # deferred: torch and the models, seconds to import
     from frontalab.training.progress import with_progress
-    from frontalab.training.trial import NonFiniteLoss, mlflow_tracker_factory
+    from frontalab.training.step import NonFiniteLoss
+    from frontalab.training.trial import mlflow_tracker_factory
     from frontalab.training.workers import train
 
     cfg = _load(args)

@@ -143,7 +143,6 @@ class TrainConfig:
     keep_checkpoints: int = _f(2, lo=0, doc="newest local checkpoints kept, 0 = all (a tracked run uploads every one)")
     val_faces: int = _f(32, lo=1, doc="size of the fixed validation batch")
     workers: int = _f(0, lo=0, doc="torch threads; 0 = torch's default")
-    inject_nan_at: int = _f(0, lo=0, doc="test only: make the loss NaN at this step (0 = never)")
 
 
 @dataclass
@@ -227,7 +226,7 @@ class EvaluateConfig:
 @dataclass
 class PromoteConfig:
     """`frontalab promote`: which trial of a sweep may become the champion."""
-    min_face_share: float = _f(0.9, lo=0, hi=1, doc="a trial whose last val/face_detected_share is below this is "
+    min_face_share: float = _f(0.9, lo=0, hi=1, doc="a trial whose last val/output_face_detected is below this is "
                                                     "never promoted (outputs without a face can still score well "
                                                     "on identity alone)")
     serve_max_batch: int = _f(64, lo=1, doc="the promoted model, served, refuses a request of more photos than "

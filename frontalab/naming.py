@@ -18,10 +18,13 @@ JUDGE_ENCODER = "hse-faceres"
 # ---------------------------------------------------------------- metrics
 
 # The metric the shipped sweep files and `promote` rank trials by (higher is better).
-SELECTION_METRIC = "val/frontalization_score"
+# Validation logs `frontalab.measure.summarise_outputs`' numbers under this prefix: the evaluation's names.
+VALIDATION_PREFIX = "val/"
+SELECTION_METRIC = VALIDATION_PREFIX + "frontalization_score"
 SELECTION_MODE = "max"
-FACE_SHARE_METRIC = "val/face_detected_share"
-SPREAD_METRIC = "val/different_people_spread"
+FACE_SHARE_METRIC = VALIDATION_PREFIX + "output_face_detected"
+SPREAD_METRIC = VALIDATION_PREFIX + "different_people_spread"
+IDENTITY_METRIC = VALIDATION_PREFIX + "identity_distance_mean"  # by the trial's own encoder
 
 # ---------------------------------------------------------------- experiments
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port, run_cli, service_overrides
+from frontalab.training.step import NAN_AT_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = str(REPO / "sweeps" / "quick.yaml")
@@ -135,7 +136,7 @@ def one_trial_sweep(name: str, dataset: Path, cfg, *extra: str) -> list[str]:
 def test_sweep_with_a_failed_trial_exits_1_naming_it(embedded_services, small_dataset):
     cfg, endpoints = embedded_services
     name = f"t{uuid.uuid4().hex[:6]}-nan"
-    out = run_cli(*one_trial_sweep(name, small_dataset, cfg, "base.train.inject_nan_at=2"), check=False, timeout=900)
+    out = run_cli(*one_trial_sweep(name, small_dataset, cfg), check=False, timeout=900, env={NAN_AT_ENV: "2"})
     assert out.returncode == 1, out.stderr[-4000:]
     summary = json.loads(out.stdout)
     assert summary["errors"] == 1 and len(summary["errored_trials"]) == 1

@@ -272,7 +272,7 @@ def test_multi_node_sweep_runs_trials_on_both_nodes(multi_node_sweep, cluster, e
     for child in children:
         assert child["info"]["status"] == "FINISHED"
         keys = {m["key"] for m in child["data"]["metrics"]}
-        assert {"train/g/total", "val/identity_distance/dlib-resnet/mean"} <= keys
+        assert {"train/g/total", "val/identity_distance_mean"} <= keys
         assert sample_steps(endpoints, child["info"]["run_id"]) >= {0, 10, 20}
         assert_every_step_once(endpoints, child, 20, 5)
         # Its checkpoints are in Tune's storage and MLflow: none stays on the node's disk.
@@ -613,7 +613,7 @@ def test_promote_frontalize_serve_and_champion_moves(champion_sweep, embedded_se
     exp = client.create_experiment(f"sweep-{PREFIX}-unfinished")
     parent = client.create_run(exp, tags={"frontalab.role": "sweep", "frontalab.sweep": f"{PREFIX}-unfinished"})
     child = client.create_run(exp, tags={"frontalab.trial_id": "abc_00000", "mlflow.parentRunId": parent.info.run_id})
-    client.log_metric(child.info.run_id, "val/identity_distance/dlib-resnet/mean", 0.5)
+    client.log_metric(child.info.run_id, "val/identity_distance_mean", 0.5)
     client.set_terminated(child.info.run_id, "KILLED")
     client.set_terminated(parent.info.run_id, "KILLED")
     out = run_cli("promote", f"{PREFIX}-unfinished", *service_overrides(cfg), check=False)

@@ -18,6 +18,7 @@ import torch
 
 from conftest import SMALL_DATASET_SETTINGS, free_port, run_cli, service_overrides
 from frontalab.training.checkpoints import newest_readable_checkpoint
+from frontalab.training.step import NAN_AT_ENV
 
 STEPS = 200
 ALL_CHECKPOINTS = [f"step-{s:06d}.pt" for s in range(50, STEPS + 1, 50)]  # train_args checkpoints every 50
@@ -66,9 +67,9 @@ def test_run_has_every_loss_term_identity_metrics_images_and_checkpoint(referenc
     keys = {m["key"] for m in run["data"]["metrics"]}
     for term in ("texture", "alpha_geo", "sym", "tilt", "expr", "mask", "identity", "adversarial", "total"):
         assert f"train/g/{term}" in keys, term
-    assert {"train/d/adversarial", "train/steps_per_s", "train/lr_g", "val/abs_yaw", "val/mask_mean"} <= keys
-    assert {"val/identity_distance/dlib-resnet/mean", "val/identity_distance/dlib-resnet/median",
-            "val/identity_distance/dlib-resnet/p95", "val/identity_within_threshold/dlib-resnet"} <= keys
+    assert {"train/d/adversarial", "train/steps_per_s", "train/lr_g", "val/mean_abs_yaw", "val/mask_mean"} <= keys
+    assert {"val/identity_distance_mean", "val/identity_distance_median",
+            "val/identity_distance_p95", "val/identity_within_threshold"} <= keys
     assert any(k.startswith("system/") for k in keys), "system metrics are on"
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
     assert {"git_commit", "config_hash", "dataset_hash", "encoder", "host"} <= set(tags)
@@ -121,7 +122,7 @@ def test_killed_run_resumes_exactly(reference_run, small_dataset, embedded_servi
         worst = max((ref[part][k].float() - got[part][k].float()).abs().max().item() for k in ref[part])
         assert worst <= 1e-6, (part, worst)
     assert history(endpoints, run_id, "train/g/total") == list(range(10, STEPS + 1, 10))
-    assert history(endpoints, run_id, "val/abs_yaw") == list(range(0, STEPS + 1, 50))
+    assert history(endpoints, run_id, "val/mean_abs_yaw") == list(range(0, STEPS + 1, 50))
     assert rest(endpoints, "runs/get", run_id=run_id)["run"]["info"]["status"] == "FINISHED"
     # Every checkpoint is in the run's artifacts; only the newest two stay on disk (beside the journal and the
     # folder's lock file), nothing held.
@@ -380,14 +381,14 @@ def test_tracking_outage_loses_nothing(small_dataset, embedded_services, tmp_pat
     assert step_during > step_before, "the trial kept training while the server was down"
     run_id = run_of(stdout)
     assert history(endpoints, run_id, "train/g/total") == list(range(10, steps + 1, 10))
-    assert history(endpoints, run_id, "val/identity_distance/dlib-resnet/mean") == list(range(0, steps + 1, 50))
+    assert history(endpoints, run_id, "val/identity_distance_mean") == list(range(0, steps + 1, 50))
     print(f"\ntracking server down for {outage:.0f} s; the trial went from step {step_before} to {step_during} meanwhile")
 
 
 def test_nan_loss_fails_the_run_with_the_reason(small_dataset, embedded_services, tmp_path):
     cfg, endpoints = embedded_services
-    out = run_cli("train", *train_args(small_dataset, cfg, tmp_path, "train.steps=20", "train.inject_nan_at=7"),
-                  check=False)
+    out = run_cli("train", *train_args(small_dataset, cfg, tmp_path, "train.steps=20"), check=False,
+                  env={NAN_AT_ENV: "7"})
     assert out.returncode == 1 and "non-finite generator loss at step 7" in out.stderr
     runs = requests.post(f"{endpoints.mlflow}/api/2.0/mlflow/runs/search", timeout=30,
                          json={"experiment_ids": [experiment_id(endpoints, "test-trainer")], "max_results": 50}).json()

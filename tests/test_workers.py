@@ -204,12 +204,13 @@ def test_a_non_finite_loss_on_two_workers_fails_the_run_once_with_its_reason(sma
     from mlflow import MlflowClient
 
     from frontalab.naming import STATUS_REASON_TAG
+    from frontalab.training.step import NAN_AT_ENV
 
     cfg, _ = services_env
     out = run_cli("train", "model.out_size=64", f"data.path={small_dataset}", "train.batch_size=4", "train.val_faces=2",
-                  "train.steps=6", "train.log_every=1", "train.inject_nan_at=3", "resources.workers=2", "resources.max_failures=2",
+                  "train.steps=6", "train.log_every=1", "resources.workers=2", "resources.max_failures=2",
                   f"train.checkpoint_dir={tmp_path / 'nan'}", "tracking.experiment=test-workers-nan",
-                  *service_overrides(cfg), check=False, timeout=600)
+                  *service_overrides(cfg), check=False, timeout=600, env={NAN_AT_ENV: "3"})
     assert out.returncode == 1, out.stderr[-3000:]
     assert "FAILED: non-finite generator loss at step 3" in out.stderr
     client = MlflowClient()

@@ -32,8 +32,8 @@ GATES = (("output_face_detected", ">=", 0.95, "share"), ("different_people_sprea
          ("auc_outputs", ">=", 0.95, "ratio"))
 TARGETS = (("identity_within_threshold", ">=", 0.95, "share"), ("normalized_share", ">=", 0.80, "share"),
            ("mean_abs_yaw", "<=", 5.0, "deg"), ("mean_mouth_opening", "<", "inputs_mean_mouth_opening", "ratio"))
-CURVES = ("val/frontalization_score", "val/face_detected_share", "val/different_people_spread",
-          "val/identity_distance/dlib-resnet/mean", "train/g/total")
+CURVES = ("val/frontalization_score", "val/output_face_detected", "val/different_people_spread",
+          "val/identity_distance_mean", "train/g/total")
 REPORT_FILES = ("pairs.png", "identity_distance.png", "pair_distances.png", "roc.png", "yaw.png", "metrics.json")
 
 

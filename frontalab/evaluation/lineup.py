@@ -14,17 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from frontalab.config import ConfigError
 from frontalab.data.crop import encoder_chip
 from frontalab.data.decode import IMAGE_SUFFIXES, Skip, decode
-from frontalab.data.teacher import read_output
 from frontalab.evaluation.judge import FaceResJudge
 from frontalab.evaluation.metrics import distance_matrix
 from frontalab.evaluation.run import load_model
-from frontalab.serving.frontalizer import side_by_side, to_tensor
+from frontalab.measure import embed, measure_outputs
+from frontalab.serving.frontalizer import side_by_side
 
 
 def lineup_people(root: Path, count: int) -> list[tuple[str, Path, Path]]:
@@ -61,22 +60,20 @@ def run_lineup(model_spec: str, root: Path, count: int, out: Path | None = None)
         if box is None or other_box is None:
             skipped.append(f"{name}: no face found")
             continue
-        output = f.frontalize_face(rgb, box)
-        view, out_box, has_face = read_output(teacher, output)
-        chips = [encoder_chip(teacher, image, b, judge) for image, b in ((rgb, box), (view, out_box), (other, other_box))]
-        rows.append({"name": name, "first": rgb, "output": output, "second": other, "face": has_face, "chips": chips})
+        chips = [encoder_chip(teacher, image, b, judge) for image, b in ((rgb, box), (other, other_box))]
+        rows.append({"name": name, "first": rgb, "output": f.frontalize_face(rgb, box), "second": other, "chips": chips})
     if len(rows) < 2:
         raise ConfigError(f"lineup: only {len(rows)} people could be frontalized ({'; '.join(skipped)})")
-    with torch.no_grad():
-        emb = judge.embed(to_tensor(np.stack([c for r in rows for c in r["chips"]]))).numpy().reshape(len(rows), 3, -1)
-    firsts, outputs, seconds = emb[:, 0], emb[:, 1], emb[:, 2]
+    measured = measure_outputs(teacher, np.stack([r["output"] for r in rows]), (judge,))
+    photos = embed(judge, [c for r in rows for c in r["chips"]]).reshape(len(rows), 2, -1)
+    firsts, outputs, seconds = photos[:, 0], measured.embeddings[judge.name], photos[:, 1]
     picked = distance_matrix(outputs, seconds).argmin(1)
     photo_picked = distance_matrix(firsts, seconds).argmin(1)
     names = [r["name"] for r in rows]
     result = {"model": model.uri, "judge": judge.name, "people": len(rows),
               "picked_own": int((picked == np.arange(len(rows))).sum()),
               "photos_picked_own": int((photo_picked == np.arange(len(rows))).sum()),
-              "outputs_with_a_face": int(sum(r["face"] for r in rows)),
+              "outputs_with_a_face": int(measured.detected.sum()),
               "picks": {n: names[p] for n, p in zip(names, picked)}, "skipped": skipped}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

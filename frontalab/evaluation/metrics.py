@@ -1,5 +1,6 @@
 """The evaluation's measures (pure functions of arrays, with known answers: tests/test_evaluate.py):
-verification ROC, pair distances, how close each person's faces lie, the mouth's opening."""
+verification ROC, pair distances, how close each person's faces lie, line-ups (what is measured of each
+output is `frontalab.measure`'s)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from frontalab.models import landmarks as lm
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | None = None) -> float:
@@ -97,15 +97,6 @@ def normalized_share(inputs: np.ndarray, outputs: np.ndarray, person: np.ndarray
     if not before:
         raise ValueError("normalisation needs a person with two faces")
     return float(np.mean([after[p] < before[p] for p in before]))
-
-
-def mouth_opening(points68: np.ndarray) -> float:
-    """Mean inner-lip gap over the outer-eye-corner distance: 0 for closed lips, scale-free."""
-    upper = [a for a, _ in lm.INNER_LIP_PAIRS]
-    lower = [b for _, b in lm.INNER_LIP_PAIRS]
-    gap = np.abs(points68[lower, 1] - points68[upper, 1]).mean()
-    left, right = lm.OUTER_EYE_CORNERS
-    return float(gap / np.linalg.norm(points68[right] - points68[left]))
 
 
 def distance_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -199,21 +190,3 @@ def identity_measures(photos: np.ndarray, outputs: np.ndarray, person: np.ndarra
                    "auc_output_vs_photos": auc_output_vs_photos(photos, photos, person),
                    "lineup_rank1": photos_rank1},
     }
-
-
-def high_frequency_energy(rgb: np.ndarray) -> float:
-    """Mean squared Laplacian of an image's grey levels (0-255) over its central half: how much fine detail
-    a face holds where the face is (outputs and loose crops centre it), the border left out."""
-    grey = np.asarray(rgb, dtype=np.float64).mean(-1)
-    laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
-    h, w = laplacian.shape
-    return float((laplacian[h // 4: h - h // 4, w // 4: w - w // 4] ** 2).mean())
-
-
-def colour_cast(rgb: np.ndarray) -> float:
-    """Mean absolute departure of the channels from their grey level (0-255) over the central half: 0 for a
-    grey image, so grey photos should give outputs near 0 ("grey in, grey out")."""
-    image = np.asarray(rgb, dtype=np.float64)
-    h, w = image.shape[:2]
-    centre = image[h // 4: h - h // 4, w // 4: w - w // 4]
-    return float(np.abs(centre - centre.mean(-1, keepdims=True)).mean())

@@ -15,7 +15,7 @@ from PIL import Image
 from frontalab.evaluation.metrics import roc_auc, roc_curve
 from frontalab.naming import COMMAND_TAG, LABEL_TAG, ROLE_EVALUATION, ROLE_TAG, evaluation_run
 from frontalab.paths import portable
-from frontalab.serving.frontalizer import to_tensor
+from frontalab.models.images import to_tensor
 from frontalab.tracking import store
 from frontalab.training.trial import image_grid
 

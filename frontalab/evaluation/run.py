@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -34,18 +33,18 @@ from frontalab.config import ConfigError
 from frontalab.data.crop import crop, encoder_chip, loose_crop_box
 from frontalab.data.decode import IMAGE_SUFFIXES, UNREADABLE, Skip, decode
 from frontalab.data.faces import identity_source
-from frontalab.data.teacher import Box, LandmarkTeacher, head_pose, read_output
+from frontalab.data.teacher import Box, LandmarkTeacher
 from frontalab.evaluation.judge import FaceResJudge
-from frontalab.evaluation.metrics import (auc_interval, colour_cast, high_frequency_energy, identity_measures,
-                                          mouth_opening, normalized_share, pair_distances, roc_auc,
+from frontalab.evaluation.metrics import (auc_interval, identity_measures, normalized_share, pair_distances, roc_auc,
                                           verification_pairs)
 from frontalab.evaluation.report import log_evaluation, write_report
-from frontalab.metrics import different_people_spread
+from frontalab.measure import (Outputs, colour_cast, embed, high_frequency_energy, measure_outputs, pose_and_mouth,
+                               summarise_outputs)
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import build_encoder
 from frontalab.naming import DLIB_RESNET
 from frontalab.paths import state_dir
-from frontalab.serving.frontalizer import Frontalizer, canonical_texture, to_tensor
+from frontalab.serving.frontalizer import Frontalizer, canonical_texture
 from frontalab.tracking import store
 from frontalab.tracking.provenance import command_line
 from frontalab.training.sources import checkpoint_file
@@ -58,17 +57,6 @@ HEADLINE = ("identity_within_threshold", "normalized_share", "auc_outputs", "auc
 
 GRID_PAIRS = 16
 FRONTAL_YAW = 10.0  # degrees: inputs this frontal are the sharpness reference of the outputs
-
-
-def pose_and_mouth(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box) -> tuple[float, float, float]:
-    """(yaw, pitch, mouth opening) of the face in ``box`` from the teacher's 68 points; NaN pose when
-    no pose fits the points (the averages skip it)."""
-    points = teacher.landmarks68(rgb, box)
-    try:
-        yaw, pitch, _ = head_pose(points, rgb.shape[:2])
-    except ValueError:
-        yaw = pitch = float("nan")
-    return yaw, pitch, mouth_opening(points)
 
 
 def select_people(root: Path, min_photos: int, max_per_person: int, max_people: int, seed: int) -> list[tuple[str, list[Path]]]:
@@ -162,28 +150,22 @@ def load_model(spec: str, views: int = 0) -> ModelUnderTest:
 
 @dataclass
 class Faces:
-    """Per evaluated face: who, and what the evaluation measured on its input and output."""
+    """Per evaluated face: who, what the evaluation measured of its input, and of its output."""
     person: list[int] = field(default_factory=list)
     emb_in: list[np.ndarray] = field(default_factory=list)  # by the evaluation encoder
-    emb_out: list[np.ndarray] = field(default_factory=list)
-    # By each other grading encoder (the judge): name -> embeddings of the inputs, of the outputs.
+    # By each other grading encoder (the judge): name -> embeddings of the inputs.
     graded_in: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    graded_out: dict[str, list[np.ndarray]] = field(default_factory=dict)
     pose_in: list[tuple[float, float, float]] = field(default_factory=list)
-    pose_out: list[tuple[float, float, float]] = field(default_factory=list)
-    detected_out: list[bool] = field(default_factory=list)  # does the teacher's detector see a face in the output?
-    grid: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (input chip, output) pairs
-    # Fine detail (`high_frequency_energy`) of each output, and of each frontal input's loose crop at the
-    # output's size: their ratio is the outputs' sharpness against real frontal photos (1 = as sharp).
-    detail_out: list[float] = field(default_factory=list)
+    cast_in: list[float] = field(default_factory=list)  # `colour_cast` of each input's chip
+    # Fine detail (`high_frequency_energy`) of each frontal input's loose crop at the output's size: the
+    # outputs' over these is their sharpness against real frontal photos (1 = as sharp).
     detail_frontal_photos: list[float] = field(default_factory=list)
-    cast_in: list[float] = field(default_factory=list)  # `colour_cast` of each input's chip and output
-    cast_out: list[float] = field(default_factory=list)
+    grid: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (input chip, output) pairs
+    # The outputs, batch by batch, as `frontalab.measure` measures them (by the evaluation encoder and graders).
+    outputs: list[Outputs] = field(default_factory=list)
 
-
-def _embed(encoder, chips: list[np.ndarray]) -> np.ndarray:
-    with torch.no_grad():
-        return encoder.embed(to_tensor(np.stack(chips)).to(next(encoder.parameters()).device)).cpu().numpy()
+    def measured(self) -> Outputs:
+        return Outputs.concat(self.outputs)
 
 
 def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[Path]]], batch_size: int,
@@ -194,38 +176,26 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
     teacher = f.teacher
     same_encoder = eval_encoder.name == f.encoder.name
     photos = [(i, p) for i, (_, paths) in enumerate(people) for p in paths]
-    faces = Faces(graded_in={g.name: [] for g in graders}, graded_out={g.name: [] for g in graders})
+    faces = Faces(graded_in={g.name: [] for g in graders})
     grid_people: set[int] = set()
     pending: list[tuple[int, tuple, np.ndarray, tuple]] = []
 
     def flush() -> None:
         outputs = model_outputs(f, [photo for _, photo, _, _ in pending])
-        out_chips = []
-        graded_chips: dict[str, list[np.ndarray]] = {g.name: [] for g in graders}
+        faces.outputs.append(measure_outputs(teacher, outputs, (eval_encoder, *graders)))
         for (who, (rgb, box_in, _), eval_chip, pose_in), out in zip(pending, outputs):
-            faces.detail_out.append(high_frequency_energy(out))
             faces.cast_in.append(colour_cast(eval_chip))
-            faces.cast_out.append(colour_cast(out))
             if abs(pose_in[0]) < FRONTAL_YAW:
                 points = teacher.landmarks68(rgb, box_in)
                 faces.detail_frontal_photos.append(high_frequency_energy(crop(rgb, loose_crop_box(points), len(out))[0]))
-            view, box, detected = read_output(teacher, out)
-            faces.pose_out.append(pose_and_mouth(teacher, view, box))
-            faces.detected_out.append(detected)
-            out_chips.append(encoder_chip(teacher, view, box, eval_encoder))
-            for g in graders:
-                graded_chips[g.name] += [encoder_chip(teacher, rgb, box_in, g), encoder_chip(teacher, view, box, g)]
             faces.person.append(who)
             faces.pose_in.append(pose_in)
             if who not in grid_people and len(faces.grid) < GRID_PAIRS:
                 grid_people.add(who)
                 faces.grid.append((eval_chip, out))
-        faces.emb_in.extend(_embed(eval_encoder, [e for _, _, e, _ in pending]))
-        faces.emb_out.extend(_embed(eval_encoder, out_chips))
+        faces.emb_in.extend(embed(eval_encoder, [e for _, _, e, _ in pending]))
         for g in graders:
-            embedded = _embed(g, graded_chips[g.name])
-            faces.graded_in[g.name].extend(embedded[0::2])
-            faces.graded_out[g.name].extend(embedded[1::2])
+            faces.graded_in[g.name].extend(embed(g, [encoder_chip(teacher, rgb, box, g) for _, (rgb, box, _), _, _ in pending]))
         pending.clear()
 
     for who, path in tqdm(photos, desc="evaluate", unit="photo", file=sys.stderr, mininterval=2):
@@ -253,57 +223,45 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
 
 def summarise(faces: Faces, threshold: float, seed: int, encoder_name: str = DLIB_RESNET,
               grader_thresholds: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Headline numbers (by the evaluation encoder ``encoder_name``), the identity measures by it and by
-    each grader (under ``identity``, keyed by encoder name, each with its same-person threshold), and
-    the arrays behind the plots."""
+    """Headline numbers (the outputs' by `frontalab.measure.summarise_outputs`, by the evaluation encoder
+    ``encoder_name``), the identity measures by it and by each grader (under ``identity``, keyed by encoder name,
+    each with its same-person threshold), and the arrays behind the plots."""
     person = np.array(faces.person)
     counts = Counter(person.tolist())
     if sum(1 for c in counts.values() if c >= 2) < 2:
         raise ConfigError(f"evaluate: {sum(1 for c in counts.values() if c >= 2)} people have 2+ faces found; "
                           "normalisation and verification need at least 2 (evaluate more people)")
-    emb_in, emb_out = np.stack(faces.emb_in), np.stack(faces.emb_out)
-    identity = np.linalg.norm(emb_in - emb_out, axis=1)
+    out = faces.measured()
+    emb_in, emb_out = np.stack(faces.emb_in), out.embeddings[encoder_name]
     pairs, same = verification_pairs(person, seed)
     d_in, d_out = pair_distances(emb_in, pairs), pair_distances(emb_out, pairs)
-    pose_in, pose_out = np.array(faces.pose_in), np.array(faces.pose_out)
+    pose_in = np.array(faces.pose_in)
     results = {
-        "identity_within_threshold": float((identity < threshold).mean()),
+        **summarise_outputs(out, encoder_name, emb_in, threshold, pairs[~same]),
         "normalized_share": normalized_share(emb_in, emb_out, person),
         "auc_outputs": roc_auc(-d_out, same),
         "auc_outputs_ci95": auc_interval(-d_out, same, pairs, person, seed),
         "auc_inputs": roc_auc(-d_in, same),
-        "mean_abs_yaw": float(np.nanmean(np.abs(pose_out[:, 0]))),
         "n_faces": int(len(person)),
         "n_people": int(sum(1 for c in counts.values() if c >= 2)),
-        "identity_distance_mean": float(identity.mean()),
-        "identity_distance_median": float(np.median(identity)),
-        "identity_distance_p95": float(np.percentile(identity, 95)),
         "threshold": float(threshold),
-        # Pose read off an output that is no face is the template's: read yaw with this share.
-        "output_face_detected": float(np.mean(faces.detected_out)) if faces.detected_out else float("nan"),
-        "mean_abs_pitch": float(np.nanmean(np.abs(pose_out[:, 1]))),
-        "mean_mouth_opening": float(pose_out[:, 2].mean()),
         "inputs_mean_abs_yaw": float(np.nanmean(np.abs(pose_in[:, 0]))),
         "inputs_mean_abs_pitch": float(np.nanmean(np.abs(pose_in[:, 1]))),
         "inputs_mean_mouth_opening": float(pose_in[:, 2].mean()),
-        # Outputs all alike would be "normalised" and make pose read as frontal: how far apart do
-        # different people's outputs stay, relative to their inputs? (1 = as distinct as the photos)
-        "different_people_spread": different_people_spread(emb_in, emb_out, pairs[~same]),
         "same_pairs": int(same.sum()),
         "different_pairs": int((~same).sum()),
         # Outputs' fine detail over real frontal photos' at the same size (1 = as sharp; blur lowers it).
-        "blur_ratio": (float(np.mean(faces.detail_out) / np.mean(faces.detail_frontal_photos))
-                       if faces.detail_out and faces.detail_frontal_photos else float("nan")),
+        "blur_ratio": (float(out.detail.mean() / np.mean(faces.detail_frontal_photos))
+                       if faces.detail_frontal_photos else float("nan")),
         "output_size": int(faces.grid[0][1].shape[0]) if faces.grid else 0,
-        "output_colour_cast": float(np.mean(faces.cast_out)) if faces.cast_out else float("nan"),
         "inputs_colour_cast": float(np.mean(faces.cast_in)) if faces.cast_in else float("nan"),
         "identity": {encoder_name: identity_measures(emb_in, emb_out, person, threshold, seed)},
     }
     for name, grader_threshold in (grader_thresholds or {}).items():
-        results["identity"][name] = identity_measures(np.stack(faces.graded_in[name]), np.stack(faces.graded_out[name]),
+        results["identity"][name] = identity_measures(np.stack(faces.graded_in[name]), out.embeddings[name],
                                                       person, grader_threshold, seed)
-    arrays = {"identity": identity, "same": same, "pair_in": d_in, "pair_out": d_out,
-              "yaw_in": pose_in[:, 0], "yaw_out": pose_out[:, 0]}
+    arrays = {"identity": np.linalg.norm(emb_in - emb_out, axis=1), "same": same, "pair_in": d_in,
+              "pair_out": d_out, "yaw_in": pose_in[:, 0], "yaw_out": out.pose[:, 0]}
     return results, arrays
 
 

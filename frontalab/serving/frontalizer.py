@@ -19,6 +19,7 @@ from frontalab.data.crop import crop, encoder_chip, loose_crop_box, points_to_cr
 from frontalab.data.teacher import Box, LandmarkTeacher
 from frontalab.losses.texture import canonical_inputs
 from frontalab.models import landmarks as lm
+from frontalab.models.images import to_tensor, to_uint8
 from frontalab.losses.papers import build_generator
 from frontalab.models.build import encoder_from_config
 from frontalab.training.checkpoints import check_fits, checkpoint_config, load_checkpoint
@@ -106,16 +107,6 @@ def canonical_texture(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box, size:
     normalised = lm.to_normalised(torch.from_numpy(points_to_crop(points, scale, shift)), prepared)
     texture = canonical_inputs(to_tensor(face[None]) * 2 - 1, normalised[None], lm.mean_face(), size)
     return texture[0].permute(1, 2, 0).numpy()
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, S, S) in [-1, 1] -> (N, S, S, 3) uint8."""
-    return ((images.clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.require(images, requirements=("C", "W"))).permute(0, 3, 1, 2).float() / 255
 
 
 def to_png(rgb: np.ndarray) -> bytes:

@@ -21,7 +21,6 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -44,7 +43,8 @@ from frontalab.tracking.provenance import command_line
 from frontalab.training.checkpoints import architecture_differences, checkpoint_config, load_checkpoint
 from frontalab.training.sources import checkpoint_file
 from frontalab.training.trial import mlflow_tracker_factory, run_trial
-from frontalab.training.workers import PLACEMENT_GROUP, release, train_on_workers
+from frontalab.tracking.outcome import FAILED, FINISHED, INTERRUPTED, KILLED, Outcome, on_stop_signals, run_outcome
+from frontalab.training.workers import PLACEMENT_GROUP, release, report_to_ray, train_on_workers
 from frontalab.verbosity import quiet_libraries
 
 EXCLUDED_FROM_TRIALS = ("services.",)  # endpoints are the driver's business
@@ -169,17 +169,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
         return tracker
 
     def report(metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
-        tracker = tracker_holder.get("t")
-        if tracker is not None:
-            tracker.flush(timeout=60)  # what Tune stops or kills next must already be in MLflow
-        values = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}  # strings: ids
-        if checkpoint_path:
-            folder = Path(tempfile.mkdtemp(prefix="report-"))
-            shutil.copy2(checkpoint_path, folder / Path(checkpoint_path).name)
-            tune.report(values, checkpoint=tune.Checkpoint.from_directory(str(folder)))
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            tune.report(values)
+        report_to_ray(tune.report, tune.Checkpoint, tracker_holder.get("t"), metrics, checkpoint_path)
 
     try:
         if cfg.resources.workers > 1:  # a Ray Train job, from Tune's checkpoint (a restart's, PBT's) copied above
@@ -219,9 +209,11 @@ def end_trial_run(experiment: str, steps: int):
     trials' ``train.steps``) was stopped by the scheduler, at its last reported step."""
     def end(trial, status: str) -> None:
         step = (trial.last_result or {}).get("step")
-        stopped_at = int(step) if status == "FINISHED" and step is not None and step < steps else None
+        short = status == FINISHED and step is not None and step < steps
+        outcome = Outcome(status, "" if status == FINISHED else "the trial's process failed (Ray's error file has "
+                                                                 "why)", stopped_early=short)
         try:
-            store.end_trial_run(experiment, trial.trial_id, status, stopped_at)
+            store.end_trial_run(experiment, trial.trial_id, outcome, None if step is None else int(step))
         except Exception as err:  # the sweep outlives its tracking server; `promote` skips a RUNNING trial
             print(f"sweep: could not mark trial {trial.trial_id}'s run {status}: {str(err).splitlines()[0][:300]}",
                   file=sys.stderr, flush=True)
@@ -236,11 +228,11 @@ def trial_end_callback(*handlers):
     class _Callback(Callback):
         def on_trial_complete(self, iteration, trials, trial, **info):
             for handler in handlers:
-                handler(trial, "FINISHED")
+                handler(trial, FINISHED)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             for handler in handlers:
-                handler(trial, "FAILED")
+                handler(trial, FAILED)
 
     return _Callback()
 
@@ -381,7 +373,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
         with _stopped_by_signals() as stopped:
             results = tuner.fit()
         if stopped:  # the trials Tune stopped ended their runs as stopped early: they were killed with the sweep
-            store.end_running_trials(client, parent, status="KILLED", since_ms=stopped[0])
+            store.end_running_trials(client, parent, Outcome(KILLED, INTERRUPTED), since_ms=stopped[0])
             raise KeyboardInterrupt
         return _summarise(client, parent, exp_id, sweep, sweep_file, results, earlier)
 
@@ -389,26 +381,23 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
 @contextlib.contextmanager
 def _ends_with_the_sweep(client, parent: str):
     """The parent run never stays RUNNING: KILLED when the sweep is stopped (Ctrl-C; SIGTERM, which Ray's driver
-    turns into SystemExit), FAILED when it raises; the trials it stopped end KILLED. A sweep that ends ends it
-    FINISHED (`store.log_sweep_results`)."""
-    try:
+    turns into SystemExit), FAILED with its reason when it raises; the trials it stopped end KILLED. A sweep that
+    ends ends it FINISHED (`store.log_sweep_results`)."""
+    def end(outcome: Outcome) -> None:
+        if outcome.status != FINISHED:
+            store.end_running_trials(client, parent, Outcome(KILLED, INTERRUPTED))
+            store.end_run(client, parent, outcome)
+
+    with run_outcome(end, in_trial=False):
         yield
-    except BaseException as err:
-        store.end_running_trials(client, parent, status="KILLED")
-        client.set_terminated(parent, status="KILLED" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "FAILED")
-        raise
 
 
 @contextlib.contextmanager
 def _stopped_by_signals():
     """SIGINT and SIGTERM stop the sweep as Tune's own Ctrl-C does (trials stopped, experiment state saved, so
     ``--resume`` continues it); the list yielded then holds when the signal came (ms), so that the caller ends
-    the parent run and the trials it stopped KILLED. A second signal interrupts at once. Outside the main thread
-    signals cannot be caught: nothing changes."""
+    the parent run and the trials it stopped KILLED. A second signal interrupts at once."""
     stopped: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield stopped
-        return
 
     def stop(signum: int, frame) -> None:
         tune_stop = signal.getsignal(signal.SIGUSR1)  # Tune's graceful stop, installed while `fit` runs
@@ -417,14 +406,12 @@ def _stopped_by_signals():
         stopped.append(int(time.time() * 1000) - 1000)  # when (ms, a second early: MLflow's clock is the server's)
         tune_stop(signum, frame)
 
-    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     tune_sigint = os.environ.get(TUNE_SIGINT_ENV)
     os.environ[TUNE_SIGINT_ENV] = "1"  # ours, not Tune's: Tune's would not tell us it was stopped
     try:
-        yield stopped
+        with on_stop_signals(stop):
+            yield stopped
     finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
         if tune_sigint is None:
             os.environ.pop(TUNE_SIGINT_ENV, None)
         else:

@@ -26,6 +26,7 @@ from frontalab.config import ConfigError, mask_userinfo
 from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL, NOTE_TAG,
                               PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG, TRIAL_TAG,
                               TUNE_EXPERIMENT_TAG)
+from frontalab.tracking.outcome import Outcome
 from frontalab.tracking.provenance import command_line, standard_tags
 
 # Our own loop retries forever in the background; the client's per-request retries
@@ -148,23 +149,27 @@ def find_child_run(client, experiment_id: str, trial_id: str) -> Optional[str]:
     return runs[0].info.run_id if runs else None
 
 
-def end_trial_run(experiment: str, trial_id: str, status: str, stopped_at: Optional[int] = None) -> None:
-    """Mark trial ``trial_id``'s run ``status`` if it is still RUNNING (a killed trial cannot end its own, nor can a
-    data-parallel trial's workers, which go with their trial); ``stopped_at``: the step at which the sweep's
-    scheduler stopped it, tagged."""
+def end_trial_run(experiment: str, trial_id: str, outcome: Outcome, step: Optional[int] = None) -> None:
+    """End trial ``trial_id``'s run with ``outcome`` if it is still RUNNING (a killed trial cannot end its own, nor can
+    a data-parallel trial's workers, which go with their trial); ``step``: its last reported step."""
     c = client()
     run_id = find_child_run(c, experiment_id(c, experiment), trial_id)
     if run_id and c.get_run(run_id).info.status == "RUNNING":
-        if stopped_at is not None:
-            c.set_tag(run_id, STOPPED_EARLY_TAG, str(stopped_at))
-        c.set_terminated(run_id, status=status)
+        end_run(c, run_id, outcome, step)
 
 
-def end_running_trials(client, parent: str, status: str, since_ms: Optional[int] = None) -> None:
-    """Mark every still-RUNNING trial run under sweep run ``parent`` ``status``: a stopped sweep's trials are
+def end_run(client, run_id: str, outcome: Outcome, step: Optional[int] = None) -> None:
+    """Mark a run that is not this process's own with ``outcome``'s status and tags (`frontalab.tracking.outcome`)."""
+    for key, value in outcome.tags(step).items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status=outcome.status)
+
+
+def end_running_trials(client, parent: str, outcome: Outcome, since_ms: Optional[int] = None) -> None:
+    """End every still-RUNNING trial run under sweep run ``parent`` with ``outcome``: a stopped sweep's trials are
     stopped by Tune without a chance to end their own runs (``--resume`` reopens them). ``since_ms``: when the
     sweep was told to stop; a trial that ended its own run since, as stopped early, was stopped by the sweep's
-    stop, not by its scheduler: it ends ``status`` too."""
+    stop, not by its scheduler: it ends so too."""
     experiment = client.get_run(parent).info.experiment_id
     child = f"tags.mlflow.parentRunId = '{parent}'"
     runs = client.search_runs([experiment], max_results=10000, filter_string=f"{child} and attributes.status = 'RUNNING'")
@@ -173,7 +178,7 @@ def end_running_trials(client, parent: str, status: str, since_ms: Optional[int]
                                    filter_string=f"{child} and attributes.status = 'FINISHED' and "
                                                  f"attributes.end_time >= {since_ms} and tags.`{STOPPED_EARLY_TAG}` != ''")
     for run in runs:
-        client.set_terminated(run.info.run_id, status=status)
+        end_run(client, run.info.run_id, outcome)
 
 
 def sweep_parent_run(client, experiment_id: str, sweep: str, resume: bool, command: str, tune_experiment: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Optional
 import numpy as np
 
 from frontalab.config import TrackingConfig
-from frontalab.naming import PARENT_RUN_TAG, STATUS_REASON_TAG, TRACKING_INCOMPLETE_TAG
+from frontalab.naming import PARENT_RUN_TAG, TRACKING_INCOMPLETE_TAG
 from frontalab.tracking.store import client as store_client, create_run, experiment_id
 from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step, release_upload
 
@@ -267,11 +267,10 @@ class Tracker:
         self._outbox.put(("flush", self._last_flush))
         return self._receive("flushed", timeout, self._last_flush) is not None
 
-    def finish(self, status: str = "FINISHED", reason: Optional[str] = None, timeout: float | None = 600) -> bool:
-        """Send everything, then mark the run FINISHED, FAILED or KILLED (with ``reason`` as a tag).
-        False if the server stayed unreachable for ``timeout`` seconds or the sender died."""
-        if reason:
-            self.set_tags({STATUS_REASON_TAG: reason[:5000]})
+    def finish(self, status: str = "FINISHED", timeout: float | None = 600) -> bool:
+        """Send everything, then mark the run FINISHED, FAILED or KILLED (its reason is a tag set before:
+        `frontalab.tracking.outcome`). False if the server stayed unreachable for ``timeout`` seconds or the
+        sender died."""
         self._outbox.put(("finish", status, timeout))
         # The sender gives up sending at ``timeout``; then one more request marks the run.
         reply = self._receive("finished", None if timeout is None else timeout + 30)
@@ -339,4 +338,4 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def flush(self, timeout: float | None = None) -> bool: return True
-    def finish(self, status: str = "FINISHED", reason: Optional[str] = None, timeout: float | None = 600) -> bool: return True
+    def finish(self, status: str = "FINISHED", timeout: float | None = 600) -> bool: return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-from frontalab.naming import FACE_SHARE_METRIC, SELECTION_METRIC, SPREAD_METRIC
+from frontalab.naming import FACE_SHARE_METRIC, IDENTITY_METRIC, SELECTION_METRIC, SPREAD_METRIC
 from frontalab.tracking import store
 
 
@@ -40,10 +40,8 @@ class ProgressTracker:
                 parts.append(f"~{(self.steps - step) / rate / 60:.0f} min left")
             self._print("  ".join(parts))
         if SELECTION_METRIC in metrics:
-            identity = next((v for k, v in metrics.items() if k.startswith("val/identity_distance/") and
-                             k.endswith("/mean")), float("nan"))
             self._print(f"validation at step {step}: a face in {metrics[FACE_SHARE_METRIC]:.0%} of outputs, "
-                        f"spread {metrics[SPREAD_METRIC]:.3f}, identity distance {identity:.3f}, "
+                        f"spread {metrics[SPREAD_METRIC]:.3f}, identity distance {metrics[IDENTITY_METRIC]:.3f}, "
                         f"score {metrics[SELECTION_METRIC]:.3f}")
 
 

@@ -8,6 +8,7 @@ torch.compile, TF32, fused Adam) are applied here, each from its ``train.*`` set
 from __future__ import annotations
 
 import math
+import os
 from contextlib import nullcontext
 from typing import Any
 
@@ -20,16 +21,22 @@ from frontalab.models import landmarks as lm
 from frontalab.models.encoders import encoder_input
 from frontalab.models.parallel import parallel, synced_batch_norm
 from frontalab.models.thesis import Discriminator
+from frontalab.tracking.outcome import RunFailure
 from frontalab.training.distributed import average_gradients, mean_over_workers
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(RunFailure):
     """A loss became NaN or infinite: the trial stops instead of training on garbage."""
 
 
 def speedup_on(setting: str, device: torch.device) -> bool:
     """A GPU speed-up's setting: enabled, disabled, or auto (on CUDA only, where each is fastest and correct)."""
     return setting == "enabled" or (setting == "auto" and device.type == "cuda")
+
+
+# A fault for tests to inject: the generator's loss is NaN at this step. Read from the environment, not the
+# config: no user sets it, and it is no MLflow param. Ray's workers on this machine inherit it.
+NAN_AT_ENV = "FRONTALAB_TEST_NAN_AT_STEP"
 
 
 class Learner:
@@ -40,6 +47,7 @@ class Learner:
                  device: torch.device):
         t = self.train = cfg.train
         self.cfg, self.device, self.encoder = cfg, device, encoder
+        self.nan_at = int(os.environ.get(NAN_AT_ENV) or 0)
         self.G = G.to(device)
         check_loss_keys(cfg.loss)  # a weight with no term would be a silent no-op
         system = paper(cfg.model.decoder)
@@ -104,7 +112,7 @@ class Learner:
         with self.autocast():
             g = self.objective.generator_phase(batch)
         total = g.loss.total
-        if t.inject_nan_at and step + 1 == t.inject_nan_at:
+        if step + 1 == self.nan_at:
             total = total * float("nan")
         # The whole batch's losses: every worker sees the same values, so a NaN stops every worker at once.
         logged = mean_over_workers({**g.loss.terms, "total": total})

@@ -17,7 +17,6 @@ import random
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,20 +29,19 @@ from PIL import Image, ImageDraw, ImageFont
 
 from frontalab.config import ConfigError, config_hash, training_params
 from frontalab.data.stream import ShardStream, feature_sample, first_rows
-from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
-from frontalab.losses.landmark import symmetry_loss
-from frontalab.losses.objectives import embed_faces
-from frontalab.metrics import all_pairs, different_people_spread, frontalization_score
-from frontalab.models import landmarks as lm
+from frontalab.data.teacher import LandmarkTeacher
 from frontalab.losses.papers import build_generator, paper
 from frontalab.losses.terms import TERMS
+from frontalab.measure import measure_outputs, summarise_outputs
+from frontalab.metrics import all_pairs
 from frontalab.models.build import encoder_from_config
+from frontalab.models.images import to_uint8
 from frontalab.models.landmark_net import default_weights_path, load_landmark_net
 from frontalab.models.parallel import world
-from frontalab.naming import (FACE_SHARE_METRIC, LANDMARK_MODEL, SELECTION_METRIC, SPREAD_METRIC,
-                              STOPPED_EARLY_TAG)
+from frontalab.naming import LANDMARK_MODEL, VALIDATION_PREFIX
 from frontalab.tracking.provenance import git_commit, host
 from frontalab.tracking.store import ensure_landmark_model, log_training_inputs
+from frontalab.tracking.outcome import FINISHED, Outcome, interrupt, on_stop_signals, run_outcome
 from frontalab.tracking.tracker import NullTracker, Tracker
 from frontalab.training.checkpoints import (MODEL_KEYS, UnreadableModel, architecture_differences, check_fits,
                                             checkpoint_config,
@@ -51,7 +49,7 @@ from frontalab.training.checkpoints import (MODEL_KEYS, UnreadableModel, archite
                                             newest_readable_checkpoint, rng_state, save_atomic, set_rng_state)
 from frontalab.training.distributed import gather_objects, weights_digest
 from frontalab.training.sources import checkpoint_file
-from frontalab.training.step import Learner, NonFiniteLoss
+from frontalab.training.step import Learner
 
 log = logging.getLogger(__name__)
 
@@ -244,36 +242,20 @@ class Trial:
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], np.ndarray]:
+        """The validation faces' outputs measured as `frontalab evaluate` measures them (`frontalab.measure`),
+        their faces taken as different people's, and the grid of them."""
         self.G.eval()
         batch = self.val_batch
         out = self.objective.decode(batch)
-        composite = out.composite
-        points = self.landmark_net(composite)
-        embeddings = embed_faces(self.encoder, composite, points)
-        dist = self.encoder.distance(batch["embedding"], embeddings).cpu().numpy()
-        name = self.encoder.name
-        size = composite.shape[-1]
-        yaws = [head_pose(p, (size, size))[0] for p in lm.to_pixels(points, size).cpu().numpy()]
-        faces = ((composite.float().clamp(-1, 1) + 1) * 127.5 + 0.5).byte().permute(0, 2, 3, 1).cpu().numpy()
-        face_share = float(np.mean([read_output(self.teacher, f)[2] for f in faces]))
-        spread = different_people_spread(batch["embedding"].cpu().numpy(), embeddings.cpu().numpy(),
-                                         all_pairs(len(faces)))
-        threshold = self.encoder.same_identity_threshold
-        metrics = {
-            f"val/identity_distance/{name}/mean": float(dist.mean()),
-            f"val/identity_distance/{name}/median": float(np.median(dist)),
-            f"val/identity_distance/{name}/p95": float(np.percentile(dist, 95)),
-            f"val/identity_within_threshold/{name}": float((dist < threshold).mean()),
-            "val/abs_yaw": float(np.mean(np.abs(yaws))),
-            "val/symmetry": float(symmetry_loss(points)),
-            FACE_SHARE_METRIC: face_share,
-            SPREAD_METRIC: spread,
-            SELECTION_METRIC: frontalization_score(face_share, spread, float(dist.mean()), threshold),
-        }
+        measured = measure_outputs(self.teacher, to_uint8(out.composite), (self.encoder,))
+        inputs = batch["embedding"].cpu().numpy()
+        numbers = summarise_outputs(measured, self.encoder.name, inputs, self.encoder.same_identity_threshold,
+                                    all_pairs(len(inputs)))
+        metrics = {f"{VALIDATION_PREFIX}{name}": value for name, value in numbers.items()}
         drawn = paper(self.cfg.model.decoder).preview(out)
         if "mask" in drawn:
-            metrics["val/mask_mean"] = float(drawn["mask"].mean())
-        columns = {"input": batch["image"], **drawn, "output": composite}
+            metrics[f"{VALIDATION_PREFIX}mask_mean"] = float(drawn["mask"].mean())
+        columns = {"input": batch["image"], **drawn, "output": out.composite}
         return metrics, image_grid({name: images[:8] for name, images in columns.items()})
 
     # ---------------------------------------------------------------- the loop
@@ -375,43 +357,18 @@ def _run_trial(cfg: DictConfig, folder: Path, resume: bool | str, report: Option
         if resume_from is None:
             print(f"frontalab train: no checkpoint in {folder}; starting from step 0", file=sys.stderr)
     trial = Trial(cfg, tracker_factory or mlflow_tracker_factory(), report, folder, resume_from, encoder, landmark_net)
-    previous = signal.getsignal(signal.SIGTERM)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
+    def end(outcome: Outcome) -> None:
+        trial.state.status = outcome.status
+        tags = outcome.tags(trial.state.step if trial.state.step < cfg.train.steps else None)
+        if tags:
+            trial.tracker.set_tags(tags)
+        # A run that did not finish waits less for an unreachable server: its journal keeps every point.
+        trial.state.tracking_complete = trial.tracker.finish(outcome.status, timeout=600 if outcome.status == FINISHED else 30)
 
-    if previous in (signal.SIG_DFL, None) and threading_main():
-        signal.signal(signal.SIGTERM, on_term)
     try:
-        state = trial.run()
-    except NonFiniteLoss as err:
-        trial.state.status = "FAILED"
-        trial.tracker.finish("FAILED", reason=str(err))
-        raise
-    except SystemExit as stop:
-        if stop.code not in (0, None):
-            trial.state.status = "FAILED"
-            trial.tracker.finish("FAILED", reason=f"SystemExit: {stop.code}", timeout=30)
-            raise
-        # A scheduler (e.g. ASHA) stopped the trial early: its run ends normally.
-        trial.state.status = "FINISHED"
-        if trial.state.step < cfg.train.steps:
-            trial.tracker.set_tags({STOPPED_EARLY_TAG: trial.state.step})
-        trial.tracker.finish("FINISHED")
-        raise
-    except KeyboardInterrupt:
-        trial.state.status = "KILLED"
-        trial.tracker.finish("KILLED", reason="interrupted", timeout=30)
-        raise
-    except BaseException as err:
-        trial.state.status = "FAILED"
-        trial.tracker.finish("FAILED", reason=f"{type(err).__name__}: {err}", timeout=30)
-        raise
+        with on_stop_signals(interrupt, (signal.SIGTERM,), keep_others=True), run_outcome(end, in_trial=True):
+            trial.run()
     finally:
         trial.stream.close()  # its reader thread holds a window of decoded faces
-    state.tracking_complete = trial.tracker.finish("FINISHED")
-    return state
-
-
-def threading_main() -> bool:
-    return threading.current_thread() is threading.main_thread()
+    return trial.state

@@ -43,6 +43,25 @@ def newest_file(folder: Path) -> Optional[Path]:
     return found[-1] if found else None
 
 
+def report_to_ray(report: Callable[..., None], checkpoint_class: Any, tracker: Any, metrics: dict[str, Any],
+                  checkpoint_path: Optional[str], under: Optional[Path] = None) -> None:
+    """A validation point to Ray: ``report(values, checkpoint=...)`` (Tune's or Ray Train's, with its
+    ``checkpoint_class``), the checkpoint file in a folder of its own, since Ray persists a whole folder. The
+    trial's ``tracker`` is flushed first: what Ray stops or kills next must already be in MLflow."""
+    if tracker is not None:
+        tracker.flush(timeout=60)
+    values = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}  # strings: ids
+    if not checkpoint_path:
+        report(values)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="report-", dir=under))
+    try:
+        shutil.copy2(checkpoint_path, folder / Path(checkpoint_path).name)
+        report(values, checkpoint=checkpoint_class.from_directory(str(folder)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def train(cfg: DictConfig, tracker_factory: Callable[..., Any], *, resume: bool | str = False,
           address: Optional[str] = None) -> TrialState:
     """`frontalab train`: one process for one worker; a Ray Train job on Ray (embedded, or the cluster at
@@ -98,18 +117,9 @@ def _worker_loop(loop: dict[str, Any]) -> None:
             return tracker
 
         def report(metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
-            if "t" in tracker_holder:
-                tracker_holder["t"].flush(timeout=60)  # what a failure kills next must already be in MLflow
-            values: dict[str, Any] = {k: float(v) for k, v in metrics.items()}
-            if group is not None:
-                values[PLACEMENT_GROUP] = group.id.hex()
-            if not checkpoint_path:
-                ray.train.report(values)
-                return
-            folder = Path(tempfile.mkdtemp(prefix="report-", dir=local))
-            shutil.copy2(checkpoint_path, folder / Path(checkpoint_path).name)
-            ray.train.report(values, checkpoint=Checkpoint.from_directory(str(folder)))
-            shutil.rmtree(folder, ignore_errors=True)
+            group_id = {PLACEMENT_GROUP: group.id.hex()} if group is not None else {}
+            report_to_ray(ray.train.report, Checkpoint, tracker_holder.get("t"), {**metrics, **group_id},
+                          checkpoint_path, under=local)
 
         try:
             state = run_trial(cfg, resume=resume, report=report, checkpoint_dir=local / "checkpoints",
