@@ -58,6 +58,14 @@ TRACKING_INCOMPLETE_TAG = "frontalab.tracking_incomplete"
 STOPPED_EARLY_TAG = "frontalab.stopped_early_at"
 WORKER_NODES_TAG = "ray.worker_node_ids"  # a data-parallel trial's workers' nodes, in rank order
 PARENT_RUN_TAG = "mlflow.parentRunId"
+# What made a trial's run: `promote` copies the first four into the registered version's lineage.
+COMMIT_TAG, CONFIG_HASH_TAG, DATASET_HASH_TAG, ENCODER_TAG = "git_commit", "config_hash", "dataset_hash", "encoder"
+LINEAGE_TAGS = (CONFIG_HASH_TAG, DATASET_HASH_TAG, COMMIT_TAG, ENCODER_TAG)
+HOST_TAG, DECODER_TAG = "host", "decoder"
+VERSION_RUN_TAG = "run_id"  # on a registered version: the training run its checkpoint comes from
+ASSET_SHA_TAG = "sha256"  # on a registered asset's run and version: its file's digest
+# On an evaluation run: the model evaluated, and the training run of its checkpoint.
+MODEL_URI_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG, SOURCE_RUN_TAG = "model_uri", "model_name", "model_version", "source_run"
 # MLflow's own context tags (the UI's User, Source and Description), which `MlflowClient.create_run` leaves unset.
 USER_TAG, SOURCE_NAME_TAG, SOURCE_TYPE_TAG = "mlflow.user", "mlflow.source.name", "mlflow.source.type"
 GIT_COMMIT_TAG, NOTE_TAG = "mlflow.source.git.commit", "mlflow.note.content"

@@ -1,7 +1,7 @@
 """Generate docs/RESULTS.md from the MLflow evaluation runs of `frontalab evaluate` (nothing typed by hand
 except the optional analysis in --notes, which is included verbatim and marked as such).
 
-For each label (the latest FINISHED evaluation run with that `frontalab.label`): the headline numbers
+For each label (the latest FINISHED evaluation run with that label): the headline numbers
 against the faces issue's gates (for the shipped champions) and targets, the report's plots and input/output pairs (copied next to RESULTS.md),
 the training curves and compute of the run that made the checkpoint, and the exact commands.
 
@@ -24,7 +24,10 @@ from pathlib import Path
 from frontalab.cli import use_services
 from frontalab.config import load_config
 from frontalab.losses.terms import THESIS, terms_of
+from frontalab.naming import (COMMAND_TAG, FACE_SHARE_METRIC, IDENTITY_METRIC, LABEL_TAG, ROLE_EVALUATION, ROLE_TAG,
+                              SELECTION_METRIC, SOURCE_RUN_TAG, SPREAD_METRIC, SWEEP_TAG, sweep_experiment)
 from frontalab.paths import portable
+from frontalab.tracking import store
 
 REPO = Path(__file__).resolve().parent.parent
 # The faces issue's gates (a shipped champion must meet them) and targets: (key, comparison, bound, unit).
@@ -32,8 +35,7 @@ GATES = (("output_face_detected", ">=", 0.95, "share"), ("different_people_sprea
          ("auc_outputs", ">=", 0.95, "ratio"))
 TARGETS = (("identity_within_threshold", ">=", 0.95, "share"), ("normalized_share", ">=", 0.80, "share"),
            ("mean_abs_yaw", "<=", 5.0, "deg"), ("mean_mouth_opening", "<", "inputs_mean_mouth_opening", "ratio"))
-CURVES = ("val/frontalization_score", "val/output_face_detected", "val/different_people_spread",
-          "val/identity_distance_mean", "train/g/total")
+CURVES = (SELECTION_METRIC, FACE_SHARE_METRIC, SPREAD_METRIC, IDENTITY_METRIC, "train/g/total")
 REPORT_FILES = ("pairs.png", "identity_distance.png", "pair_distances.png", "roc.png", "yaw.png", "metrics.json")
 
 
@@ -44,8 +46,8 @@ def auc_interval(m: dict) -> str:
 
 
 def latest_evaluation(client, experiment_id: str, label: str):
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`frontalab.label` = '{label}' and "
-                              "tags.`frontalab.role` = 'evaluation' and attributes.status = 'FINISHED'",
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{LABEL_TAG}` = '{label}' and "
+                              f"tags.`{ROLE_TAG}` = '{ROLE_EVALUATION}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise SystemExit(f"no finished evaluation run labelled {label!r}: run `frontalab evaluate --label {label} …`")
@@ -79,7 +81,7 @@ def plot_curves(client, sources: dict[str, object], threshold: float, out: Path)
             if history:
                 ax.plot([m.step for m in history], [m.value for m in history], label=label)
         ax.set(title=key, xlabel="step")
-        if key.startswith("val/identity_distance"):
+        if key == IDENTITY_METRIC:
             ax.axhline(threshold, color="k", ls="--", lw=0.8)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -116,9 +118,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "docs" / "RESULTS.md"))
     args = ap.parse_args()
     use_services(load_config(None, []))
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
+    client = store.client()
     out = Path(args.out)
     assets = out.parent / "results"
     exp = client.get_experiment_by_name(args.experiment)
@@ -128,8 +128,8 @@ def main() -> None:
     champions = [s for s in args.champions.split(",") if s in labels]
     evals = {label: latest_evaluation(client, exp.experiment_id, label) for label in labels}
     metrics = {label: fetch_report(client, run, assets / label) for label, run in evals.items()}
-    sources = {label: client.get_run(run.data.tags["source_run"]) for label, run in evals.items()
-               if run.data.tags.get("source_run")}
+    sources = {label: client.get_run(run.data.tags[SOURCE_RUN_TAG]) for label, run in evals.items()
+               if run.data.tags.get(SOURCE_RUN_TAG)}
     plot_curves(client, sources, next(iter(metrics.values()))["threshold"], assets / "training_curves.png")
 
     lines = ["# Results: does it frontalize?", "",
@@ -183,26 +183,21 @@ def main() -> None:
         keys = [f"loss.{t.key}" for t in terms_of(p.get("model.decoder", THESIS))]
         # The weights that are on; older runs lack newer terms.
         weights = ", ".join(f"{k.split('.')[-1]} {p[k]}" for k in keys if k in p and float(p[k]) != 0)
-        lines.append(f"| {label} | `{run.info.run_id}` | {run.data.tags.get('frontalab.sweep', '-')} | "
+        lines.append(f"| {label} | `{run.info.run_id}` | {run.data.tags.get(SWEEP_TAG, '-')} | "
                      f"{p.get('model.decoder')} | {p.get('train.steps')} x {p.get('train.batch_size')} | "
                      f"{p.get('model.out_size')} | {weights} | {minutes(run):.0f} min |")
-    sweeps = {run.data.tags.get("frontalab.sweep") for run in sources.values()} - {None}
+    sweeps = {run.data.tags.get(SWEEP_TAG) for run in sources.values()} - {None}
     lines += ["", "## Compute and commands", "",
               f"- Machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), no GPU; "
               f"evaluations took " + ", ".join(f"{label} {m['seconds'] / 60:.1f} min" for label, m in metrics.items()) + "."]
     for sweep in sorted(sweeps):
-        exp_s = client.get_experiment_by_name(f"sweep-{sweep}")
-        parents = client.search_runs([exp_s.experiment_id], filter_string="tags.`frontalab.role` = 'sweep'",
-                                     order_by=["attributes.start_time DESC"], max_results=1) if exp_s else []
-        if parents:
-            lines.append(f"- Sweep `{sweep}`: {minutes(parents[0]):.0f} min wall for all its trials: "
-                         f"`{parents[0].data.tags.get('frontalab.command', '?')}`")
-        promotions = client.search_runs([exp_s.experiment_id], filter_string="tags.`frontalab.role` = 'promotion'",
-                                        order_by=["attributes.start_time DESC"], max_results=1) if exp_s else []
-        if promotions:
-            lines.append(f"- Promotion: `{promotions[0].data.tags.get('frontalab.command', '?')}`")
+        exp_s = client.get_experiment_by_name(sweep_experiment(sweep))
+        parent = store.latest_sweep_parent(client, exp_s.experiment_id, sweep) if exp_s else None
+        if parent is not None:
+            lines.append(f"- Sweep `{sweep}`: {minutes(parent):.0f} min wall for all its trials: "
+                         f"`{parent.data.tags.get(COMMAND_TAG, '?')}`")
     for label, run in evals.items():
-        lines.append(f"- Evaluation `{label}`: `{run.data.tags.get('frontalab.command', '?')}` "
+        lines.append(f"- Evaluation `{label}`: `{run.data.tags.get(COMMAND_TAG, '?')}` "
                      f"(MLflow run `{run.info.run_id}`)")
     notes = Path(args.notes)
     if notes.is_file():

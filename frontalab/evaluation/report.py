@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from frontalab.evaluation.metrics import roc_auc, roc_curve
-from frontalab.naming import COMMAND_TAG, LABEL_TAG, ROLE_EVALUATION, ROLE_TAG, evaluation_run
+from frontalab.naming import (COMMAND_TAG, ENCODER_TAG, LABEL_TAG, MODEL_NAME_TAG, MODEL_URI_TAG, MODEL_VERSION_TAG,
+                              ROLE_EVALUATION, ROLE_TAG, SOURCE_RUN_TAG, evaluation_run)
 from frontalab.paths import portable
 from frontalab.models.images import to_tensor
 from frontalab.tracking import store
@@ -120,8 +121,8 @@ def log_evaluation(e, faces_root: Path, results: dict[str, Any], out: Path, mode
                    encoder_name: str, label: str, command: str) -> str:
     """An MLflow run holding the numbers and the report, linked both ways to the model version."""
     tags = {ROLE_TAG: ROLE_EVALUATION, LABEL_TAG: label, COMMAND_TAG: command,
-            "model_uri": model.uri, "model_name": model.name, "model_version": model.version,
-            "source_run": model.source_run, "encoder": encoder_name}
+            MODEL_URI_TAG: model.uri, MODEL_NAME_TAG: model.name, MODEL_VERSION_TAG: model.version,
+            SOURCE_RUN_TAG: model.source_run, ENCODER_TAG: encoder_name}
     params = {"faces": portable(faces_root), "encoder": encoder_name, "min_photos": e.min_photos,
               "max_photos_per_person": e.max_photos_per_person, "max_people": e.max_people, "seed": e.seed}
     metrics = {f"eval/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float))}

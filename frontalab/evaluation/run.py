@@ -42,7 +42,7 @@ from frontalab.measure import (Outputs, colour_cast, embed, high_frequency_energ
                                summarise_outputs)
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import build_encoder
-from frontalab.naming import DLIB_RESNET
+from frontalab.naming import DLIB_RESNET, VERSION_RUN_TAG
 from frontalab.paths import state_dir
 from frontalab.serving.frontalizer import Frontalizer, canonical_texture
 from frontalab.tracking import store
@@ -144,7 +144,7 @@ def load_model(spec: str, views: int = 0) -> ModelUnderTest:
     if spec.startswith("models:/"):
         name, version = store.model_version(spec)
         return ModelUnderTest(frontalizer, spec, name, str(version.version),
-                              version.tags.get("run_id", version.run_id or ""), dict(version.tags))
+                              version.tags.get(VERSION_RUN_TAG, version.run_id or ""), dict(version.tags))
     return ModelUnderTest(frontalizer, spec, source_run=frontalizer.run_id)
 
 

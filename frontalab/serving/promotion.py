@@ -25,7 +25,7 @@ import torch
 from frontalab.config import ConfigError
 from frontalab.models.encoders import encoder_bundle
 from frontalab.naming import (CHAMPION, FACE_SHARE_METRIC, JUDGE_ENCODER, MODEL_NAME, SELECTION_METRIC,
-                              SELECTION_MODE, TRIAL_TAG, sweep_experiment)
+                              SELECTION_MODE, LINEAGE_TAGS, TRIAL_TAG, VERSION_RUN_TAG, sweep_experiment)
 from frontalab.serving.frontalizer import Frontalizer, to_png
 from frontalab.serving.pyfunc import serving_limits, signature
 from frontalab.tracking import store
@@ -92,11 +92,9 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
         encoder_file = Path(tmp) / "encoder.pt"
         torch.save(encoder_bundle(frontalizer.encoder), encoder_file)
         lineage = {
-            "sweep": sweep, "trial": tags.get(TRIAL_TAG, ""), "run_id": best.info.run_id,
+            "sweep": sweep, "trial": tags.get(TRIAL_TAG, ""), VERSION_RUN_TAG: best.info.run_id,
             "metric": metric, "metric_value": str(best.data.metrics[metric]), "mode": mode,
-            "config_hash": tags.get("config_hash", ""), "dataset_hash": tags.get("dataset_hash", ""),
-            "git_commit": tags.get("git_commit", ""), "encoder": tags.get("encoder", ""),
-            "checkpoint": checkpoint.name,
+            **{key: tags.get(key, "") for key in LINEAGE_TAGS}, "checkpoint": checkpoint.name,
         }
         lineage["command"] = command_line()
         code = Path(tmp) / PACKAGE_DIR.name  # the packaged champions (42 MB) serve nothing in a version

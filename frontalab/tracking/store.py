@@ -23,9 +23,9 @@ from urllib.parse import quote
 
 from frontalab import storage
 from frontalab.config import ConfigError, mask_userinfo
-from frontalab.naming import (ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL, NOTE_TAG,
-                              PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG, TRIAL_TAG,
-                              TUNE_EXPERIMENT_TAG)
+from frontalab.naming import (ASSET_SHA_TAG, ASSETS_EXPERIMENT, CHAMPION, COMMAND_TAG, EXPERIMENT_KIND_TAG, LANDMARK_MODEL,
+                              NOTE_TAG, PARENT_RUN_TAG, PREVIOUS, ROLE_ASSET, ROLE_SWEEP, ROLE_TAG, STOPPED_EARLY_TAG,
+                              SWEEP_TAG, TRIAL_TAG, TUNE_EXPERIMENT_TAG)
 from frontalab.tracking.outcome import Outcome
 from frontalab.tracking.provenance import command_line, standard_tags
 
@@ -171,7 +171,7 @@ def end_running_trials(client, parent: str, outcome: Outcome, since_ms: Optional
     sweep was told to stop; a trial that ended its own run since, as stopped early, was stopped by the sweep's
     stop, not by its scheduler: it ends so too."""
     experiment = client.get_run(parent).info.experiment_id
-    child = f"tags.mlflow.parentRunId = '{parent}'"
+    child = f"tags.`{PARENT_RUN_TAG}` = '{parent}'"
     runs = client.search_runs([experiment], max_results=10000, filter_string=f"{child} and attributes.status = 'RUNNING'")
     if since_ms is not None:
         runs += client.search_runs([experiment], max_results=10000,
@@ -346,7 +346,7 @@ def ensure_landmark_model(weights: Path) -> str:
     except Exception:
         versions = []
     for v in versions:
-        if v.tags.get("sha256") == sha:
+        if v.tags.get(ASSET_SHA_TAG) == sha:
             return str(v.version)
     if not versions:
         try:
@@ -354,7 +354,7 @@ def ensure_landmark_model(weights: Path) -> str:
         except Exception:  # registered concurrently by another trial
             pass
     run = create_run(c, experiment_id(c, ASSETS_EXPERIMENT), f"{LANDMARK_MODEL}-{sha[:8]}",
-                     {ROLE_TAG: ROLE_ASSET, "sha256": sha})
+                     {ROLE_TAG: ROLE_ASSET, ASSET_SHA_TAG: sha})
     c.log_artifact(run.info.run_id, str(weights), LANDMARK_MODEL)
     sidecar = weights.with_suffix(".json")
     if sidecar.is_file():
@@ -365,7 +365,7 @@ def ensure_landmark_model(weights: Path) -> str:
                 c.log_metric(run.info.run_id, key, float(value))
     c.set_terminated(run.info.run_id)
     version = c.create_model_version(LANDMARK_MODEL, source=f"{run.info.artifact_uri}/{LANDMARK_MODEL}",
-                                     run_id=run.info.run_id, tags={"sha256": sha})
+                                     run_id=run.info.run_id, tags={ASSET_SHA_TAG: sha})
     return str(version.version)
 
 

@@ -38,7 +38,8 @@ from frontalab.models.build import encoder_from_config
 from frontalab.models.images import to_uint8
 from frontalab.models.landmark_net import default_weights_path, load_landmark_net
 from frontalab.models.parallel import world
-from frontalab.naming import LANDMARK_MODEL, VALIDATION_PREFIX
+from frontalab.naming import (COMMIT_TAG, CONFIG_HASH_TAG, DATASET_HASH_TAG, DECODER_TAG, ENCODER_TAG, HOST_TAG,
+                              LANDMARK_MODEL, VALIDATION_PREFIX)
 from frontalab.tracking.provenance import git_commit, host
 from frontalab.tracking.store import ensure_landmark_model, log_training_inputs
 from frontalab.tracking.outcome import FINISHED, Outcome, interrupt, on_stop_signals, run_outcome
@@ -165,8 +166,8 @@ class Trial:
     # ---------------------------------------------------------------- tracking helpers
 
     def _tags(self) -> dict[str, str]:
-        return {"git_commit": git_commit(), "config_hash": config_hash(self.cfg), "dataset_hash": self.dataset_hash,
-                "encoder": self.encoder.name, "host": host(), "decoder": self.cfg.model.decoder}
+        return {COMMIT_TAG: git_commit(), CONFIG_HASH_TAG: config_hash(self.cfg), DATASET_HASH_TAG: self.dataset_hash,
+                ENCODER_TAG: self.encoder.name, HOST_TAG: host(), DECODER_TAG: self.cfg.model.decoder}
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -322,7 +323,7 @@ def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = 
             shown = OmegaConf.to_container(cfg, resolve=True)
             shown.pop("services", None)  # endpoints are the machine's, not the trial's
             log_training_inputs(tracker.client, tracker.run_id, OmegaConf.to_yaml(shown), cfg.data.path,
-                                tags["dataset_hash"])
+                                tags[DATASET_HASH_TAG])
         return tracker
 
     return open_tracker
