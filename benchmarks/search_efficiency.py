@@ -33,7 +33,7 @@ from frontalab.compute import connect  # noqa: E402
 from frontalab.config import load_config  # noqa: E402
 from frontalab.naming import PARENT_RUN_TAG, SWEEP_TAG, TRIAL_TAG, sweep_experiment  # noqa: E402
 from frontalab.sweep.tune import search_algorithm, search_space, tune_storage_path  # noqa: E402
-from frontalab.tracking import store  # noqa: E402
+from frontalab.tracking import store, sweep_runs  # noqa: E402
 from frontalab.verbosity import quiet_libraries  # noqa: E402
 
 BRANIN_MIN = 0.397887
@@ -75,7 +75,7 @@ def search(algorithm: str, seed: int, trials: int, storage: str) -> float:
                               "search": {"loss.texture": {"uniform": [0, 1]}, "loss.identity": {"uniform": [0, 1]}}})
     client = store.client()
     experiment_id = store.experiment_id(client, sweep_experiment(name))
-    parent = store.sweep_parent_run(client, experiment_id, name, False, "benchmarks/search_efficiency.py", name)
+    parent = sweep_runs.sweep_parent_run(client, experiment_id, name, False, "benchmarks/search_efficiency.py", name)
     trainable = tune.with_parameters(branin_trial, parent=parent, experiment_id=experiment_id, sweep=name)
     tuner = tune.Tuner(tune.with_resources(trainable, {"cpu": 1}), param_space=search_space(sweep),
                        tune_config=tune.TuneConfig(metric=METRIC, mode="min", search_alg=search_algorithm(sweep),

@@ -41,7 +41,7 @@ EXIT_STATUS = {
     3: ("a service unreachable or not healthy", "frontalab.services.state.ServiceError"),
     4: ("a port taken", "frontalab.services.state.PortInUseError"),
     5: ("a dataset missing or unprepared", "frontalab.data.dataset.IncompleteDataset"),
-    6: ("a model URI not found", "frontalab.tracking.store.ModelNotFound"),
+    6: ("a model URI not found", "frontalab.tracking.registry.ModelNotFound"),
     7: ("a device asked for that this machine lacks (train.device=cuda)", "frontalab.training.trial.DeviceUnavailable"),
     8: ("a checkpoint could not be written (a full disk): make room, then --resume",
         "frontalab.training.checkpoints.CheckpointNotWritten"),
@@ -199,18 +199,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from frontalab.sweep.report import publish  # deferred: MLflow and optuna, seconds to import
-    from frontalab.tracking import store
+    from frontalab.tracking import store, sweep_runs
 
     cfg = _load(args)
     use_services(cfg)
     client = store.client()
     experiment = client.get_experiment_by_name(sweep_experiment(args.sweep))
-    parent = experiment and store.latest_sweep_parent(client, experiment.experiment_id, args.sweep)
+    parent = experiment and sweep_runs.latest_sweep_parent(client, experiment.experiment_id, args.sweep)
     if not parent:
         raise ConfigError(f"no sweep named {args.sweep!r} in MLflow")
     # The sweep as it ran; keys it predates take their defaults.
     sweep = OmegaConf.merge(OmegaConf.structured(SweepConfig),
-                            OmegaConf.create(store.resolved_sweep(client, parent.info.run_id)))
+                            OmegaConf.create(sweep_runs.resolved_sweep(client, parent.info.run_id)))
     report = publish(client, parent.info.run_id, experiment.name, sweep)
     if report is None:
         raise ConfigError(f"sweep {args.sweep}: no finished trial reported {sweep.metric} yet")

@@ -27,7 +27,7 @@ from frontalab.losses.terms import THESIS, terms_of
 from frontalab.naming import (COMMAND_TAG, FACE_SHARE_METRIC, IDENTITY_METRIC, LABEL_TAG, ROLE_EVALUATION, ROLE_TAG,
                               SELECTION_METRIC, SOURCE_RUN_TAG, SPREAD_METRIC, SWEEP_TAG, sweep_experiment)
 from frontalab.paths import portable
-from frontalab.tracking import store
+from frontalab.tracking import store, sweep_runs
 
 REPO = Path(__file__).resolve().parent.parent
 # The faces issue's gates (a shipped champion must meet them) and targets: (key, comparison, bound, unit).
@@ -192,7 +192,7 @@ def main() -> None:
               f"evaluations took " + ", ".join(f"{label} {m['seconds'] / 60:.1f} min" for label, m in metrics.items()) + "."]
     for sweep in sorted(sweeps):
         exp_s = client.get_experiment_by_name(sweep_experiment(sweep))
-        parent = store.latest_sweep_parent(client, exp_s.experiment_id, sweep) if exp_s else None
+        parent = sweep_runs.latest_sweep_parent(client, exp_s.experiment_id, sweep) if exp_s else None
         if parent is not None:
             lines.append(f"- Sweep `{sweep}`: {minutes(parent):.0f} min wall for all its trials: "
                          f"`{parent.data.tags.get(COMMAND_TAG, '?')}`")

@@ -4,6 +4,7 @@ the MLflow run that holds them, linked both ways to the model version."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def write_report(out: Path, results: dict[str, Any], arrays: dict[str, np.ndarra
 
 def log_evaluation(e, faces_root: Path, results: dict[str, Any], out: Path, model,
                    encoder_name: str, label: str, command: str) -> str:
-    """An MLflow run holding the numbers and the report, linked both ways to the model version."""
+    """An MLflow run holding the numbers and the report, linked both ways to the model version; returns its id."""
     tags = {ROLE_TAG: ROLE_EVALUATION, LABEL_TAG: label, COMMAND_TAG: command,
             MODEL_URI_TAG: model.uri, MODEL_NAME_TAG: model.name, MODEL_VERSION_TAG: model.version,
             SOURCE_RUN_TAG: model.source_run, ENCODER_TAG: encoder_name}
@@ -129,5 +130,15 @@ def log_evaluation(e, faces_root: Path, results: dict[str, Any], out: Path, mode
     for encoder, measures in results.get("identity", {}).items():
         for of, values in (("outputs", measures), ("photos", measures["photos"])):
             metrics.update({f"eval/{encoder}/{of}/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))})
-    return store.log_evaluation_run(e.experiment, evaluation_run(label), tags, params, metrics, out, model.name,
-                                    model.version, f"evaluation.{label}")
+    from mlflow.entities import Metric, Param  # deferred: MLflow takes seconds to import
+
+    client = store.client()
+    run_id = store.create_run(client, store.experiment_id(client, e.experiment), evaluation_run(label), tags).info.run_id
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     params=[Param(k, str(v)) for k, v in params.items()])
+    client.log_artifacts(run_id, str(out), "report")
+    client.set_terminated(run_id)
+    if model.name and model.version:  # the version links to its evaluations
+        client.set_model_version_tag(model.name, model.version, f"evaluation.{label}", run_id)
+    return run_id

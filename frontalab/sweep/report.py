@@ -25,7 +25,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from frontalab.naming import TRIAL_TAG
-from frontalab.tracking import store
+from frontalab.tracking import store, sweep_runs
 
 IMPORTANCE_METRIC = "importance/{key}"
 
@@ -40,7 +40,7 @@ class TrialRecord:
 
 def trial_records(client, experiment: str, sweep: DictConfig) -> list[TrialRecord]:
     """The sweep's finished trials that reported ``sweep.metric``, in the order they started."""
-    _, runs = store.finished_trial_runs(client, experiment)
+    _, runs = sweep_runs.finished_trial_runs(client, experiment)
     records = []
     for run in runs:
         value = run.data.metrics.get(sweep.metric)
@@ -202,7 +202,7 @@ def publish(client, parent: str, experiment: str, sweep: DictConfig) -> Optional
             [",".join(["trial", sweep.metric, *_search(sweep)])]
             + [",".join([r.trial, repr(r.metric), *(json.dumps(r.values[k], default=str) for k in _search(sweep))])
                for r in records]) + "\n")
-        store.log_report(client, parent, folder, {IMPORTANCE_METRIC.format(key=k): v for k, v in found.items()},
+        sweep_runs.log_report(client, parent, folder, {IMPORTANCE_METRIC.format(key=k): v for k, v in found.items()},
                          step=len(records))
     return {"trials": len(records), "importance": found, "best": best_so_far(records, sweep.mode)[-1],
             "table": table(records, sweep, found)}

@@ -37,7 +37,7 @@ from frontalab.models.build import encoder_from_config
 from frontalab.models.landmark_net import load_landmark_net
 from frontalab.naming import (SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, TUNE_EXPERIMENT_TAG, bundle_tag,
                               sweep_experiment, trial_run_name)
-from frontalab.tracking import store
+from frontalab.tracking import store, sweep_runs
 from frontalab.sweep.report import TrialRecord, refresh, report_refresher, trial_records
 from frontalab.tracking.provenance import command_line
 from frontalab.training.checkpoints import architecture_differences, checkpoint_config, load_checkpoint
@@ -134,7 +134,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     client = store.client()
-    run_id = store.find_child_run(client, store.experiment_id(client, experiment), trial_id)
+    run_id = sweep_runs.find_child_run(client, store.experiment_id(client, experiment), trial_id)
     trial_tags = {TRIAL_TAG: trial_id, TRIAL_NAME_TAG: ctx.get_trial_name(), SWEEP_TAG: sweep,
                   "ray.node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
                   # A named bundle (an ablation arm) is a tag, so the UI can group and compare by it.
@@ -197,7 +197,7 @@ def _trial_run_tracker(factory, experiment: str, trial_id: str, **kwargs: Any):
     the run exists by then), whichever checkpoint the trial starts from (PBT's may be another trial's); a function
     of its arguments only, so that Ray Train can ship it to the trial's rank 0."""
     c = store.client()
-    return factory(**{**kwargs, "resume_run_id": store.find_child_run(c, store.experiment_id(c, experiment), trial_id)})
+    return factory(**{**kwargs, "resume_run_id": sweep_runs.find_child_run(c, store.experiment_id(c, experiment), trial_id)})
 
 
 # ---------------------------------------------------------------- the driver
@@ -213,7 +213,7 @@ def end_trial_run(experiment: str, steps: int):
         outcome = Outcome(status, "" if status == FINISHED else "the trial's process failed (Ray's error file has "
                                                                  "why)", stopped_early=short)
         try:
-            store.end_trial_run(experiment, trial.trial_id, outcome, None if step is None else int(step))
+            sweep_runs.end_trial_run(experiment, trial.trial_id, outcome, None if step is None else int(step))
         except Exception as err:  # the sweep outlives its tracking server; `promote` skips a RUNNING trial
             print(f"sweep: could not mark trial {trial.trial_id}'s run {status}: {str(err).splitlines()[0][:300]}",
                   file=sys.stderr, flush=True)
@@ -326,16 +326,16 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
                           f"optuna can add trials)")
     # Each growth is a Tune experiment of its own beside the first (its trials' checkpoints, its state); the parent
     # run names the one it ran last, which --resume continues.
-    last = store.latest_sweep_parent(client, exp_id, sweep.name) if resume else None
+    last = sweep_runs.latest_sweep_parent(client, exp_id, sweep.name) if resume else None
     tune_name = (last.data.tags.get(TUNE_EXPERIMENT_TAG, sweep.name) if last is not None
                  else f"{sweep.name}-more{len(earlier)}" if more else sweep.name)
     experiment_path = f"{sweep.storage.rstrip('/')}/{tune_name}"
     if resume and not tune.Tuner.can_restore(tune_storage_path(experiment_path)):
         raise ConfigError(f"nothing to resume at {experiment_path}; run without --resume first")
     command = command_line()
-    parent = store.sweep_parent_run(client, exp_id, sweep.name, resume or bool(more), command, tune_name)
+    parent = sweep_runs.sweep_parent_run(client, exp_id, sweep.name, resume or bool(more), command, tune_name)
     with _ends_with_the_sweep(client, parent):
-        store.log_sweep_files(client, parent, sweep_file, OmegaConf.to_yaml(sweep), OmegaConf.to_container(sweep.search))
+        sweep_runs.log_sweep_files(client, parent, sweep_file, OmegaConf.to_yaml(sweep), OmegaConf.to_container(sweep.search))
         store.ride_out_outages(trial_cfg.tracking.reconnect_s)  # started: from here on, outlive a server restart
 
         where = connect(address)
@@ -373,7 +373,7 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
         with _stopped_by_signals() as stopped:
             results = tuner.fit()
         if stopped:  # the trials Tune stopped ended their runs as stopped early: they were killed with the sweep
-            store.end_running_trials(client, parent, Outcome(KILLED, INTERRUPTED), since_ms=stopped[0])
+            sweep_runs.end_running_trials(client, parent, Outcome(KILLED, INTERRUPTED), since_ms=stopped[0])
             raise KeyboardInterrupt
         return _summarise(client, parent, exp_id, sweep, sweep_file, results, earlier)
 
@@ -382,10 +382,10 @@ def run_sweep(sweep_file: str, overrides: list[str], *, address: Optional[str] =
 def _ends_with_the_sweep(client, parent: str):
     """The parent run never stays RUNNING: KILLED when the sweep is stopped (Ctrl-C; SIGTERM, which Ray's driver
     turns into SystemExit), FAILED with its reason when it raises; the trials it stopped end KILLED. A sweep that
-    ends ends it FINISHED (`store.log_sweep_results`)."""
+    ends ends it FINISHED (`sweep_runs.log_sweep_results`)."""
     def end(outcome: Outcome) -> None:
         if outcome.status != FINISHED:
-            store.end_running_trials(client, parent, Outcome(KILLED, INTERRUPTED))
+            sweep_runs.end_running_trials(client, parent, Outcome(KILLED, INTERRUPTED))
             store.end_run(client, parent, outcome)
 
     with run_outcome(end, in_trial=False):
@@ -454,7 +454,7 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, sweep_file: 
         candidates.append((best.metrics[sweep.metric], best.metrics.get("trial_id"), best.config))
     if candidates:
         value, trial_id, config = (max if sweep.mode == "max" else min)(candidates, key=lambda c: c[0])
-        best_run = store.find_child_run(client, exp_id, trial_id)
+        best_run = sweep_runs.find_child_run(client, exp_id, trial_id)
         best_tags = {"best_trial": str(trial_id), "best_run_id": str(best_run), "metric": sweep.metric,
                      "mode": sweep.mode}
         description += (f"\n\n**Best trial:** [{trial_id}]({store.run_url(exp_id, str(best_run))}), "
@@ -463,7 +463,7 @@ def _summarise(client, parent: str, exp_id: str, sweep: DictConfig, sweep_file: 
     report = refresh(client, parent, experiment_name(sweep), sweep)
     if report is not None:
         summary["importance"] = report["importance"]
-    store.log_sweep_results(client, parent, df, best_tags, description)
+    sweep_runs.log_sweep_results(client, parent, df, best_tags, description)
     summary["mlflow_ui"] = store.runs_table_url(exp_id, sweep.metric, sweep.mode)
     summary["parent_run_id"] = parent
     return summary

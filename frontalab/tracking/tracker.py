@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from frontalab import storage
 from frontalab.config import TrackingConfig
 from frontalab.naming import PARENT_RUN_TAG, TRACKING_INCOMPLETE_TAG
 from frontalab.tracking.store import client as store_client, create_run, experiment_id
@@ -266,6 +267,18 @@ class Tracker:
         self._last_flush += 1
         self._outbox.put(("flush", self._last_flush))
         return self._receive("flushed", timeout, self._last_flush) is not None
+
+    def log_training_inputs(self, config_yaml: str, dataset_uri: str, dataset_hash: str) -> None:
+        """A new trial run's full resolved config (``config.yaml``; its params hold only the keys that shape
+        training) and its prepared dataset as MLflow's dataset input: the hash as digest, the URI as source."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag  # deferred: imported already by `open`
+
+        self.client.log_text(self.run_id, config_yaml, "config.yaml")
+        dataset = Dataset(name=dataset_uri.rstrip("/").rsplit("/", 1)[-1], digest=dataset_hash,
+                          source_type="s3" if storage.is_s3(dataset_uri) else "local",
+                          source=json.dumps({"uri": dataset_uri}))
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
+                                                                                             "training")])])
 
     def finish(self, status: str = "FINISHED", timeout: float | None = 600) -> bool:
         """Send everything, then mark the run FINISHED, FAILED or KILLED (its reason is a tag set before:

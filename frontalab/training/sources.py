@@ -19,7 +19,7 @@ import yaml
 from frontalab import storage
 from frontalab.config import ConfigError
 from frontalab.models import pretrained
-from frontalab.tracking import store
+from frontalab.tracking import registry, store
 from frontalab.training.checkpoints import UnreadableModel
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -33,9 +33,9 @@ def checkpoint_file(spec: str, into: Path) -> Path:
         except pretrained.UnknownPretrained as err:
             raise ConfigError(str(err)) from None
     if spec.startswith("models:/"):
-        return model_folder_checkpoint(store.download_model(spec, into), spec)
+        return model_folder_checkpoint(registry.download_model(spec, into), spec)
     if RUN_ID.fullmatch(spec):
-        return store.latest_checkpoint_artifact(store.client(), spec, into)
+        return registry.latest_checkpoint_artifact(store.client(), spec, into)
     if storage.is_s3(spec):
         return storage.cached(spec)
     if Path(spec).is_dir():

@@ -41,7 +41,7 @@ from frontalab.models.parallel import world
 from frontalab.naming import (COMMIT_TAG, CONFIG_HASH_TAG, DATASET_HASH_TAG, DECODER_TAG, ENCODER_TAG, HOST_TAG,
                               LANDMARK_MODEL, VALIDATION_PREFIX)
 from frontalab.tracking.provenance import git_commit, host
-from frontalab.tracking.store import ensure_landmark_model, log_training_inputs
+from frontalab.tracking.registry import ensure_landmark_model
 from frontalab.tracking.outcome import FINISHED, Outcome, interrupt, on_stop_signals, run_outcome
 from frontalab.tracking.tracker import NullTracker, Tracker
 from frontalab.training.checkpoints import (MODEL_KEYS, UnreadableModel, architecture_differences, check_fits,
@@ -322,8 +322,7 @@ def mlflow_tracker_factory(parent_run_id: Optional[str] = None, run_name: str = 
         if not resume_run_id:
             shown = OmegaConf.to_container(cfg, resolve=True)
             shown.pop("services", None)  # endpoints are the machine's, not the trial's
-            log_training_inputs(tracker.client, tracker.run_id, OmegaConf.to_yaml(shown), cfg.data.path,
-                                tags[DATASET_HASH_TAG])
+            tracker.log_training_inputs(OmegaConf.to_yaml(shown), cfg.data.path, tags[DATASET_HASH_TAG])
         return tracker
 
     return open_tracker
