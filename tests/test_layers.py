@@ -23,9 +23,8 @@ def test_every_namespaced_tag_is_spelled_only_in_naming():
     tags = {value for name, value in vars(naming).items() if name.endswith("_TAG") and isinstance(value, str)
             and value.startswith(("frontalab.", "mlflow."))}
     assert len(tags) >= 10
-    # As a string, in an MLflow filter (tags.`…`, tags.…) or in single backticks (docs use double ones).
+    # As a string, or in an MLflow filter (tags.`…`, tags.…). Docs may name one: `frontalab.sweep` is a module too.
     spelled = [f"{path.relative_to(ROOT)}: {tag}" for path in [*(ROOT / "frontalab").rglob("*.py"), *(ROOT / "tools").glob("*.py")]
                if path.name != "naming.py" for tag in tags
-               if re.search(rf"""["']{re.escape(tag)}["']|tags\.`?{re.escape(tag)}|(?<!`)`{re.escape(tag)}`(?!`)""",
-                            path.read_text())]
+               if re.search(rf"""["']{re.escape(tag)}["']|tags\.`?{re.escape(tag)}""", path.read_text())]
     assert not spelled, spelled
