@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -378,12 +379,13 @@ def searcher_trials(cfg, tune_experiment: str) -> list:
 
     from frontalab import services, storage
 
-    os.environ.update(services.client_env(cfg))
-    folder = f"s3://frontalab/sweeps/{tune_experiment}"
-    state = [f for f in storage.list_files(folder) if Path(f).name.startswith("searcher-state")]
-    assert state, f"no searcher state under {folder}"
-    searcher = OptunaSearch()
-    searcher.restore(str(storage.cached(sorted(state)[-1])))
+    # Only while reading: a client environment left behind would make later tests' own services look remote.
+    with mock.patch.dict(os.environ, services.client_env(cfg)):
+        folder = f"s3://frontalab/sweeps/{tune_experiment}"
+        state = [f for f in storage.list_files(folder) if Path(f).name.startswith("searcher-state")]
+        assert state, f"no searcher state under {folder}"
+        searcher = OptunaSearch()
+        searcher.restore(str(storage.cached(sorted(state)[-1])))
     return searcher._ot_study.trials
 
 
