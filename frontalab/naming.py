@@ -57,6 +57,7 @@ STATUS_REASON_TAG = "frontalab.status_reason"
 TRACKING_INCOMPLETE_TAG = "frontalab.tracking_incomplete"
 STOPPED_EARLY_TAG = "frontalab.stopped_early_at"
 WORKER_NODES_TAG = "ray.worker_node_ids"  # a data-parallel trial's workers' nodes, in rank order
+NODE_TAG = "ray.node_id"  # the node a sweep's trial runs on
 PARENT_RUN_TAG = "mlflow.parentRunId"
 # What made a trial's run: `promote` copies the first four into the registered version's lineage.
 COMMIT_TAG, CONFIG_HASH_TAG, DATASET_HASH_TAG, ENCODER_TAG = "git_commit", "config_hash", "dataset_hash", "encoder"

@@ -16,12 +16,12 @@ def test_no_import_cycles():
 
 
 def test_every_namespaced_tag_is_spelled_only_in_naming():
-    """A tag of ours (``frontalab.…``) or of MLflow's (``mlflow.…``) is written as a literal only in
+    """A tag of ours (``frontalab.…``, ``ray.…``) or of MLflow's (``mlflow.…``) is written as a literal only in
     frontalab/naming.py; everything else, tools included, uses its name there."""
     from frontalab import naming
 
     tags = {value for name, value in vars(naming).items() if name.endswith("_TAG") and isinstance(value, str)
-            and value.startswith(("frontalab.", "mlflow."))}
+            and value.startswith(("frontalab.", "mlflow.", "ray."))}
     assert len(tags) >= 10
     # As a string, or in an MLflow filter (tags.`…`, tags.…). Docs may name one: `frontalab.sweep` is a module too.
     spelled = [f"{path.relative_to(ROOT)}: {tag}" for path in [*(ROOT / "frontalab").rglob("*.py"), *(ROOT / "tools").glob("*.py")]

@@ -35,7 +35,7 @@ from frontalab.config import ConfigError, load_config, load_sweep, search_overri
 from frontalab.data.dataset import read_manifest
 from frontalab.models.build import encoder_from_config
 from frontalab.models.landmark_net import load_landmark_net
-from frontalab.naming import (SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, TUNE_EXPERIMENT_TAG, bundle_tag,
+from frontalab.naming import (HOST_TAG, NODE_TAG, SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, TUNE_EXPERIMENT_TAG, bundle_tag,
                               sweep_experiment, trial_run_name)
 from frontalab.tracking import store, sweep_runs
 from frontalab.sweep.report import TrialRecord, refresh, report_refresher, trial_records
@@ -136,7 +136,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
     client = store.client()
     run_id = sweep_runs.find_child_run(client, store.experiment_id(client, experiment), trial_id)
     trial_tags = {TRIAL_TAG: trial_id, TRIAL_NAME_TAG: ctx.get_trial_name(), SWEEP_TAG: sweep,
-                  "ray.node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                  NODE_TAG: ray.get_runtime_context().get_node_id(), HOST_TAG: socket.gethostname(),
                   # A named bundle (an ablation arm) is a tag, so the UI can group and compare by it.
                   **{bundle_tag(key): value["name"] for key, value in config.items()
                      if isinstance(value, dict) and "name" in value}}
