@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 from frontalab.naming import STATUS_REASON_TAG, STOPPED_EARLY_TAG
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"  # MLflow's run statuses that end a run
+RUNNING = "RUNNING"  # and the one before
 INTERRUPTED = "interrupted"  # the reason of a run ended by Ctrl-C or SIGTERM
 
 

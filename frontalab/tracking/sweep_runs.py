@@ -13,7 +13,7 @@ from typing import Optional
 from frontalab.naming import (COMMAND_TAG, NOTE_TAG, PARENT_RUN_TAG, ROLE_SWEEP, ROLE_TAG, STOPPED_EARLY_TAG, SWEEP_TAG,
                               TRIAL_TAG, TUNE_EXPERIMENT_TAG)
 from frontalab.tracking import store
-from frontalab.tracking.outcome import Outcome
+from frontalab.tracking.outcome import FINISHED, RUNNING, Outcome
 
 
 def find_child_run(client, experiment_id: str, trial_id: str) -> Optional[str]:
@@ -28,7 +28,7 @@ def end_trial_run(experiment: str, trial_id: str, outcome: Outcome, step: Option
     a data-parallel trial's workers, which go with their trial); ``step``: its last reported step."""
     c = store.client()
     run_id = find_child_run(c, store.experiment_id(c, experiment), trial_id)
-    if run_id and c.get_run(run_id).info.status == "RUNNING":
+    if run_id and c.get_run(run_id).info.status == RUNNING:
         store.end_run(c, run_id, outcome, step)
 
 
@@ -54,7 +54,7 @@ def sweep_parent_run(client, experiment_id: str, sweep: str, resume: bool, comma
     if resume:
         latest = latest_sweep_parent(client, experiment_id, sweep)
         if latest is not None:
-            client.update_run(latest.info.run_id, status="RUNNING")
+            client.update_run(latest.info.run_id, status=RUNNING)
             client.set_tag(latest.info.run_id, TUNE_EXPERIMENT_TAG, tune_experiment)
             return latest.info.run_id
     run = store.create_run(client, experiment_id, sweep, {SWEEP_TAG: sweep, ROLE_TAG: ROLE_SWEEP, COMMAND_TAG: command,
@@ -96,7 +96,7 @@ def log_sweep_results(client, parent: str, results_table, best_tags: dict[str, s
         results_table.to_csv(Path(tmp) / "results.csv", index=False)
         client.log_artifacts(parent, tmp, "results")
     client.log_batch(parent, tags=[RunTag(k, v) for k, v in {**best_tags, NOTE_TAG: description}.items()])
-    client.set_terminated(parent, status="FINISHED")
+    client.set_terminated(parent, status=FINISHED)
 
 
 def log_report(client, parent: str, folder: Path, metrics: dict[str, float], step: int) -> None:

@@ -35,6 +35,7 @@ import numpy as np
 from frontalab import storage
 from frontalab.config import TrackingConfig
 from frontalab.naming import PARENT_RUN_TAG, TRACKING_INCOMPLETE_TAG
+from frontalab.tracking.outcome import FINISHED, RUNNING
 from frontalab.tracking.store import client as store_client, create_run, experiment_id
 from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step, release_upload
 
@@ -147,7 +148,7 @@ class Tracker:
                     found = image_key_step(Path(f.path).name)
                     if found:
                         done.setdefault(f"image:{found[0]}", set()).add(found[1])
-                client.update_run(run_id, status="RUNNING")
+                client.update_run(run_id, status=RUNNING)
             else:
                 all_tags = dict(tags or {})
                 if parent_run_id:
@@ -280,7 +281,7 @@ class Tracker:
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
                                                                                              "training")])])
 
-    def finish(self, status: str = "FINISHED", timeout: float | None = 600) -> bool:
+    def finish(self, status: str = FINISHED, timeout: float | None = 600) -> bool:
         """Send everything, then mark the run FINISHED, FAILED or KILLED (its reason is a tag set before:
         `frontalab.tracking.outcome`). False if the server stayed unreachable for ``timeout`` seconds or the
         sender died."""
@@ -351,4 +352,4 @@ class NullTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: dict[str, Any]) -> None: ...
     def flush(self, timeout: float | None = None) -> bool: return True
-    def finish(self, status: str = "FINISHED", timeout: float | None = 600) -> bool: return True
+    def finish(self, status: str = FINISHED, timeout: float | None = 600) -> bool: return True

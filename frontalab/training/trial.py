@@ -42,7 +42,7 @@ from frontalab.naming import (COMMIT_TAG, CONFIG_HASH_TAG, DATASET_HASH_TAG, DEC
                               LANDMARK_MODEL, VALIDATION_PREFIX)
 from frontalab.tracking.provenance import git_commit, host
 from frontalab.tracking.registry import ensure_landmark_model
-from frontalab.tracking.outcome import FINISHED, Outcome, interrupt, on_stop_signals, run_outcome
+from frontalab.tracking.outcome import FINISHED, RUNNING, Outcome, interrupt, on_stop_signals, run_outcome
 from frontalab.tracking.tracker import NullTracker, Tracker
 from frontalab.training.checkpoints import (MODEL_KEYS, UnreadableModel, architecture_differences, check_fits,
                                             checkpoint_config,
@@ -106,7 +106,7 @@ class TrialState:
     metrics: dict[str, float] = field(default_factory=dict)
     checkpoint: Optional[str] = None
     run_id: Optional[str] = None
-    status: str = "RUNNING"
+    status: str = RUNNING
     tracking_complete: bool = True  # False when not every point reached MLflow (the journal has them)
 
 
@@ -281,7 +281,7 @@ class Trial:
             if at_val or at_ckpt:
                 self._validate_and_report(checkpoint=at_ckpt, validate=at_val)
         if self.state.step >= t.steps:  # also a run resumed from a checkpoint past train.steps
-            self.state.status = "FINISHED"
+            self.state.status = FINISHED
         return self.state
 
     def _validate_and_report(self, checkpoint: bool, validate: bool = True) -> None:

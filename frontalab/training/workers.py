@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from frontalab.compute import connect
+from frontalab.tracking.outcome import FAILED, outcome_of
 from frontalab.tracking.tracker import NullTracker
 from frontalab.naming import WORKER_NODES_TAG
 from frontalab.training.checkpoints import claim_folder, default_checkpoint_dir, newest_readable_checkpoint
@@ -126,7 +127,8 @@ def _worker_loop(loop: dict[str, Any]) -> None:
                               tracker_factory=open_tracker, encoder=loop.get("encoder"),
                               landmark_net=loop.get("landmark_net"))
         except NonFiniteLoss as err:  # the run is FAILED with its reason; a restart would meet it again
-            ray.train.report({FINAL: 1, "status": "FAILED", "reason": str(err)})
+            outcome = outcome_of(err, in_trial=True)
+            ray.train.report({FINAL: 1, "status": outcome.status, "reason": outcome.reason})
             return
         ray.train.report({FINAL: 1, "step": state.step, "status": state.status, "run_id": state.run_id,
                           "tracking_complete": state.tracking_complete,
@@ -167,7 +169,7 @@ def train_on_workers(cfg: DictConfig, tracker_factory: Callable[..., Any], *, st
     result, final = _fit_forwarding(trainer, reports, report)
     if final.get("reason"):  # every worker met the same non-finite loss (the workers' mean)
         raise NonFiniteLoss(final["reason"])
-    return TrialState(step=int(final.get("step", 0)), run_id=final.get("run_id"), status=final.get("status", "FAILED"),
+    return TrialState(step=int(final.get("step", 0)), run_id=final.get("run_id"), status=final.get("status", FAILED),
                       tracking_complete=bool(final.get("tracking_complete", True)),
                       checkpoint=_checkpoint_file(result.checkpoint),
                       metrics={k: v for k, v in final.items() if k.startswith("val/")})
