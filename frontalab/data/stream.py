@@ -62,7 +62,7 @@ class ShardStream:
         if self.batch_size % workers:
             raise ConfigError(f"train.batch_size={self.batch_size} (the whole batch) does not split evenly over "
                               f"resources.workers={workers}")
-        share, self.workers = self.batch_size // workers, workers
+        share = self.batch_size // workers
         self.share = slice(rank * share, (rank + 1) * share)  # this worker's rows of every batch
         self.window = max(1, min(window, len(self.shards)))
         self.windows_per_epoch = -(-len(self.shards) // self.window)
@@ -81,8 +81,9 @@ class ShardStream:
         """A window's rows in source order, and the shuffled order they are handed out in (batches gather
         by it, so no shuffled copy of the window is ever held).
 
-        ``phase``: the place in its batch of the window's first row handed out. One of several workers decodes
-        only the rows that fall in its share of their batches; the others' images stay zero, never handed out.
+        ``phase``: the place in its batch of the window's first row handed out. A worker decodes only the rows that
+        fall in its share of their batches (a lone worker's share is the whole batch); the others' images stay zero,
+        never handed out.
         """
         generator = torch.Generator().manual_seed(_seed(self.seed, epoch, window + 1))
         order: list[torch.Tensor] = []
@@ -96,8 +97,8 @@ class ShardStream:
 
         rows = read_rows(self.uri, self.window_shards(epoch, window), self.split, self.encoder, self.image_size,
                          self.prepared, self.threads, cache_bytes=self.cache_bytes,
-                         decoded=own_rows if self.workers > 1 else None)
-        return rows, order[0] if order else torch.randperm(len(rows), generator=generator)
+                         decoded=own_rows)
+        return rows, order[0]
 
     def _following(self, epoch: int, window: int) -> tuple[int, int]:
         return (epoch, window + 1) if window + 1 < self.windows_per_epoch else (epoch + 1, 0)
