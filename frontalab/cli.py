@@ -21,11 +21,12 @@ import numpy as np
 from PIL import Image
 
 from frontalab import services, storage
-from frontalab.config import ConfigError, SweepConfig, load_config, load_sweep, to_yaml
+from frontalab.config import SweepConfig, load_config, load_sweep, to_yaml
 from frontalab.data.decode import IMAGE_SUFFIXES, Skip, decode
 from frontalab.data.faces import demo_source, identity_source
 from frontalab.naming import sweep_experiment
 from frontalab.paths import state_dir
+from frontalab.sections import ConfigError
 from frontalab.testing import LocalCluster
 from frontalab.training.sources import RUN_ID
 from frontalab.verbosity import VERBOSE_ENV, quiet_libraries
@@ -37,7 +38,7 @@ GRID_ROWS = 16  # photo | frontal face rows in `frontalize --grid`
 EXIT_STATUS = {
     0: ("success", None),
     1: ("runtime failure, or a sweep with trials that ended in error (named on stderr)", None),
-    2: ("bad usage or bad config (the key is named)", "frontalab.config.ConfigError"),
+    2: ("bad usage or bad config (the key is named)", "frontalab.sections.ConfigError"),
     3: ("a service unreachable or not healthy", "frontalab.services.state.ServiceError"),
     4: ("a port taken", "frontalab.services.state.PortInUseError"),
     5: ("a dataset missing or unprepared", "frontalab.data.dataset.IncompleteDataset"),

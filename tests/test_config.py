@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from frontalab.config import ConfigError, config_hash, flatten, load_config
+from frontalab.config import config_hash, flatten, load_config
 from frontalab.naming import SELECTION_METRIC
+from frontalab.sections import ConfigError
 
 
 def run_cli(*args):

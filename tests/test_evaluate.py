@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from frontalab.config import ConfigError
 from frontalab.data.teacher import canonical_box, read_output
 from frontalab import evaluation as ev
 from frontalab.measure import Outputs, pose_and_mouth
 from frontalab.naming import DLIB_RESNET
+from frontalab.sections import ConfigError
 
 
 def faces_of(person, emb_in, emb_out, pose_in, pose_out) -> ev.Faces:

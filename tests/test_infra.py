@@ -30,8 +30,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from frontalab.config import ServicesConfig
 from frontalab import services
+from frontalab.sections import ServicesConfig
 from frontalab.services.endpoints import MLFLOW_AUTH_DEFAULT_PERMISSION, MLFLOW_LOGIN_ENV
 from frontalab.services.mlflow_server import MLFLOW_AUTH_APP
 

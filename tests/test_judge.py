@@ -129,7 +129,7 @@ def test_config_refuses_the_judge_as_an_encoder(key):
 
 
 def test_promote_refuses_to_select_by_the_judge():
-    from frontalab.config import ConfigError
+    from frontalab.sections import ConfigError
     from frontalab.serving.promotion import best_trial_run
 
     with pytest.raises(ConfigError, match="grades evaluations only"):

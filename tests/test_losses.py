@@ -304,16 +304,30 @@ def test_cole_objective_has_its_terms_and_the_blur_reaches_only_the_encoders(fro
     assert "cole.perceptual" not in generator_terms(frozen, *cole[:-1])  # weight 0: never computed
 
 
-def test_every_loss_key_is_a_term_or_an_option_and_every_decoder_a_paper():
+def test_the_loss_section_is_made_from_the_term_table_and_every_decoder_is_a_paper():
     from dataclasses import fields
 
-    from frontalab.config import ModelConfig, load_config
+    from frontalab.config import LossOptions, load_config
     from frontalab.losses.papers import PAPERS, paper
-    from frontalab.losses.terms import check_loss_keys
+    from frontalab.losses.terms import TERMS, weight
+    from frontalab.sections import ConfigError, ModelConfig
 
-    check_loss_keys(load_config(None, []).loss)
-    with pytest.raises(KeyError, match="loss.cole.sharpness weighs no loss term"):
-        check_loss_keys({"texture": 1.0, "cole": {"sharpness": 2.0}})
+    loss = load_config(None, []).loss
+    weights = {t.key: t.default for t in TERMS if t.phase == "G"}
+    options = {f.name for f in fields(LossOptions)}
+
+    def keys(node, prefix=""):
+        return {k for name, v in node.items()
+                for k in (keys(v, f"{prefix}{name}.") if hasattr(v, "items") else {prefix + name})}
+
+    # Every key of the section is a term's weight, at the row's default, or an option: none is a silent no-op.
+    assert keys(loss) == set(weights) | options and not set(weights) & options
+    assert {key: weight(loss, key) for key in weights} == weights
+    assert weights["alpha_geo"] == 160 and weights["cole.texture"] == 100  # the papers' values
+    with pytest.raises(ConfigError, match="unknown config key 'loss.cole.sharpness'"):
+        load_config(None, ["loss.cole.sharpness=2"])
+    with pytest.raises(ConfigError, match="'loss.identity_relation'.*outside the valid range"):
+        load_config(None, ["loss.identity_relation=-1"])
     choices = next(f for f in fields(ModelConfig) if f.name == "decoder").metadata["choices"]
     assert set(choices) == set(PAPERS)
     with pytest.raises(ValueError, match="model.decoder='pix2pix' is none of thesis, cole"):

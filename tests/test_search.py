@@ -8,7 +8,8 @@ import random
 import pytest
 from omegaconf import OmegaConf
 
-from frontalab.config import ConfigError, load_sweep
+from frontalab.config import load_sweep
+from frontalab.sections import ConfigError
 from frontalab.sweep.report import TrialRecord, best_so_far, importance, table, write_plots
 
 QUICK = "sweeps/quick.yaml"

@@ -124,7 +124,7 @@ def test_data_parallel_workers_each_stream_their_part_of_every_batch_and_resume_
     """Two workers' parts of each batch, in rank order, are the one-worker batch (across windows and epochs):
     every epoch dealt out with no gap and no repeat; a worker resumed from the shared position goes on alike.
     Each worker decodes only its own rows: the images it hands out are the one-worker stream's, none left blank."""
-    from frontalab.config import ConfigError
+    from frontalab.sections import ConfigError
 
     def batches(s, count: int) -> list[dict]:
         return [s.next(torch.device("cpu")) for _ in range(count)]

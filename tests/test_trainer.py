@@ -558,7 +558,7 @@ def test_facenet_trial_feeds_its_encoder_as_prepare_did(small_source, tmp_path):
 
 def test_init_from_starts_the_decoder_from_another_models_weights_and_refuses_another_architecture(
         small_dataset, tmp_path):
-    from frontalab.config import ConfigError
+    from frontalab.sections import ConfigError
 
     source = make_trial(small_dataset, "loss.adversarial=0", "train.steps=2", "train.val_every=2",
                         f"train.checkpoint_dir={tmp_path / 'source'}")

@@ -42,7 +42,6 @@ from tqdm import tqdm
 
 from frontalab import storage
 from frontalab.compute import cluster_cpus, connect
-from frontalab.config import ConfigError, PrepareConfig
 from frontalab.data import decode as dec
 from frontalab.data import morph
 from frontalab.data.crop import crop, loose_crop_box, points_to_crop
@@ -51,6 +50,7 @@ from frontalab.data.schema import (CONTENT_KEYS, DLIB_CHIP, FORMAT, INPUTS, KEPT
 from frontalab.data.teacher import LandmarkTeacher, head_pose
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import build_encoder, fit_input
+from frontalab.sections import ConfigError, PrepareConfig
 
 def _unit_hash(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / float(16**12)

@@ -28,8 +28,8 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 import torch
 
-from frontalab.config import ConfigError
 from frontalab.data.dataset import Rows, no_faces, read_manifest, read_rows, read_table, shards_of
+from frontalab.sections import ConfigError
 
 
 class Position(NamedTuple):

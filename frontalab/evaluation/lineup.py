@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from frontalab.config import ConfigError
 from frontalab.data.crop import encoder_chip
 from frontalab.data.decode import IMAGE_SUFFIXES, Skip, decode
 from frontalab.evaluation.judge import FaceResJudge
 from frontalab.evaluation.metrics import distance_matrix
 from frontalab.evaluation.run import load_model
 from frontalab.measure import embed, measure_outputs
+from frontalab.sections import ConfigError
 from frontalab.serving.frontalizer import side_by_side
 
 

@@ -29,7 +29,6 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from frontalab.config import ConfigError
 from frontalab.data.crop import crop, encoder_chip, loose_crop_box
 from frontalab.data.decode import IMAGE_SUFFIXES, UNREADABLE, Skip, decode
 from frontalab.data.faces import identity_source
@@ -44,6 +43,7 @@ from frontalab.models import landmarks as lm
 from frontalab.models.encoders import build_encoder
 from frontalab.naming import DLIB_RESNET, VERSION_RUN_TAG
 from frontalab.paths import state_dir
+from frontalab.sections import ConfigError
 from frontalab.serving.frontalizer import Frontalizer, canonical_texture
 from frontalab.tracking import registry
 from frontalab.tracking.provenance import command_line

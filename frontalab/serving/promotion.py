@@ -22,10 +22,10 @@ from typing import Any, Optional
 import pandas as pd
 import torch
 
-from frontalab.config import ConfigError
 from frontalab.models.encoders import encoder_bundle
 from frontalab.naming import (CHAMPION, FACE_SHARE_METRIC, JUDGE_ENCODER, MODEL_NAME, SELECTION_METRIC,
                               SELECTION_MODE, LINEAGE_TAGS, TRIAL_TAG, VERSION_RUN_TAG, sweep_experiment)
+from frontalab.sections import ConfigError
 from frontalab.serving.frontalizer import Frontalizer, to_png
 from frontalab.serving.pyfunc import serving_limits, signature
 from frontalab.tracking import registry, store, sweep_runs

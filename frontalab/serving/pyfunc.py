@@ -31,9 +31,9 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 import pandas as pd
 import torch
 
-from frontalab.config import PromoteConfig
 from frontalab.data.decode import MAX_PIXELS, NO_FACE, NOT_AN_IMAGE, TOO_LARGE, Skip, decode
 from frontalab.models.encoders import FaceEncoder, encoder_from_bundle
+from frontalab.sections import PromoteConfig
 from frontalab.serving.frontalizer import Frontalizer, to_png
 from frontalab.tracking import registry
 from frontalab.training.checkpoints import UntrustedPickle

@@ -31,12 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from frontalab import storage
 from frontalab.compute import connect
-from frontalab.config import ConfigError, load_config, load_sweep, search_overrides
+from frontalab.config import load_config, load_sweep, search_overrides
 from frontalab.data.dataset import read_manifest
 from frontalab.models.build import encoder_from_config
 from frontalab.models.landmark_net import load_landmark_net
 from frontalab.naming import (HOST_TAG, NODE_TAG, SWEEP_TAG, TRIAL_NAME_TAG, TRIAL_TAG, TUNE_EXPERIMENT_TAG, bundle_tag,
                               sweep_experiment, trial_run_name)
+from frontalab.sections import ConfigError
 from frontalab.tracking import store, sweep_runs
 from frontalab.sweep.report import TrialRecord, refresh, report_refresher, trial_records
 from frontalab.tracking.provenance import command_line

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from frontalab.config import ConfigError
 from frontalab.naming import ASSET_SHA_TAG, ASSETS_EXPERIMENT, CHAMPION, LANDMARK_MODEL, PREVIOUS, ROLE_ASSET, ROLE_TAG
+from frontalab.sections import ConfigError
 from frontalab.tracking import store
 
 

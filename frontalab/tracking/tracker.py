@@ -33,8 +33,8 @@ from typing import Any, Optional
 import numpy as np
 
 from frontalab import storage
-from frontalab.config import TrackingConfig
 from frontalab.naming import PARENT_RUN_TAG, TRACKING_INCOMPLETE_TAG
+from frontalab.sections import TrackingConfig
 from frontalab.tracking.outcome import FINISHED, RUNNING
 from frontalab.tracking.store import client as store_client, create_run, experiment_id
 from frontalab.tracking.uploads import held_uploads, hold_for_upload, image_key_step, release_upload

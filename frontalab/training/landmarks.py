@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from frontalab import storage
-from frontalab.config import ConfigError
 from frontalab.data.dataset import FaceDataset
 from frontalab.models import landmarks as lm
 from frontalab.models.landmark_net import LandmarkNet, default_weights_path, nme
+from frontalab.sections import ConfigError
 
 EVAL_BATCH = 128
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from frontalab import storage
-from frontalab.config import ConfigError
 from frontalab.models import pretrained
+from frontalab.sections import ConfigError
 from frontalab.tracking import registry, store
 from frontalab.training.checkpoints import UnreadableModel
 

@@ -16,7 +16,6 @@ import torch
 from omegaconf import DictConfig
 
 from frontalab.losses.papers import paper
-from frontalab.losses.terms import check_loss_keys
 from frontalab.models import landmarks as lm
 from frontalab.models.encoders import encoder_input
 from frontalab.models.parallel import parallel, synced_batch_norm
@@ -49,7 +48,6 @@ class Learner:
         self.cfg, self.device, self.encoder = cfg, device, encoder
         self.nan_at = int(os.environ.get(NAN_AT_ENV) or 0)
         self.G = G.to(device)
-        check_loss_keys(cfg.loss)  # a weight with no term would be a silent no-op
         system = paper(cfg.model.decoder)
         self.D = Discriminator().to(device) if system.has_discriminator(cfg) else None
         if parallel():  # normalise with the whole batch's statistics (`frontalab.training.distributed`)

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
-from frontalab.config import ConfigError, config_hash, training_params
+from frontalab.config import config_hash, training_params
 from frontalab.data.stream import ShardStream, feature_sample, first_rows
 from frontalab.data.teacher import LandmarkTeacher
 from frontalab.losses.papers import build_generator, paper
@@ -40,6 +40,7 @@ from frontalab.models.landmark_net import default_weights_path, load_landmark_ne
 from frontalab.models.parallel import world
 from frontalab.naming import (COMMIT_TAG, CONFIG_HASH_TAG, DATASET_HASH_TAG, DECODER_TAG, ENCODER_TAG, HOST_TAG,
                               LANDMARK_MODEL, VALIDATION_PREFIX)
+from frontalab.sections import ConfigError
 from frontalab.tracking.provenance import git_commit, host
 from frontalab.tracking.registry import ensure_landmark_model
 from frontalab.tracking.outcome import FINISHED, RUNNING, Outcome, interrupt, on_stop_signals, run_outcome
