@@ -296,6 +296,20 @@ def test_region_scale_moves_the_face_region_of_the_terms_that_use_it(frozen):
     assert generator_terms(frozen) == generator_terms(frozen, "loss.region_scale=1.4")
 
 
+def test_pixel_symmetry_is_zero_for_a_mirror_image_and_a_thesis_term_off_by_default(frozen):
+    from frontalab.config import load_config
+    from frontalab.losses.texture import pixel_symmetry_loss
+
+    mirrored = torch.linspace(-1, 1, 8).abs().expand(2, 3, 8, 8)  # every row reads the same both ways
+    assert pixel_symmetry_loss(mirrored).item() == 0
+    halves = torch.ones(1, 3, 8, 8)
+    halves[..., 4:] = -1  # +1 on the left, -1 on the right: every pixel 2 from its mirror
+    assert pixel_symmetry_loss(halves).item() == pytest.approx(2.0)
+    assert load_config(None, []).loss.pixel_symmetry == 0  # ours: the thesis is the default
+    base, on = generator_terms(frozen), generator_terms(frozen, "loss.pixel_symmetry=0.5")
+    assert "pixel_symmetry" not in base and on.pop("pixel_symmetry") > 0 and on == base
+
+
 def test_cole_objective_has_its_terms_and_the_blur_reaches_only_the_encoders(frozen):
     cole = ("model.decoder=cole", "model.cole_hidden=16", "model.cole_channels=16", "loss.cole.perceptual=1")
     base, blurred = generator_terms(frozen, *cole), generator_terms(frozen, *cole, "loss.encoder_blur=1.5")

@@ -21,6 +21,7 @@ from frontalab.losses.adversarial import discriminator_adversarial_loss, generat
 from frontalab.losses.cole import cole_identity_loss, cole_landmark_loss, cole_texture_loss
 from frontalab.losses.identity import identity_cosine_loss, identity_l2_loss, identity_relation_loss
 from frontalab.losses.mask import mask_loss
+from frontalab.losses.texture import pixel_symmetry_loss
 
 THESIS, COLE = "thesis", "cole"  # the papers: `model.decoder`'s values
 
@@ -57,6 +58,8 @@ TERMS: tuple[Term, ...] = (
          lambda c: identity_relation_loss(c.batch["embedding"], c.identity_embedding)),
     Term("perceptual", THESIS, "ours: L1 of the encoder's feature maps of the output and of I*",
          lambda c: c.perceptual()),
+    Term("pixel_symmetry", THESIS, "ours, after TP-GAN (Huang et al. 2017, eq. 4): L1 of F_O to its mirror image",
+         lambda c: pixel_symmetry_loss(c.out.composite)),
     Term("adversarial", THESIS, "eq. 3.10: LSGAN generator loss on F_N",
          lambda c: generator_adversarial_loss(c.D(c.out.noisy)), default=1.0),
     Term("adversarial", THESIS, "eq. 3.11: LSGAN discriminator loss, real inputs against F_N",

@@ -1,4 +1,4 @@
-"""Thesis texture loss (§3.5.1, eq. 3.1)."""
+"""Texture losses: the thesis' L1 to the input warped to the canonical face (§3.5.1, eq. 3.1), and our mirror symmetry."""
 
 from __future__ import annotations
 
@@ -56,3 +56,9 @@ def texture_loss(warped_inputs: torch.Tensor, outputs: torch.Tensor, output_poin
     if region is not None:
         return (diff * region).mean() / region.mean()
     return diff.mean()
+
+
+def pixel_symmetry_loss(images: torch.Tensor) -> torch.Tensor:
+    """Mean |I(x, y) - I(W-1-x, y)|: how far faces are from their own mirror images (TP-GAN's symmetry loss,
+    Huang et al. 2017, eq. 4, as a mean). A frontal face is nearly so; a stripe or a cast on one side is not."""
+    return (images - images.flip(-1)).abs().mean()
