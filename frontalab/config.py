@@ -5,8 +5,10 @@ file, then dotlist overrides (``loss.alpha_geo=160 model.out_size=64``). OmegaCo
 wrong types; `validate` then checks ranges and choices declared next to each field. Every failure is a
 `ConfigError` naming the key, which the CLI turns into exit status 2.
 
-The loss section's weights are made from the loss terms' table (`frontalab.losses.terms`): a term's row holds
-its weight's default, so a weight with no term cannot be written and a new term needs nothing here.
+The sections that depend on the shared library are here: the model's decoder is one of the papers' systems
+(`frontalab.losses.papers`), and the loss section's weights are made from the loss terms' table
+(`frontalab.losses.terms`): a term's row holds its weight's default, so a weight with no term cannot be written
+and a new term needs nothing here.
 """
 
 from __future__ import annotations
@@ -21,11 +23,31 @@ from typing import Any, Dict, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from frontalab.losses.terms import TERMS
+from frontalab.losses.papers import PAPERS, paper
+from frontalab.losses.terms import TERMS, THESIS
 from frontalab.naming import JUDGE_ENCODER, SELECTION_METRIC, SELECTION_MODE
 from frontalab.sections import (ConfigError, DataConfig, EncoderConfig, EvaluateConfig, LandmarksConfig,
-                                ModelConfig, PrepareConfig, PromoteConfig, ResourcesConfig, ServicesConfig,
+                                PrepareConfig, PromoteConfig, ResourcesConfig, ServicesConfig,
                                 TrackingConfig, TrainConfig, setting)
+
+
+@dataclass
+class ModelConfig:
+    decoder: str = setting(THESIS, choices=tuple(PAPERS), doc="thesis (Wang 2019) or cole (Cole et al. 2017)")
+    out_size: int = setting(320, choices=(64, 128, 160, 320), doc="output side in pixels; decoder depth and width follow from it")
+    mask: bool = setting(True, doc="thesis attention-mask branch (F_O = M*F_N + (1-M)*1)")
+    norm: str = setting("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
+    width: int = setting(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 px "
+                                            "its widths are 48..6 channels, too few for detail)")
+    input_texture: bool = setting(False, doc="our departure (false = the papers): the decoder also sees the input warped "
+                                             "to the canonical landmarks (the texture term's I*) through U-Net skips and "
+                                             "draws its texture as a residual over it, so outputs keep the person's own face")
+    test_views: int = setting(6, choices=(1, 2, 6), doc="encoder views averaged when frontalizing (frontalize, evaluate, "
+                                                         "serving; training and validation use one): 1 = the input chip, 2 = "
+                                                         "and its mirror image, 6 = both also zoomed by 0.93 and 1.07")
+    cole_hidden: int = setting(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
+    cole_channels: int = setting(256, lo=8, doc="channels of Cole's texture volume (the paper: 256 at S/4), halved by "
+                                               "each transposed conv; its FC layer holds cole_hidden x (S/4)^2 x this")
 
 
 @dataclass
@@ -168,8 +190,9 @@ def validate(cfg: DictConfig, cls: type = Config, prefix: str = "") -> None:
 
 def check_consistency(cfg: DictConfig) -> None:
     """Rules that span several keys."""
-    if cfg.model.decoder == "thesis" and not cfg.model.mask and cfg.loss.mask > 0:
-        raise ConfigError("config key 'loss.mask' must be 0 when model.mask=false (there is no mask to penalise)")
+    problem = paper(cfg.model.decoder).config_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     if cfg.prepare.min_pitch > cfg.prepare.max_pitch:
         raise ConfigError("config keys 'prepare.min_pitch' and 'prepare.max_pitch': min_pitch must not exceed max_pitch")
 

@@ -26,25 +26,6 @@ def setting(default: Any, *, lo: float | None = None, hi: float | None = None,
 
 
 @dataclass
-class ModelConfig:
-    decoder: str = setting("thesis", choices=("thesis", "cole"), doc="thesis (Wang 2019) or cole (Cole et al. 2017)")
-    out_size: int = setting(320, choices=(64, 128, 160, 320), doc="output side in pixels; decoder depth and width follow from it")
-    mask: bool = setting(True, doc="thesis attention-mask branch (F_O = M*F_N + (1-M)*1)")
-    norm: str = setting("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
-    width: int = setting(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 px "
-                                            "its widths are 48..6 channels, too few for detail)")
-    input_texture: bool = setting(False, doc="our departure (false = the papers): the decoder also sees the input warped "
-                                             "to the canonical landmarks (the texture term's I*) through U-Net skips and "
-                                             "draws its texture as a residual over it, so outputs keep the person's own face")
-    test_views: int = setting(6, choices=(1, 2, 6), doc="encoder views averaged when frontalizing (frontalize, evaluate, "
-                                                         "serving; training and validation use one): 1 = the input chip, 2 = "
-                                                         "and its mirror image, 6 = both also zoomed by 0.93 and 1.07")
-    cole_hidden: int = setting(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
-    cole_channels: int = setting(256, lo=8, doc="channels of Cole's texture volume (the paper: 256 at S/4), halved by "
-                                               "each transposed conv; its FC layer holds cole_hidden x (S/4)^2 x this")
-
-
-@dataclass
 class EncoderConfig:
     name: str = setting("dlib-resnet", choices=ENCODER_NAMES,
                         doc="frozen face-recognition encoder (dlib-resnet runs offline everywhere)")

@@ -2,7 +2,7 @@
 objective that trains it, and what a sample grid shows of its output besides the face.
 
 Everything that asks "which decoder?" (`model.decoder`) asks `paper`; the config's choices for that key are
-these names (a test holds them equal). The loss terms of each are rows of `frontalab.losses.terms`.
+these names. The loss terms of each are rows of `frontalab.losses.terms`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Paper:
     # (config, G, D or None, encoder, landmark student, canonical landmarks) -> the objective
     objective: Callable[[DictConfig, nn.Module, Optional[nn.Module], nn.Module, nn.Module, torch.Tensor], Any]
     preview: Callable[[Any], dict[str, torch.Tensor]]  # the decoder's own columns of a sample grid
+    config_problem: Callable[[DictConfig], str]  # why a config cannot train this system ("" when it can)
 
 
 PAPERS = {
@@ -36,12 +37,15 @@ PAPERS = {
         has_discriminator=lambda cfg: cfg.loss.adversarial > 0,
         objective=lambda cfg, G, D, encoder, landmark_net, canonical: ThesisObjective(
             G, D, encoder, landmark_net, cfg.loss, canonical),
-        preview=lambda out: {"face F_N": out.noisy, **({"mask": out.mask} if out.mask is not None else {})}),
+        preview=lambda out: {"face F_N": out.noisy, **({"mask": out.mask} if out.mask is not None else {})},
+        config_problem=lambda cfg: ("config key 'loss.mask' must be 0 when model.mask=false (there is no mask to "
+                                    "penalise)" if not cfg.model.mask and cfg.loss.mask > 0 else "")),
     COLE: Paper(
         COLE, build_cole,
         has_discriminator=lambda cfg: False,
         objective=lambda cfg, G, D, encoder, landmark_net, canonical: ColeObjective(G, encoder, cfg.loss),
-        preview=lambda out: {"texture": out.texture}),
+        preview=lambda out: {"texture": out.texture},
+        config_problem=lambda cfg: ""),
 }
 
 

@@ -14,14 +14,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from frontalab.config import ModelConfig
 from frontalab.data.crop import crop, encoder_chip, loose_crop_box, points_to_crop
 from frontalab.data.teacher import Box, LandmarkTeacher
+from frontalab.losses.papers import build_generator
 from frontalab.losses.texture import canonical_inputs
 from frontalab.models import landmarks as lm
-from frontalab.models.images import to_tensor, to_uint8
-from frontalab.losses.papers import build_generator
 from frontalab.models.build import encoder_from_config
-from frontalab.sections import ModelConfig, PrepareConfig
+from frontalab.models.images import to_tensor, to_uint8
+from frontalab.sections import PrepareConfig
 from frontalab.training.checkpoints import check_fits, checkpoint_config, load_checkpoint
 
 

@@ -21,10 +21,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from frontalab.config import config_hash, validate
+from frontalab.config import ModelConfig, config_hash, validate
 from frontalab.naming import ENCODER_NAMES
 from frontalab.paths import state_dir
-from frontalab.sections import ConfigError, ModelConfig
+from frontalab.sections import ConfigError
 from frontalab.storage import replace_durably
 
 
