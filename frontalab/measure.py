@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from frontalab.data.crop import encoder_chip
-from frontalab.data.teacher import Box, LandmarkTeacher, head_pose, read_output
+from frontalab.data.teacher import LandmarkTeacher, head_pose, read_output
 from frontalab.metrics import different_people_spread, frontalization_score
 from frontalab.models import landmarks as lm
 from frontalab.models.images import to_tensor
@@ -50,15 +50,14 @@ def colour_cast(rgb: np.ndarray) -> float:
     return float(np.abs(centre - centre.mean(-1, keepdims=True)).mean())
 
 
-def pose_and_mouth(teacher: LandmarkTeacher, rgb: np.ndarray, box: Box) -> tuple[float, float, float]:
-    """(yaw, pitch, mouth opening) of the face in ``box`` from the teacher's 68 points; NaN pose when
-    no pose fits the points (the means skip it)."""
-    points = teacher.landmarks68(rgb, box)
+def pose_and_mouth(points68: np.ndarray, image_shape: tuple[int, int]) -> tuple[float, float, float]:
+    """(yaw, pitch, mouth opening) of a face from the teacher's 68 points in an image of ``image_shape``; NaN
+    pose when no pose fits the points (the means skip it)."""
     try:
-        yaw, pitch, _ = head_pose(points, rgb.shape[:2])
+        yaw, pitch, _ = head_pose(points68, image_shape)
     except ValueError:
         yaw = pitch = float("nan")
-    return yaw, pitch, mouth_opening(points)
+    return yaw, pitch, mouth_opening(points68)
 
 
 def embed(encoder, chips: list[np.ndarray]) -> np.ndarray:
@@ -89,12 +88,13 @@ def measure_outputs(teacher: LandmarkTeacher, outputs: np.ndarray, encoders: Seq
     chips: dict[str, list[np.ndarray]] = {e.name: [] for e in encoders}
     for out in outputs:
         view, box, found = read_output(teacher, out)
+        points = teacher.landmarks68(view, box)
         detected.append(found)
-        pose.append(pose_and_mouth(teacher, view, box))
+        pose.append(pose_and_mouth(points, view.shape[:2]))
         detail.append(high_frequency_energy(out))
         cast.append(colour_cast(out))
         for e in encoders:
-            chips[e.name].append(encoder_chip(teacher, view, box, e))
+            chips[e.name].append(encoder_chip(teacher, view, box, e, points))
     return Outputs(np.array(detected, bool), np.array(pose, np.float64).reshape(-1, 3),
                    {e.name: embed(e, chips[e.name]) for e in encoders},
                    np.array(detail), np.array(cast))

@@ -7,7 +7,7 @@ import pytest
 
 from frontalab.data.teacher import canonical_box, read_output
 from frontalab import evaluation as ev
-from frontalab.measure import Outputs, pose_and_mouth
+from frontalab.measure import Outputs, measure_outputs
 from frontalab.naming import DLIB_RESNET
 from frontalab.sections import ConfigError
 
@@ -153,8 +153,8 @@ def test_mirrored_face_gives_mirrored_yaw(teacher, faces_root):
         face = _output_like(teacher, photo)
         if face is None:
             continue
-        yaw, pitch, _ = pose_and_mouth(teacher, *read_output(teacher, face)[:2])
-        m_yaw, m_pitch, _ = pose_and_mouth(teacher, *read_output(teacher, np.ascontiguousarray(face[:, ::-1]))[:2])
+        yaw, pitch, _ = measure_outputs(teacher, face[None], ()).pose[0]
+        m_yaw, m_pitch, _ = measure_outputs(teacher, np.ascontiguousarray(face[None, :, ::-1]), ()).pose[0]
         yaws.append(yaw)
         mirrored.append(m_yaw)
         pitch_gap.append(abs(pitch - m_pitch))

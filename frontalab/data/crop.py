@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import cv2
 import numpy as np
 
@@ -46,11 +48,13 @@ def points_to_crop(points: np.ndarray, scale: float, shift: np.ndarray) -> np.nd
     return (points * scale + shift).astype(np.float32)
 
 
-def encoder_chip(teacher, rgb: np.ndarray, box: Box, encoder) -> np.ndarray:
+def encoder_chip(teacher, rgb: np.ndarray, box: Box, encoder, points68: Optional[np.ndarray] = None) -> np.ndarray:
     """The (s, s, 3) uint8 input of ``encoder`` for the face in ``box`` of a photo, by the encoder's
     policy (`FaceEncoder.aligned_chip`): dlib's aligned chip, or the loose crop (default face ratio)
-    resampled straight to the encoder's side."""
+    resampled straight to the encoder's side. ``points68``: the teacher's 68 points of that face, when read
+    already."""
     if encoder.aligned_chip:
         return teacher.chip(rgb, box, encoder.input_size, encoder.chip_padding)
-    face, _, _ = crop(rgb, loose_crop_box(teacher.landmarks68(rgb, box)), encoder.input_size)
+    points = teacher.landmarks68(rgb, box) if points68 is None else points68
+    face, _, _ = crop(rgb, loose_crop_box(points), encoder.input_size)
     return face

@@ -178,24 +178,25 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
     photos = [(i, p) for i, (_, paths) in enumerate(people) for p in paths]
     faces = Faces(graded_in={g.name: [] for g in graders})
     grid_people: set[int] = set()
-    pending: list[tuple[int, tuple, np.ndarray, tuple]] = []
+    # (person, (photo, face box, model chip), evaluation chip, pose and mouth, the photo's 68 points)
+    pending: list[tuple[int, tuple, np.ndarray, tuple, np.ndarray]] = []
 
     def flush() -> None:
-        outputs = model_outputs(f, [photo for _, photo, _, _ in pending])
+        outputs = model_outputs(f, [photo for _, photo, _, _, _ in pending])
         faces.outputs.append(measure_outputs(teacher, outputs, (eval_encoder, *graders)))
-        for (who, (rgb, box_in, _), eval_chip, pose_in), out in zip(pending, outputs):
+        for (who, (rgb, _, _), eval_chip, pose_in, points), out in zip(pending, outputs):
             faces.cast_in.append(colour_cast(eval_chip))
             if abs(pose_in[0]) < FRONTAL_YAW:
-                points = teacher.landmarks68(rgb, box_in)
                 faces.detail_frontal_photos.append(high_frequency_energy(crop(rgb, loose_crop_box(points), len(out))[0]))
             faces.person.append(who)
             faces.pose_in.append(pose_in)
             if who not in grid_people and len(faces.grid) < GRID_PAIRS:
                 grid_people.add(who)
                 faces.grid.append((eval_chip, out))
-        faces.emb_in.extend(embed(eval_encoder, [e for _, _, e, _ in pending]))
+        faces.emb_in.extend(embed(eval_encoder, [e for _, _, e, _, _ in pending]))
         for g in graders:
-            faces.graded_in[g.name].extend(embed(g, [encoder_chip(teacher, rgb, box, g) for _, (rgb, box, _), _, _ in pending]))
+            faces.graded_in[g.name].extend(embed(g, [encoder_chip(teacher, rgb, box, g, points)
+                                                     for _, (rgb, box, _), _, _, points in pending]))
         pending.clear()
 
     for who, path in tqdm(photos, desc="evaluate", unit="photo", file=sys.stderr, mininterval=2):
@@ -211,9 +212,10 @@ def run_faces(model: ModelUnderTest, eval_encoder, people: list[tuple[str, list[
         if box is None:
             skipped["no_face"] += 1
             continue
-        model_chip = encoder_chip(teacher, rgb, box, f.encoder)
-        eval_chip = model_chip if same_encoder else encoder_chip(teacher, rgb, box, eval_encoder)
-        pending.append((who, (rgb, box, model_chip), eval_chip, pose_and_mouth(teacher, rgb, box)))
+        points = teacher.landmarks68(rgb, box)
+        model_chip = encoder_chip(teacher, rgb, box, f.encoder, points)
+        eval_chip = model_chip if same_encoder else encoder_chip(teacher, rgb, box, eval_encoder, points)
+        pending.append((who, (rgb, box, model_chip), eval_chip, pose_and_mouth(points, rgb.shape[:2]), points))
         if len(pending) == batch_size:
             flush()
     if pending:
