@@ -1,9 +1,10 @@
 """The config's sections: one validated dataclass per top-level key, each field's default beside its allowed
-range, choices or pattern and what it does. The loss section, whose weights are the loss terms', and the whole
-config they compose are `frontalab.config`'s; this module lies below the layers that read these sections
-(data, tracking), where the loss terms are not known yet.
+range, choices or pattern and what it does. The two sections that depend on the shared library are
+`frontalab.config`'s, with the whole config they compose: the model (its decoder is one of the papers' systems)
+and the loss (its weights are the loss terms'). This module lies below the layers that read its sections (data,
+tracking), where neither is known yet.
 
-Defaults are the papers' values: Wang 2019 (thesis) §3.5 and Cole et al. 2017 §3.3.
+Defaults are the papers' values where they give one (Wang 2019 §3.5, Cole et al. 2017 §3.3).
 """
 
 from __future__ import annotations
