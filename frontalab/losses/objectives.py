@@ -62,10 +62,10 @@ class DiscriminatorContext(NamedTuple):
     fake: torch.Tensor  # the generator's noisy faces, detached
 
 
-def phase_loss(terms: tuple[Term, ...], weights: Mapping[str, Any], context: Any) -> WeightedLoss:
+def phase_loss(terms: tuple[Term, ...], loss_cfg: Mapping[str, Any], context: Any) -> WeightedLoss:
     """The weighted sum of ``terms`` (`frontalab.losses.terms`) on ``context``, each term computed only when its
     weight is non-zero and it applies to this batch."""
-    return weighted_sum({t.key: weight(weights, t.key) if t.applies(context) else 0.0 for t in terms},
+    return weighted_sum({t.key: weight(loss_cfg, t.key) if t.applies(context) else 0.0 for t in terms},
                         {t.key: partial(t.compute, context) for t in terms})
 
 
@@ -73,7 +73,7 @@ class ThesisContext:
     """What the thesis' terms read, each piece computed on first use and once per generator phase."""
 
     def __init__(self, objective: "ThesisObjective", batch: dict[str, torch.Tensor]):
-        self.objective, self.batch, self.w, self.D = objective, batch, objective.w, objective.D
+        self.objective, self.batch, self.loss_cfg, self.D = objective, batch, objective.loss_cfg, objective.D
         self._passes: dict[str, tuple[list[torch.Tensor], torch.Tensor]] = {}
         self.out = objective.decode(batch, self.target if objective.G.input_texture else None)
         self.points = objective.landmark_net(self.out.composite)  # (N, 68, 2) landmarks of the output
@@ -95,26 +95,26 @@ class ThesisContext:
         if chip not in self._passes:
             at = self.canonical if chip == "canonical" else self.points
             self._passes[chip] = encoder_pass(self.objective.encoder,
-                                              seen_by_encoder(self.out.composite, self.w.encoder_blur), at)
+                                              seen_by_encoder(self.out.composite, self.loss_cfg.encoder_blur), at)
         return self._passes[chip]
 
     @cached_property
     def identity_embedding(self) -> torch.Tensor:
-        return self.output_pass(self.w.identity_chip)[1]
+        return self.output_pass(self.loss_cfg.identity_chip)[1]
 
     def texture(self) -> torch.Tensor:
         # The mask tells the texture term where the face is (thesis: it "guides the learning of colour").
-        w = self.w
-        return texture_loss(self.target, self.out.noisy, self.points if w.texture_frame == "student" else None,
-                            self.objective.canonical, mask=self.out.mask if w.texture_region == "mask" else None,
-                            region=self.region if w.texture_region == "face" else None)
+        options = self.loss_cfg
+        return texture_loss(self.target, self.out.noisy, self.points if options.texture_frame == "student" else None,
+                            self.objective.canonical, mask=self.out.mask if options.texture_region == "mask" else None,
+                            region=self.region if options.texture_region == "face" else None)
 
     def perceptual(self) -> torch.Tensor:
         seen = self.target
         if self.out.mask is not None:  # the target as the composite shows it: the face region on white
             seen = self.region * seen + (1 - self.region)
         with torch.no_grad():
-            target_maps, _ = encoder_pass(self.objective.encoder, seen_by_encoder(seen, self.w.encoder_blur),
+            target_maps, _ = encoder_pass(self.objective.encoder, seen_by_encoder(seen, self.loss_cfg.encoder_blur),
                                           self.canonical)
         return perceptual_loss(self.output_pass("canonical")[0], target_maps)
 
@@ -128,20 +128,22 @@ class ThesisObjective:
     mask to that region (``mask_target``), the identity chip cut at the canonical points
     (``identity_chip``), a perceptual term from the encoder's feature maps (``perceptual``), and a term that
     keeps different people's outputs as far apart as their inputs (``identity_relation``).
+
+    ``loss_cfg`` is the config's ``loss`` section: each term's weight, and the options above.
     """
 
     def __init__(self, generator: nn.Module, discriminator: Optional[nn.Module], encoder: nn.Module,
-                 landmark_net: nn.Module, weights: DictConfig, canonical: torch.Tensor):
+                 landmark_net: nn.Module, loss_cfg: DictConfig, canonical: torch.Tensor):
         self.G, self.D, self.encoder, self.landmark_net = generator, discriminator, encoder, landmark_net
-        self.w, self.canonical = weights, canonical
+        self.loss_cfg, self.canonical = loss_cfg, canonical
         self._regions: dict[int, torch.Tensor] = {}
-        if weights.adversarial > 0 and discriminator is None:
+        if loss_cfg.adversarial > 0 and discriminator is None:
             raise ValueError("loss.adversarial > 0 needs a discriminator")
 
     def region(self, size: int) -> torch.Tensor:
         """The canonical face region ``(size, size)``: where a frontal face's pixels are (``loss.region_scale``)."""
         if size not in self._regions:
-            region = lm.face_region(self.canonical.cpu(), size, scale=self.w.region_scale)
+            region = lm.face_region(self.canonical.cpu(), size, scale=self.loss_cfg.region_scale)
             self._regions[size] = region.to(self.canonical.device)
         return self._regions[size]
 
@@ -158,7 +160,7 @@ class ThesisObjective:
 
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
         c = ThesisContext(self, batch)
-        loss = phase_loss(terms_of(THESIS), self.w, c)
+        loss = phase_loss(terms_of(THESIS), self.loss_cfg, c)
         return GeneratorPass(loss, c.out.composite, c.out.noisy, c.out.mask, c.points)
 
     def discriminator_phase(self, real: torch.Tensor, fake: torch.Tensor) -> WeightedLoss:
@@ -172,7 +174,7 @@ class ColeContext:
     """What Cole's terms read, each piece computed on first use and once per generator phase."""
 
     def __init__(self, objective: "ColeObjective", batch: dict[str, torch.Tensor]):
-        self.objective, self.batch, self.w = objective, batch, objective.w
+        self.objective, self.batch, self.loss_cfg = objective, batch, objective.loss_cfg
         self.out = objective.decode(batch)
 
     @cached_property
@@ -186,11 +188,11 @@ class ColeContext:
 
     @cached_property
     def identity_embedding(self) -> torch.Tensor:
-        return embed_faces(self.objective.encoder, seen_by_encoder(self.out.composite, self.w.encoder_blur),
+        return embed_faces(self.objective.encoder, seen_by_encoder(self.out.composite, self.loss_cfg.encoder_blur),
                            self.out.landmarks)
 
     def perceptual(self) -> torch.Tensor:
-        return input_perceptual(self.objective.encoder, self.out.composite, self.batch, self.w.encoder_blur)
+        return input_perceptual(self.objective.encoder, self.out.composite, self.batch, self.loss_cfg.encoder_blur)
 
 
 def input_perceptual(encoder: nn.Module, output: torch.Tensor, batch: dict[str, torch.Tensor],
@@ -213,8 +215,8 @@ class ColeObjective:
     there); the landmark target is the input's own teacher landmarks.
     """
 
-    def __init__(self, generator: nn.Module, encoder: nn.Module, weights: DictConfig):
-        self.G, self.D, self.encoder, self.w = generator, None, encoder, weights
+    def __init__(self, generator: nn.Module, encoder: nn.Module, loss_cfg: DictConfig):
+        self.G, self.D, self.encoder, self.loss_cfg = generator, None, encoder, loss_cfg
 
     def decode(self, batch: dict[str, torch.Tensor]):
         """G on a batch: its features, and I* (the inputs warped to the mean face) when it takes the texture."""
@@ -226,5 +228,5 @@ class ColeObjective:
 
     def generator_phase(self, batch: dict[str, torch.Tensor]) -> GeneratorPass:
         c = ColeContext(self, batch)
-        loss = phase_loss(terms_of(COLE), self.w, c)
+        loss = phase_loss(terms_of(COLE), self.loss_cfg, c)
         return GeneratorPass(loss, c.out.composite, c.out.composite, None, c.out.landmarks)

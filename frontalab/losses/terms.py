@@ -48,7 +48,7 @@ TERMS: tuple[Term, ...] = (
     Term("tilt", THESIS, "eq. 3.5: left/right pairs at equal height", lambda c: lml.tilt_loss(c.points), default=1.0),
     Term("expr", THESIS, "eq. 3.6: closed inner lips", lambda c: lml.expression_loss(c.points), default=1.0),
     Term("mask", THESIS, "eq. 3.8, 3.9: mean(M^p) (or |M - R|^p: loss.mask_target) + total variation",
-         lambda c: mask_loss(c.out.mask, c.w.mask_p, c.region if c.w.mask_target == "face" else None),
+         lambda c: mask_loss(c.out.mask, c.loss_cfg.mask_p, c.region if c.loss_cfg.mask_target == "face" else None),
          applies=lambda c: c.out.mask is not None, default=1.0),
     Term("identity", THESIS, "§3.5: 1 - cosine of input and output embeddings",
          lambda c: identity_cosine_loss(c.batch["embedding"], c.identity_embedding), default=1.0),
