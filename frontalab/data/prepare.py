@@ -52,6 +52,7 @@ from frontalab.models import landmarks as lm
 from frontalab.models.encoders import build_encoder, fit_input
 from frontalab.sections import ConfigError, PrepareConfig
 
+
 def _unit_hash(text: str) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / float(16**12)
 

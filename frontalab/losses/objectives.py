@@ -105,8 +105,9 @@ class ThesisContext:
     def texture(self) -> torch.Tensor:
         # The mask tells the texture term where the face is (thesis: it "guides the learning of colour").
         options = self.loss_cfg
-        return texture_loss(self.target, self.out.noisy, self.points if options.texture_frame == "student" else None,
-                            self.objective.canonical, mask=self.out.mask if options.texture_region == "mask" else None,
+        output_points = self.points if options.texture_frame == "student" else None
+        return texture_loss(self.target, self.out.noisy, output_points, self.objective.canonical,
+                            mask=self.out.mask if options.texture_region == "mask" else None,
                             region=self.region if options.texture_region == "face" else None)
 
     def perceptual(self) -> torch.Tensor:

@@ -4,9 +4,10 @@ A term's key is its weight's config key under ``loss`` (``alpha_geo``, ``cole.te
 logs (``train/g/alpha_geo``). Its row holds that weight's default, from which the config's loss section is made
 (`frontalab.config`), so a weight with no term cannot be written. Its function takes the objective's context:
 the batch and what the phase has computed so far, each piece made on first use
-(`frontalab.losses.objectives`), so a term whose weight is zero costs nothing. The objectives, the trial's MLflow params, `docs/RESULTS.md`'s tables and the ablation sweeps
-all read this table; adding a term is its loss function and one row here. The ``loss`` keys that are not
-weights are the terms' options (`frontalab.config.LossOptions`).
+(`frontalab.losses.objectives`), so a term whose weight is zero costs nothing. The objectives, the trial's
+MLflow params, `docs/RESULTS.md`'s tables and the ablation sweeps all read this table; adding a term is its loss
+function, one row here and its test. The ``loss`` keys that are not weights are the terms' options
+(`frontalab.config.LossOptions`).
 """
 
 from __future__ import annotations
