@@ -34,20 +34,24 @@ from frontalab.sections import (ConfigError, DataConfig, EncoderConfig, Evaluate
 @dataclass
 class ModelConfig:
     decoder: str = setting(THESIS, choices=tuple(PAPERS), doc="thesis (Wang 2019) or cole (Cole et al. 2017)")
-    out_size: int = setting(320, choices=(64, 128, 160, 320), doc="output side in pixels; decoder depth and width follow from it")
+    out_size: int = setting(320, choices=(64, 128, 160, 320),
+                            doc="output side in pixels; decoder depth and width follow from it")
     mask: bool = setting(True, doc="thesis attention-mask branch (F_O = M*F_N + (1-M)*1)")
     norm: str = setting("batch", choices=("batch", "instance", "none"), doc="normalisation inside residual blocks")
-    width: int = setting(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 px "
-                                            "its widths are 48..6 channels, too few for detail)")
-    input_texture: bool = setting(False, doc="our departure (false = the papers): the decoder also sees the input warped "
-                                             "to the canonical landmarks (the texture term's I*) through U-Net skips and "
-                                             "draws its texture as a residual over it, so outputs keep the person's own face")
-    test_views: int = setting(6, choices=(1, 2, 6), doc="encoder views averaged when frontalizing (frontalize, evaluate, "
-                                                         "serving; training and validation use one): 1 = the input chip, 2 = "
-                                                         "and its mirror image, 6 = both also zoomed by 0.93 and 1.07")
+    width: int = setting(1, lo=1, hi=8, doc="thesis decoder: channel multiplier of Table 3.1 (1 = the thesis; at 64 "
+                                            "px its widths are 48..6 channels, too few for detail)")
+    input_texture: bool = setting(False,
+                                  doc="our departure (false = the papers): the decoder also sees the input warped to "
+                                      "the canonical landmarks (the texture term's I*) through U-Net skips and draws "
+                                      "its texture as a residual over it, so outputs keep the person's own face")
+    test_views: int = setting(6, choices=(1, 2, 6),
+                              doc="encoder views averaged when frontalizing (frontalize, evaluate, serving; training "
+                                  "and validation use one): 1 = the input chip, 2 = and its mirror image, 6 = both "
+                                  "also zoomed by 0.93 and 1.07")
     cole_hidden: int = setting(256, lo=1, doc="width of Cole's feature MLP and landmark MLP")
-    cole_channels: int = setting(256, lo=8, doc="channels of Cole's texture volume (the paper: 256 at S/4), halved by "
-                                               "each transposed conv; its FC layer holds cole_hidden x (S/4)^2 x this")
+    cole_channels: int = setting(256, lo=8,
+                                 doc="channels of Cole's texture volume (the paper: 256 at S/4), halved by each "
+                                     "transposed conv; its FC layer holds cole_hidden x (S/4)^2 x this")
 
 
 @dataclass
@@ -56,24 +60,27 @@ class LossOptions:
     texture_frame: str = setting("student", choices=("student", "canonical"),
                                  doc="where the output's 14 texture landmarks come from: the landmark student on the "
                                      "output (thesis), or the canonical template (the output is read as already "
-                                     "frontal; no warp of the output, so early noise cannot mislead the correspondence)")
+                                     "frontal; no warp of the output, so early noise cannot mislead the "
+                                     "correspondence)")
     texture_region: str = setting("mask", choices=("mask", "face"),
-                                  doc="which pixels the texture term compares: weighted by the learned mask (eq. 3.1), "
-                                      "or over the canonical face region (the landmark hull with a forehead, fixed in "
-                                      "the canonical frame), so the mask cannot shrink the term")
-    mask_target: str = setting("zero", choices=("zero", "face"),
-                               doc="what the mask term pulls the mask towards: zero (eq. 3.8, mean(M^p)) or the "
-                                   "canonical face region (mean(|M - R|^p)): the mask holds the face and drops the "
-                                   "background")
-    region_scale: float = setting(1.0, lo=1.0, hi=2.0, doc="that face region widened about its centre: more than 1 "
-                                  "takes in hair, ears and the jaw's own line, which tell people apart")
+                                  doc="which pixels the texture term compares: weighted by the learned mask (eq. "
+                                      "3.1), or over the canonical face region (the landmark hull with a forehead, "
+                                      "fixed in the canonical frame), so the mask cannot shrink the term")
+    mask_target: str = setting("zero", choices=("zero", "face"), doc="what the mask term pulls the mask towards: zero "
+                                                                     "(eq. 3.8, mean(M^p)) or the canonical face "
+                                                                     "region (mean(|M - R|^p)): the mask holds the "
+                                                                     "face and drops the background")
+    region_scale: float = setting(1.0, lo=1.0, hi=2.0,
+                                  doc="that face region widened about its centre: more than 1 takes in hair, ears and "
+                                      "the jaw's own line, which tell people apart")
     identity_chip: str = setting("student", choices=("student", "canonical"),
                                  doc="where the output's encoder chip is cut: at the landmark student's points on the "
                                      "output, or at the canonical points (the output is read as frontal, so it must "
                                      "put a face exactly there)")
-    encoder_blur: float = setting(0.0, lo=0, hi=8, doc="Gaussian sigma (output pixels) applied to what the encoder's "
-                                                      "terms see: the encoder's gradients carry high frequencies that "
-                                                      "print as stripes on a small output (seen at 64 px with 0)")
+    encoder_blur: float = setting(0.0, lo=0, hi=8,
+                                  doc="Gaussian sigma (output pixels) applied to what the encoder's terms see: the "
+                                      "encoder's gradients carry high frequencies that print as stripes on a small "
+                                      "output (seen at 64 px with 0)")
     mask_p: float = setting(1.0, lo=0.0, hi=16.0, doc="mask penalty exponent p (eq. 3.8)")
 
 
@@ -305,24 +312,26 @@ class SchedulerConfig:
     name: str = setting("fifo", choices=("fifo", "asha", "pbt"))
     grace_period: int = setting(50, lo=1, doc="asha: steps a trial runs before it may be stopped")
     reduction_factor: float = setting(2.0, lo=1.01, doc="asha: 1/fraction of trials kept at each rung")
-    perturbation_interval: int = setting(250, lo=1, doc="pbt: steps between exploit/explore, a multiple of train.checkpoint_every")
+    perturbation_interval: int = setting(250, lo=1, doc="pbt: steps between exploit/explore, a multiple of "
+                                                        "train.checkpoint_every")
     mutations: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "pbt: config key -> search spec"})
 
 
 @dataclass
 class SweepConfig:
-    name: str = setting("", doc="the sweep's name (default: the file's stem): Tune experiment and MLflow experiment sweep-NAME")
+    name: str = setting("", doc="the sweep's name (default: the file's stem): Tune experiment and MLflow experiment "
+                                "sweep-NAME")
     base_config: str = setting("", doc="a trial config YAML, relative to the sweep file")
     base: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "trial config values (nested) on top of base_config"})
     search: Dict[str, Any] = field(default_factory=dict, metadata={"doc": "config key -> {choice|grid|uniform|loguniform|randint: ...}"})
     search_alg: str = setting("random", choices=("grid", "random", "optuna"),
-                         doc="how trials' values are chosen: grid = every point of grid specs (no other kinds); "
-                             "random = grid points, the other specs sampled at random (Tune's variant generator); "
-                             "optuna = each trial's values from the results so far (TPE, multivariate, constant "
-                             "liar for concurrent trials; no grid specs)")
+                              doc="how trials' values are chosen: grid = every point of grid specs (no other kinds); "
+                                  "random = grid points, the other specs sampled at random (Tune's variant "
+                                  "generator); optuna = each trial's values from the results so far (TPE, "
+                                  "multivariate, constant liar for concurrent trials; no grid specs)")
     seed: int = setting(0, lo=0, doc="the searcher's seed: the same seed and results give the same trials")
-    metric: str = setting(SELECTION_METRIC, doc="the metric trials are compared by (default: the frontalization score, "
-                                           "zero for trials without faces or with outputs all alike)")
+    metric: str = setting(SELECTION_METRIC, doc="the metric trials are compared by (default: the frontalization "
+                                                "score, zero for trials without faces or with outputs all alike)")
     mode: str = setting(SELECTION_MODE, choices=("min", "max"))
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     num_samples: int = setting(1, lo=1, doc="samples of the search space (each grid point is sampled this often)")
