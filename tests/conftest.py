@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -20,6 +22,38 @@ def pytest_configure(config):
 
     for name in REMOTE_ENV:
         os.environ.pop(name, None)
+    config.scratch = session_scratch()
+
+
+SCRATCH_PREFIX = "frontalab-tests-"
+
+
+def session_scratch() -> Path:
+    """The session's temporary folder, made its ``TMPDIR``: this process's temporary files, pytest's
+    ``tmp_path`` folders, and those of the commands, servers and Ray clusters the tests start (which inherit
+    it). The tests kill trainers, trials and workers, whose own clean-up then never runs: what they leave
+    (a trial's scratch folder, a sender's spool, MLflow's downloads, Ray's session logs: gigabytes a run) goes
+    with the session instead of filling the disk. A session that passes removes its folder; one that fails keeps
+    it for a look, until a later session removes it once its process is gone."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{SCRATCH_PREFIX}*"):
+        pid = old.name[len(SCRATCH_PREFIX):].split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None  # read TMPDIR again
+    return scratch
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own clean-up of its tmp_path folders in there
+def pytest_sessionfinish(session, exitstatus):
+    scratch = session.config.scratch
+    if exitstatus == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"this session's temporary files, kept until a later session: {scratch}")
 
 
 def png_header(width: int, height: int) -> bytes:

@@ -9,6 +9,7 @@ dlib's detector on the outputs and the score.
 from __future__ import annotations
 
 import base64
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def test_a_promoted_version_is_code_and_loads_without_unpickling(promoted, servi
                                                                  monkeypatch):
     """The version's MLmodel names the code file that builds the model (MLflow's models from code) and holds no
     pickled python model; promoting it warns of neither a pickle nor untyped `predict`; it loads with pickles
-    refused (ours and MLflow's) and frontalizes a face."""
+    refused (ours and MLflow's), frontalizes a face, and leaves no download behind."""
     import io
 
     import mlflow.artifacts
@@ -173,7 +174,10 @@ def test_a_promoted_version_is_code_and_loads_without_unpickling(promoted, servi
 
     monkeypatch.delenv(TRUST_PICKLES_ENV, raising=False)
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # MLflow refuses a pickled python model
+    before = set(Path(tempfile.gettempdir()).iterdir())
     predict = load_predictor(result["uri"])
+    assert not [p for p in set(Path(tempfile.gettempdir()).iterdir()) - before if list(p.rglob("MLmodel"))], \
+        "loading a registered version left its download in the temporary folder"
     out = predict(pd.DataFrame({"image": [lfw_photos[-1].read_bytes()]}))
     assert list(out["face_found"]) == [True] and list(out["error"]) == [""]
     assert Image.open(io.BytesIO(base64.b64decode(out["image"][0]))).size == (128, 128)

@@ -81,11 +81,14 @@ def load_predictor(spec: str):
     """``predict(DataFrame) -> DataFrame`` for a model spec: a registered version (models:/…), a run's model
     (runs:/…) or a model folder through MLflow's pyfunc loader, exactly as `mlflow models serve` runs it; a
     packaged champion (pretrained:NAME), a run id or a checkpoint file in-process (`checkpoint_file`)."""
-    if spec.startswith(("models:/", "runs:/")) or Path(spec).is_dir():
-        if Path(spec).is_dir():
-            model_folder_checkpoint(Path(spec), spec)  # a folder that holds no frontalab model, named as such
-        with registry.finding_model(spec):
-            return mlflow.pyfunc.load_model(spec).predict
+    if Path(spec).is_dir():
+        model_folder_checkpoint(Path(spec), spec)  # a folder that holds no frontalab model, named as such
+        return mlflow.pyfunc.load_model(spec).predict
+    if spec.startswith(("models:/", "runs:/")):
+        # Downloaded into a folder of our own: MLflow's default is a temporary folder it never removes (the
+        # model's ~200 MB at every load), and the loaded model holds its weights in memory.
+        with registry.finding_model(spec), tempfile.TemporaryDirectory() as tmp:
+            return mlflow.pyfunc.load_model(spec, dst_path=tmp).predict
     model = FrontalizerModel()
     with tempfile.TemporaryDirectory() as tmp:
         model.frontalizer = Frontalizer(checkpoint_file(spec, Path(tmp)))

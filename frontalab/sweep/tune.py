@@ -170,7 +170,7 @@ def sweep_trial(config: dict[str, Any], *, base: dict, parent_run_id: str, exper
         return tracker
 
     def report(metrics: dict[str, float], checkpoint_path: Optional[str]) -> None:
-        report_to_ray(tune.report, tune.Checkpoint, tracker_holder.get("t"), metrics, checkpoint_path)
+        report_to_ray(tune.report, tune.Checkpoint, tracker_holder.get("t"), metrics, checkpoint_path, under=local)
 
     try:
         if cfg.resources.workers > 1:  # a Ray Train job, from Tune's checkpoint (a restart's, PBT's) copied above

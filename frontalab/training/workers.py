@@ -45,10 +45,11 @@ def newest_file(folder: Path) -> Optional[Path]:
 
 
 def report_to_ray(report: Callable[..., None], checkpoint_class: Any, tracker: Any, metrics: dict[str, Any],
-                  checkpoint_path: Optional[str], under: Optional[Path] = None) -> None:
+                  checkpoint_path: Optional[str], under: Path) -> None:
     """A validation point to Ray: ``report(values, checkpoint=...)`` (Tune's or Ray Train's, with its
-    ``checkpoint_class``), the checkpoint file in a folder of its own, since Ray persists a whole folder. The
-    trial's ``tracker`` is flushed first: what Ray stops or kills next must already be in MLflow."""
+    ``checkpoint_class``), the checkpoint file in a folder of its own under ``under`` (the trial's scratch
+    folder, which goes with the trial even where Ray ends it inside `report`), since Ray persists a whole folder.
+    The trial's ``tracker`` is flushed first: what Ray stops or kills next must already be in MLflow."""
     if tracker is not None:
         tracker.flush(timeout=60)
     values = {k: v if isinstance(v, str) else float(v) for k, v in metrics.items()}  # strings: ids
