@@ -25,7 +25,7 @@ def pytest_configure(config):
     config.scratch = session_scratch()
 
 
-SCRATCH_PREFIX = "frontalab-tests-"
+SCRATCH_PREFIX = "fl-tests-"  # short: Ray's sockets go in here, and a socket's path has at most 107 bytes
 
 
 def session_scratch() -> Path:
