@@ -41,6 +41,9 @@ def session_scratch() -> Path:
         if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))
+    # Others may pass through, as through /tmp, to a folder of theirs in here (the PostgreSQL test's server runs
+    # as another user); what is made in here is private as in /tmp (mkdtemp: 0700, mkstemp: 0600).
+    scratch.chmod(0o711)
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = None  # read TMPDIR again
     return scratch

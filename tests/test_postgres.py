@@ -60,7 +60,7 @@ def postgres_bindir() -> Path | None:
 
 
 class LocalPostgres:
-    """A PostgreSQL server of its own, for one test: a fresh cluster (initdb) in a private folder under /tmp,
+    """A PostgreSQL server of its own, for one test: a fresh cluster (initdb) in a private folder under TMPDIR,
     run by an unprivileged user (`RUN_AS_ROOT` when this process is root: PostgreSQL refuses to run as root, and
     pytest's tmp_path, below a 0700 root folder, is out of that user's reach), listening on 127.0.0.1:`port`
     only (and a unix socket in its own folder), superuser `user` with a random password (SCRAM; TCP logins
