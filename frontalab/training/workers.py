@@ -48,7 +48,8 @@ def report_to_ray(report: Callable[..., None], checkpoint_class: Any, tracker: A
                   checkpoint_path: Optional[str], under: Path) -> None:
     """A validation point to Ray: ``report(values, checkpoint=...)`` (Tune's or Ray Train's, with its
     ``checkpoint_class``), the checkpoint file in a folder of its own under ``under`` (the trial's scratch
-    folder, which goes with the trial even where Ray ends it inside `report`), since Ray persists a whole folder.
+    folder, removed at the trial's end, or at its process's exit where Ray stops it inside `report`), since Ray
+    persists a whole folder.
     The trial's ``tracker`` is flushed first: what Ray stops or kills next must already be in MLflow."""
     if tracker is not None:
         tracker.flush(timeout=60)
